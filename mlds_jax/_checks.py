@@ -1,0 +1,215 @@
+"""Input validation shared by the public API: clear errors before any XLA tracing.
+
+Shape checks always run (shapes are static, even for tracers).  Value checks (finite
+entries, label ranges, target ranges) run whenever the array is concrete, i.e. not a tracer
+inside a user's ``jit``/``grad``; they read the data on the host once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from mlds_jax.losses import get_loss
+
+_FLOAT_KINDS = ("f",)
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def float_dtype(dtype=None):
+    """The parameter dtype: float32 by default, float64 when x64 is on; validates floats."""
+    if dtype is None:
+        return jnp.zeros((), dtype=float).dtype  # float64 iff jax_enable_x64
+    dt = jnp.dtype(dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    return dt
+
+
+def check_key(key):
+    if isinstance(key, int) or (hasattr(key, "shape") and not hasattr(key, "dtype")):
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)); got {key!r}")
+    if not hasattr(key, "dtype"):
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)); got {key!r}")
+    return key
+
+
+def check_sizes(sizes: Sequence[int]) -> list[int]:
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise TypeError(f"sizes must be a sequence of ints, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes needs at least two layer sizes [n_in, ..., n_out], got {sizes!r}"
+        )
+    for i, s in enumerate(sizes):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"sizes[{i}] must be an int, got {s!r}")
+        if s < 1:
+            raise ValueError(f"every layer size must be >= 1; sizes[{i}] = {s}")
+    return [int(s) for s in sizes]
+
+
+def check_params(params) -> None:
+    """params is a non-empty sequence of Dense with chained shapes."""
+    from mlds_jax.network import Dense  # local: network imports this module
+
+    if not isinstance(params, (tuple, list)) or len(params) == 0:
+        raise TypeError(
+            "params must be a non-empty tuple of Dense layers (from mlds_jax.init_mlp); "
+            f"got {type(params).__name__}"
+        )
+    for i, layer in enumerate(params):
+        if not isinstance(layer, Dense):
+            raise TypeError(f"params[{i}] must be a Dense layer, got {type(layer).__name__}")
+        W, b = layer.W, layer.b
+        if getattr(W, "ndim", None) != 2:
+            raise ValueError(f"params[{i}].W must be 2-D (fan_in, fan_out), got shape "
+                             f"{getattr(W, 'shape', None)}")
+        if getattr(b, "shape", None) != (W.shape[1],):
+            raise ValueError(f"params[{i}].b must have shape ({W.shape[1]},), got "
+                             f"{getattr(b, 'shape', None)}")
+        if layer.activation not in ACTIVATIONS:
+            raise ValueError(f"params[{i}] has unknown activation {layer.activation!r}; "
+                             f"valid: {list(ACTIVATIONS)}")
+        if i < len(params) - 1 and layer.activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"params[{i}] is a hidden layer with activation "
+                             f"{layer.activation!r}; hidden layers take {list(HIDDEN_ACTIVATIONS)}")
+        if i > 0 and params[i - 1].W.shape[1] != W.shape[0]:
+            raise ValueError(f"params[{i}].W has fan_in {W.shape[0]} but params[{i - 1}] has "
+                             f"fan_out {params[i - 1].W.shape[1]}")
+        if not jnp.issubdtype(W.dtype, jnp.floating):
+            raise TypeError(f"params[{i}].W must be floating point, got {W.dtype}")
+
+
+def check_params_finite(params) -> None:
+    for i, layer in enumerate(params):
+        for name in ("W", "b"):
+            leaf = getattr(layer, name)
+            if is_concrete(leaf):
+                arr = np.asarray(leaf)
+                if not np.all(np.isfinite(arr)):
+                    idx = tuple(int(j) for j in np.argwhere(~np.isfinite(arr))[0])
+                    raise ValueError(f"params[{i}].{name} has a non-finite value "
+                                     f"{arr[idx]} at index {idx}")
+
+
+def _first_nonfinite(arr: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(j) for j in np.argwhere(bad)[0])
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+                         f"first {arr[idx]} at index {idx}")
+
+
+def _numeric(x, name: str):
+    """An array view of x for checks, or a TypeError for non-numeric input."""
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}")
+    if not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and friends
+            raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    return x
+
+
+def check_X(params, X, name: str = "X"):
+    """X is 2-D with the first layer's fan_in columns; returned in the params' dtype."""
+    X = _numeric(X, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, n_features), got shape {tuple(X.shape)}"
+                         + ("; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""))
+    n_in = params[0].W.shape[0]
+    if X.shape[1] != n_in:
+        raise ValueError(f"{name} has {X.shape[1]} features but the first layer expects "
+                         f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}")
+    if is_concrete(X):
+        _first_nonfinite(np.asarray(X, dtype=np.float64), name)
+    return jnp.asarray(X).astype(params[0].W.dtype)
+
+
+def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str = "Y"):
+    """Validate Y for a loss and return it as (N, n_out) in ``dtype``.
+
+    Integer labels (N,) for "cross_entropy" become one-hot rows.
+    """
+    loss = get_loss(loss_name)
+    Y = _numeric(Y, name)
+    if Y.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {tuple(Y.shape)}")
+    if Y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but {name} has {Y.shape[0]}; they must match")
+    concrete = is_concrete(Y)
+    if concrete:
+        _first_nonfinite(np.asarray(Y, dtype=np.float64), name)
+    if loss.targets == "class" and Y.ndim == 1:
+        if concrete:
+            y = np.asarray(Y)
+            if not jnp.issubdtype(y.dtype, jnp.integer):
+                frac = np.nonzero(y != np.round(y))[0]
+                if frac.size:
+                    raise ValueError(f"{name} holds class labels but {name}[{frac[0]}] = "
+                                     f"{y[frac[0]]} is not an integer")
+            bad = np.nonzero((y < 0) | (y >= n_out))[0]
+            if bad.size:
+                raise ValueError(
+                    f"class labels must lie in [0, {n_out}) for a network with {n_out} outputs; "
+                    f"{name}[{bad[0]}] = {y[bad[0]]} ({bad.size} label(s) out of range)")
+        elif not jnp.issubdtype(Y.dtype, jnp.integer):
+            raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
+        return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
+    if Y.ndim == 1:
+        if n_out != 1:
+            raise ValueError(f"{name} has shape {tuple(Y.shape)} but the network has {n_out} "
+                             f"outputs; pass {name} of shape ({n_rows}, {n_out})")
+        Y = Y.reshape(-1, 1)
+    if Y.shape[1] != n_out:
+        raise ValueError(f"{name} has {Y.shape[1]} columns but the network has {n_out} "
+                         f"output(s) for loss {loss_name!r}")
+    if concrete and loss.targets in ("probability", "class"):
+        y = np.asarray(Y, dtype=np.float64)
+        bad = np.argwhere((y < 0) | (y > 1))
+        if bad.size:
+            idx = tuple(int(j) for j in bad[0])
+            raise ValueError(f"{loss_name} targets must lie in [0, 1]; {name}{list(idx)} = "
+                             f"{y[idx]}")
+        if loss.targets == "class":
+            sums = y.sum(axis=1)
+            off = np.nonzero(np.abs(sums - 1) > 1e-6 * max(1, n_out))[0]
+            if off.size:
+                raise ValueError(f"cross_entropy needs one-hot (or probability) rows summing "
+                                 f"to 1; row {off[0]} of {name} sums to {sums[off[0]]}")
+    return jnp.asarray(Y).astype(dtype)
+
+
+def check_loss_output(params, loss_name: str) -> None:
+    loss = get_loss(loss_name)
+    out = params[-1].activation
+    if loss.outputs is not None and out not in loss.outputs:
+        raise ValueError(f"loss {loss_name!r} needs an output activation in "
+                         f"{list(loss.outputs)}, but the output layer uses {out!r}")
+
+
+def check_batch(params, X, Y, loss_name: str, *, x_name: str = "X", y_name: str = "Y"):
+    """All checks for (params, X, Y, loss): returns X, Y ready for the core functions."""
+    get_loss(loss_name)
+    check_params(params)
+    check_params_finite(params)
+    check_loss_output(params, loss_name)
+    X = check_X(params, X, x_name)
+    if X.shape[0] == 0:
+        raise ValueError(f"{x_name} is empty (0 rows)")
+    Y = prepare_targets(Y, loss_name, params[-1].W.shape[1], X.shape[0], params[0].W.dtype,
+                        y_name)
+    return X, Y

@@ -1,0 +1,213 @@
+r"""Activation functions f(Z) and their hand-derived derivatives f'(Z).
+
+Every activation acts on a pre-activation ``Z`` of shape ``(batch, width)``
+and returns an array of the same shape.  Element-wise activations pair the
+function with its derivative ``f'(Z)``; the backward rule through them is the
+MLDS notes' "Activation function" step
+
+.. math:: \frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot f'(Z).
+
+Softmax is not element-wise: its derivative is a Jacobian per row, so it is
+given as a Jacobian-vector product (``softmax_backward``) instead.
+
+Registry: ``ACTIVATIONS[name]`` is an :class:`Activation` with ``fn``,
+``prime`` (``None`` for softmax) and ``backward(dA, Z) -> dZ``.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+__all__ = [
+    "ACTIVATIONS",
+    "HIDDEN_ACTIVATIONS",
+    "OUTPUT_ACTIVATIONS",
+    "Activation",
+    "get_activation",
+    "identity",
+    "identity_prime",
+    "leaky_relu",
+    "leaky_relu_prime",
+    "relu",
+    "relu_prime",
+    "sigmoid",
+    "sigmoid_prime",
+    "softmax",
+    "softmax_backward",
+    "softplus",
+    "softplus_prime",
+    "tanh",
+    "tanh_prime",
+]
+
+LEAKY_RELU_SLOPE = 0.01
+
+
+# --- identity -------------------------------------------------------------------------------
+def identity(Z: Array) -> Array:
+    """id(Z) = Z, the regression output activation (lecture, "Output activation")."""
+    return Z
+
+
+def identity_prime(Z: Array) -> Array:
+    """id'(Z) = 1 (lecture, "MSE loss + id activation": ∂a/∂z = 1)."""
+    return jnp.ones_like(Z)
+
+
+# --- sigmoid --------------------------------------------------------------------------------
+def sigmoid(Z: Array) -> Array:
+    r"""σ(Z) = 1 / (1 + e^{-Z}), element-wise (sigmoid notes; BCE notes "∂ŷ/∂z")."""
+    return jax.nn.sigmoid(Z)
+
+
+def sigmoid_prime(Z: Array) -> Array:
+    r"""σ'(Z) = σ(Z)(1 − σ(Z)).
+
+    Derivation (binary-cross-entropy-gradient.md, section "∂ŷ_i/∂z_i", and
+    sigmoid-network-backprop-notes.md, the reciprocal-rule derivation):
+    σ = (1 + e^{-z})^{-1}  ⇒  σ' = e^{-z} / (1 + e^{-z})^2
+    and since σ = 1/(1+e^{-z}), 1 − σ = e^{-z}/(1+e^{-z}),  σ' = σ(1 − σ).
+    """
+    s = jax.nn.sigmoid(Z)
+    return s * (1 - s)
+
+
+# --- tanh -----------------------------------------------------------------------------------
+def tanh(Z: Array) -> Array:
+    """tanh(Z), element-wise."""
+    return jnp.tanh(Z)
+
+
+def tanh_prime(Z: Array) -> Array:
+    r"""tanh'(Z) = 1 − tanh(Z)^2 (quotient rule on (e^z − e^{-z})/(e^z + e^{-z}))."""
+    t = jnp.tanh(Z)
+    return 1 - t * t
+
+
+# --- relu -----------------------------------------------------------------------------------
+def relu(Z: Array) -> Array:
+    """relu(Z) = max(Z, 0), element-wise (as ``jax.nn.relu``)."""
+    return jax.nn.relu(Z)
+
+
+def relu_prime(Z: Array) -> Array:
+    """relu'(Z) = 1 where Z > 0, else 0.
+
+    Convention at the kink: relu'(0) = 0, the same sub-gradient ``jax.nn.relu``
+    uses (``jnp.maximum(Z, 0)`` would give 0.5 there; jax-ml/jax#37821).
+    """
+    return jnp.where(Z > 0, jnp.ones_like(Z), jnp.zeros_like(Z))
+
+
+# --- leaky relu -----------------------------------------------------------------------------
+def leaky_relu(Z: Array) -> Array:
+    """leaky_relu(Z) = Z where Z ≥ 0, else 0.01·Z (as ``jax.nn.leaky_relu``)."""
+    return jax.nn.leaky_relu(Z, negative_slope=LEAKY_RELU_SLOPE)
+
+
+def leaky_relu_prime(Z: Array) -> Array:
+    """leaky_relu'(Z) = 1 where Z ≥ 0, else 0.01.
+
+    Convention at the kink: the derivative at 0 is 1, matching
+    ``jax.grad(jax.nn.leaky_relu)(0.0)`` (its ``where(x >= 0, x, slope*x)`` form).
+    """
+    return jnp.where(Z >= 0, jnp.ones_like(Z), jnp.full_like(Z, LEAKY_RELU_SLOPE))
+
+
+# --- softplus -------------------------------------------------------------------------------
+def softplus(Z: Array) -> Array:
+    """softplus(Z) = ln(1 + e^Z), computed stably (``jax.nn.softplus``)."""
+    return jax.nn.softplus(Z)
+
+
+def softplus_prime(Z: Array) -> Array:
+    r"""softplus'(Z) = e^Z / (1 + e^Z) = σ(Z) (chain rule on ln(1 + e^z))."""
+    return jax.nn.sigmoid(Z)
+
+
+# --- softmax (output layer only) ------------------------------------------------------------
+def softmax(Z: Array) -> Array:
+    r"""Row-wise softmax: A_pk = e^{Z_pk} / Σ_j e^{Z_pj} (lecture, "multiclass -> softmax").
+
+    Shifted by the row max inside ``jax.nn.softmax``, so large logits do not overflow.
+    """
+    return jax.nn.softmax(Z, axis=-1)
+
+
+def softmax_backward(dA: Array, Z: Array) -> Array:
+    r"""Vector-Jacobian product through the row-wise softmax.
+
+    For one row, ∂a_k/∂z_j = a_k(δ_kj − a_j), so
+
+    .. math:: \frac{\partial L}{\partial z_j} = \sum_k \frac{\partial L}{\partial a_k} a_k
+              (\delta_{kj} - a_j) = a_j\Big(g_j - \sum_k g_k a_k\Big)
+
+    with g = dL/dA.  This is the general chain-rule path the lecture writes as
+    ∂L/∂z = ∂L/∂a · ∂a/∂z for the "o(z)" output; paired with cross-entropy it
+    collapses to δ = A − Y (see ``mlds_jax.losses``).
+
+    Args:
+      dA: upstream gradient dL/dA, shape (batch, K).
+      Z: softmax input, shape (batch, K).
+
+    Returns:
+      dL/dZ, shape (batch, K).
+    """
+    A = softmax(Z)
+    return A * (dA - jnp.sum(dA * A, axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation with its hand-derived backward rule.
+
+    Attributes:
+      name: registry key.
+      fn: f(Z), shape-preserving.
+      prime: f'(Z) for element-wise activations, ``None`` for softmax.
+      backward: (dA, Z) -> dZ; ``dA ⊙ f'(Z)`` for element-wise ones.
+      elementwise: whether f acts entry by entry.
+    """
+
+    name: str
+    fn: Callable[[Array], Array]
+    prime: Callable[[Array], Array] | None
+    backward: Callable[[Array, Array], Array]
+    elementwise: bool = True
+
+
+def _elementwise(name: str, fn: Callable, prime: Callable) -> Activation:
+    # MLDS notes, "Activation function": dL/dX = dL/dY ⊙ f'(X).
+    return Activation(name, fn, prime, lambda dA, Z: dA * prime(Z), True)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": _elementwise("identity", identity, identity_prime),
+    "sigmoid": _elementwise("sigmoid", sigmoid, sigmoid_prime),
+    "tanh": _elementwise("tanh", tanh, tanh_prime),
+    "relu": _elementwise("relu", relu, relu_prime),
+    "leaky_relu": _elementwise("leaky_relu", leaky_relu, leaky_relu_prime),
+    "softplus": _elementwise("softplus", softplus, softplus_prime),
+    "softmax": Activation("softmax", softmax, None, softmax_backward, elementwise=False),
+}
+
+#: Activations allowed on hidden layers (softmax couples units, so output only).
+HIDDEN_ACTIVATIONS: tuple[str, ...] = tuple(n for n, a in ACTIVATIONS.items() if a.elementwise)
+#: Activations allowed on the output layer.
+OUTPUT_ACTIVATIONS: tuple[str, ...] = tuple(ACTIVATIONS)
+
+
+def get_activation(name: str, *, allowed: tuple[str, ...] | None = None) -> Activation:
+    """Look up an activation by name, with an error that lists the valid names."""
+    valid = tuple(ACTIVATIONS) if allowed is None else allowed
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a string, one of {list(valid)}; got {name!r}")
+    if name not in valid:
+        raise ValueError(f"unknown activation {name!r}; valid names: {list(valid)}")
+    return ACTIVATIONS[name]

@@ -1,0 +1,417 @@
+r"""Training: a jit-compiled train step over any optax optimizer, ``fit`` and ``evaluate``.
+
+Contracts:
+
+* ``make_train_step(optimizer, loss, grads="manual")`` returns ``step(params, opt_state, X, Y)
+  -> (params, opt_state, metrics)``: pure, compiled once per input shape; ``metrics["loss"]`` is
+  the loss *before* the update (the value whose gradient was applied).  With
+  ``optax.sgd(α)`` the update is exactly the notes' W ← W − α ∂L/∂W (MLDS notes, "Gradient
+  descent"; sigmoid notes, w_{k+1} = w_k − α ∂C/∂w_k).
+* ``fit`` runs each epoch as a single compiled call: the permutation, the minibatch gathers,
+  every update (a ``lax.scan`` over full batches, then one step on the last partial batch) and
+  the validation pass all stay on device; the host only reads the epoch's metrics.
+* ``evaluate`` returns ``{"loss", "accuracy"}`` for classification losses and
+  ``{"loss", "r2"}`` for regression ones.
+
+Optimizers are optax's; only the gradients are hand-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+from jax.typing import ArrayLike
+
+from mlds_jax import _checks
+from mlds_jax.autodiff import _autodiff_value_and_grads_aux
+from mlds_jax.backprop import _manual_value_and_grads_aux
+from mlds_jax.losses import get_loss
+from mlds_jax.network import Params
+
+__all__ = [
+    "EarlyStopping",
+    "History",
+    "TrainStep",
+    "TrainingDivergedWarning",
+    "default_loss",
+    "evaluate",
+    "fit",
+    "make_train_step",
+]
+
+GRADS = ("manual", "autodiff")
+_DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+
+
+class TrainingDivergedWarning(RuntimeWarning):
+    """Training produced a non-finite loss or parameters and was stopped."""
+
+
+def default_loss(params: Params) -> str:
+    """The loss for the output activation: softmax → cross_entropy, sigmoid → BCE, else mse."""
+    return _DEFAULT_LOSS.get(params[-1].activation, "mse")
+
+
+def _check_grads_name(grads: str) -> None:
+    if grads not in GRADS:
+        raise ValueError(f"grads must be one of {list(GRADS)}, got {grads!r}")
+
+
+def _check_optimizer(optimizer) -> None:
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); "
+            f"got {type(optimizer).__name__}"
+        )
+
+
+def _value_grads_aux(grads: str, fused: bool) -> Callable:
+    """(params, X, Y, loss, row_weights) -> (value, Ŷ, grads), manual or autodiff."""
+    if grads == "manual":
+        return lambda p, X, Y, loss, rw: _manual_value_and_grads_aux(p, X, Y, loss, rw, fused)
+    return _autodiff_value_and_grads_aux
+
+
+def _batch_metrics(loss: str, value: Array, A: Array, Y: Array, row_weights=None) -> dict:
+    """Loss and, for classification, accuracy, averaged with the row weights (default 1/N)."""
+    metrics = {"loss": value}
+    target = get_loss(loss).targets
+    if target == "real":
+        return metrics
+    if target == "class":
+        correct = (jnp.argmax(A, axis=-1) == jnp.argmax(Y, axis=-1)).astype(A.dtype)
+    else:  # probability outputs: threshold at 0.5, mean over the outputs of each row
+        correct = jnp.mean(((A > 0.5) == (Y > 0.5)).astype(A.dtype), axis=-1)
+    if row_weights is None:
+        metrics["accuracy"] = jnp.mean(correct)
+    else:
+        metrics["accuracy"] = jnp.sum(correct * row_weights.astype(A.dtype))
+    return metrics
+
+
+def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True) -> Callable:
+    vga = _value_grads_aux(grads, fused)
+
+    def step_core(params, opt_state, X, Y, row_weights=None):
+        value, A, g = vga(params, X, Y, loss, row_weights)
+        updates, opt_state = optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)  # W ← W + update (sgd: −α ∂L/∂W)
+        return params, opt_state, _batch_metrics(loss, value, A, Y, row_weights)
+
+    return step_core
+
+
+class TrainStep:
+    """A compiled train step: ``step(params, opt_state, X, Y) -> (params, opt_state, metrics)``.
+
+    Attributes:
+      jitted: the underlying ``jax.jit`` function (no input checks), for tight loops.
+      trace_count: how many times it has been traced (compiled once per input shape).
+    """
+
+    def __init__(self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool):
+        self.optimizer, self.loss, self.grads = optimizer, loss, grads
+        self.check_inputs = check_inputs
+        self.trace_count = 0
+        core = _make_step_core(optimizer, loss, grads, fused)
+
+        def traced(params, opt_state, X, Y):
+            self.trace_count += 1  # Python side effect: runs only while tracing
+            return core(params, opt_state, X, Y)
+
+        self.jitted = jax.jit(traced)
+
+    def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike):
+        if self.check_inputs:
+            X, Y = _checks.check_batch(params, X, Y, self.loss)
+        return self.jitted(params, opt_state, X, Y)
+
+    def __repr__(self) -> str:
+        return f"TrainStep(loss={self.loss!r}, grads={self.grads!r})"
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation,
+    loss: str,
+    grads: str = "manual",
+    *,
+    fused: bool = True,
+    check_inputs: bool = True,
+) -> TrainStep:
+    """Build a jit-compiled training step.
+
+    Args:
+      optimizer: any ``optax.GradientTransformation``; ``optax.sgd(α)`` is the notes' rule
+        W ← W − α ∂L/∂W.
+      loss: loss name (see ``mlds_jax.LOSSES``).
+      grads: "manual" (hand-derived backprop) or "autodiff" (``jax.grad``).
+      fused: use the simplified output δ for matched output/loss pairs (manual only).
+      check_inputs: validate (params, X, Y) on the host before each call (shapes, labels,
+        finiteness).  ``step.jitted`` skips the checks.
+
+    Returns:
+      A :class:`TrainStep`; initialise the optimizer state with ``optimizer.init(params)``.
+
+    Example:
+      >>> step = mj.make_train_step(optax.sgd(0.1), "cross_entropy")
+      >>> opt_state = optax.sgd(0.1).init(params)
+      >>> params, opt_state, metrics = step(params, opt_state, X, y)
+    """
+    get_loss(loss)
+    _check_grads_name(grads)
+    _check_optimizer(optimizer)
+    return TrainStep(optimizer, loss, grads, fused=fused, check_inputs=check_inputs)
+
+
+# --- evaluate --------------------------------------------------------------------------------
+def _eval_core(params, X, Y, loss: str) -> dict:
+    from mlds_jax.network import _forward_cache, _loss_from_cache
+
+    cache = _forward_cache(params, X)
+    value = _loss_from_cache(cache, Y, loss)
+    metrics = _batch_metrics(loss, value, cache.As[-1], Y)
+    if get_loss(loss).targets == "real":
+        resid = jnp.sum((cache.As[-1] - Y) ** 2)
+        total = jnp.sum((Y - jnp.mean(Y, axis=0, keepdims=True)) ** 2)
+        metrics["r2"] = 1 - resid / jnp.maximum(total, jnp.finfo(Y.dtype).tiny)
+    return metrics
+
+
+_eval_jit = jax.jit(_eval_core, static_argnums=3)
+
+
+def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None) -> dict:
+    """Loss and a score of the network on (X, Y).
+
+    Args:
+      params: tuple of :class:`Dense`.
+      X: (N, n_in).  Y: targets as for :func:`mlds_jax.loss`.
+      loss: loss name; default from the output activation (softmax → cross_entropy,
+        sigmoid → binary_cross_entropy, otherwise mse).
+
+    Returns:
+      ``{"loss": float, "accuracy": float}`` for classification losses,
+      ``{"loss": float, "r2": float}`` (coefficient of determination) for regression ones.
+    """
+    _checks.check_params(params)
+    loss = default_loss(params) if loss is None else loss
+    X, Y = _checks.check_batch(params, X, Y, loss)
+    return {k: float(v) for k, v in _eval_jit(params, X, Y, loss).items()}
+
+
+# --- fit -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best`` the parameters of the best epoch are returned.
+    """
+
+    patience: int = 5
+    min_delta: float = 0.0
+    monitor: str = "val_loss"
+    restore_best: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"early stopping patience must be an int >= 1, got {self.patience!r}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+        if self.monitor not in ("val_loss", "loss"):
+            raise ValueError(f"monitor must be 'val_loss' or 'loss', got {self.monitor!r}")
+
+
+class History(dict):
+    """Per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy", "time"), plus
+    ``stop_reason`` ("completed", "early_stopping" or "diverged") and ``best_epoch``."""
+
+    stop_reason: str = "completed"
+    best_epoch: int | None = None
+
+
+def _tree_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _make_epoch(step_core, loss: str, n: int, batch_size: int, has_val: bool) -> Callable:
+    """One epoch as one compiled function: shuffle, scan over full batches, last partial batch."""
+    n_full, rest = divmod(n, batch_size)
+
+    def epoch(params, opt_state, key, X, Y, Xv, Yv):
+        perm = jax.random.permutation(key, n)
+
+        def body(carry, idx):
+            p, s = carry
+            p, s, m = step_core(p, s, X[idx], Y[idx])  # minibatch gathered on device
+            return (p, s), m
+
+        sums = {}
+        if n_full:
+            idx = perm[: n_full * batch_size].reshape(n_full, batch_size)
+            (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), idx)
+            sums = {k: jnp.sum(v) * batch_size for k, v in ms.items()}
+        if rest:  # the last partial batch is used, not dropped
+            idx = perm[n_full * batch_size:]
+            params, opt_state, m = step_core(params, opt_state, X[idx], Y[idx])
+            sums = {k: sums.get(k, 0.0) + v * rest for k, v in m.items()}
+        metrics = {k: v / n for k, v in sums.items()}  # size-weighted mean over minibatches
+        if has_val:
+            for k, v in _eval_core(params, Xv, Yv, loss).items():
+                if k != "r2":
+                    metrics["val_" + k] = v
+        metrics["finite"] = _tree_finite(params)
+        return params, opt_state, metrics
+
+    return epoch
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def fit(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    *,
+    loss: str | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    key: ArrayLike | None = None,
+    validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+    grads: str = "manual",
+    early_stopping: int | EarlyStopping | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> tuple[Params, History]:
+    """Train with minibatches; every epoch is one compiled call on device.
+
+    Args:
+      params: initial parameters (not modified).
+      X: (N, n_in) inputs.  Y: targets as for :func:`mlds_jax.loss`.
+      loss: loss name; default from the output activation (softmax → cross_entropy,
+        sigmoid → binary_cross_entropy, otherwise mse).
+      optimizer: an optax optimizer; default ``optax.adam(1e-3)``.
+      epochs: passes over the data (>= 1).
+      batch_size: rows per update (>= 1); the last partial batch is used.  A batch_size
+        above N trains full-batch.
+      key: ``jax.random`` key for the per-epoch shuffles; default ``jax.random.key(0)``.
+        The same key gives bit-identical parameters and history.
+      validation_data: optional (X_val, Y_val), evaluated after every epoch.
+      grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
+      early_stopping: patience as an int, or an :class:`EarlyStopping`; monitors val_loss
+        (needs validation_data) and restores the best parameters.
+      progress: show a progress bar with the metrics (only when stderr is a terminal).
+      on_epoch_end: optional ``callback(epoch_index, metrics)`` after every finished epoch
+        (metrics as floats); e.g. to log when no terminal shows the bar.
+
+    Returns:
+      ``(params, history)``.  ``history`` is a :class:`History` (a dict) of per-epoch lists:
+      "loss" (mean minibatch loss over the epoch, before each update), "accuracy" for
+      classification, "val_loss"/"val_accuracy" with validation data, and "time" (seconds).
+      If the loss or parameters become non-finite, training stops with a
+      :class:`TrainingDivergedWarning` and the last finite parameters are returned.
+    """
+    _checks.check_params(params)
+    loss = default_loss(params) if loss is None else loss
+    X, Y = _checks.check_batch(params, X, Y, loss)
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    _check_grads_name(grads)
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    _check_optimizer(optimizer)
+    key = jax.random.key(0) if key is None else _checks.check_key(key)
+    has_val = validation_data is not None
+    if has_val:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a tuple (X_val, Y_val)")
+        Xv, Yv = _checks.check_batch(params, *validation_data, loss, x_name="validation X",
+                                     y_name="validation Y")
+    else:
+        Xv = Yv = None
+    if isinstance(early_stopping, bool):
+        raise TypeError("early_stopping must be None, an int patience or an EarlyStopping")
+    if isinstance(early_stopping, (int, np.integer)):
+        early_stopping = EarlyStopping(patience=int(early_stopping))
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError("early_stopping must be None, an int patience or an EarlyStopping")
+        if early_stopping.monitor == "val_loss" and not has_val:
+            raise ValueError(
+                "early stopping monitors val_loss: pass validation_data=(X_val, Y_val)"
+            )
+
+    step_core = _make_step_core(optimizer, loss, grads)
+    epoch_fn = jax.jit(_make_epoch(step_core, loss, X.shape[0], batch_size, has_val))
+    opt_state = optimizer.init(params)
+    history = History()
+    best_value, best_params, since_best = math.inf, params, 0
+    keys = jax.random.split(key, epochs)
+
+    bar = None
+    if _progress_enabled(progress):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr)
+    try:
+        for e in range(epochs):
+            t0 = time.perf_counter()
+            new_params, new_state, metrics = epoch_fn(params, opt_state, keys[e], X, Y, Xv, Yv)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            finite = bool(metrics.pop("finite")) and all(map(math.isfinite, metrics.values()))
+            if not finite:
+                history.stop_reason = "diverged"
+                warnings.warn(
+                    f"training diverged in epoch {e + 1}: non-finite loss or parameters "
+                    f"(metrics {metrics}); returning the parameters after epoch {e} "
+                    "(the last finite ones). Try a smaller learning rate.",
+                    TrainingDivergedWarning,
+                    stacklevel=2,
+                )
+                break
+            params, opt_state = new_params, new_state
+            metrics["time"] = time.perf_counter() - t0
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(v)
+            if on_epoch_end is not None:
+                on_epoch_end(e, dict(metrics))
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
+                bar.update(1)
+            if early_stopping is not None:
+                value = metrics[early_stopping.monitor]
+                if value < best_value - early_stopping.min_delta:
+                    best_value, best_params, since_best = value, params, 0
+                    history.best_epoch = e
+                else:
+                    since_best += 1
+                    if since_best >= early_stopping.patience:
+                        history.stop_reason = "early_stopping"
+                        break
+    finally:
+        if bar is not None:
+            bar.close()
+    restore = early_stopping is not None and early_stopping.restore_best
+    if restore and history.best_epoch is not None:
+        params = best_params
+    return params, history
