@@ -25,6 +25,8 @@ from mlds_jax.activations import (
 )
 from mlds_jax.autodiff import GradCheckReport, LeafCheck, autodiff_grads, check_grads
 from mlds_jax.backprop import backward_deltas, dense_backward, manual_grads, output_delta
+from mlds_jax.checkpoint import load, load_checkpoint, save, save_checkpoint
+from mlds_jax.datasets import DATASETS, Dataset, DatasetInfo, load_dataset, one_hot, standardize
 from mlds_jax.descent import (
     GradientDescentResult,
     gradient_descent,
@@ -45,6 +47,7 @@ from mlds_jax.network import (
     layer_sizes,
     loss,
 )
+from mlds_jax.parallel import data_parallel_mesh, pad_rows
 from mlds_jax.training import (
     EarlyStopping,
     History,
@@ -59,6 +62,18 @@ from mlds_jax.training import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "standardize",
+    "one_hot",
+    "load_dataset",
+    "DatasetInfo",
+    "Dataset",
+    "DATASETS",
+    "save_checkpoint",
+    "save",
+    "load_checkpoint",
+    "load",
+    "data_parallel_mesh",
+    "pad_rows",
     "make_train_step",
     "fit",
     "evaluate",

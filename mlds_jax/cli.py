@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop when the test-split loss stalls for PATIENCE epochs")
     t.add_argument("--out", default=None, metavar="DIR",
                    help="write model.npz, history.json, history.csv and curves.png here")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="shard every minibatch over all local devices (jax.sharding mesh)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch log")
 
     g = sub.add_parser("gradcheck", help="manual vs jax.grad vs finite differences",
@@ -144,10 +146,10 @@ def _prepare_out(path: str) -> str:
 
 
 def _write_history(out: str, history: dict, summary: dict) -> None:
-    from mlds_jax.checkpoint import _atomic_write_bytes
+    from mlds_jax.checkpoint import _atomic_write
 
     payload = {"summary": summary, "history": {k: list(v) for k, v in history.items()}}
-    _atomic_write_bytes(os.path.join(out, "history.json"),
+    _atomic_write(os.path.join(out, "history.json"),
                         json.dumps(payload, indent=2).encode())
     keys = list(history)
     rows = [["epoch", *keys]] + [[i + 1, *(history[k][i] for k in keys)]
@@ -156,7 +158,7 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
 
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
-    _atomic_write_bytes(os.path.join(out, "history.csv"), buf.getvalue().encode())
+    _atomic_write(os.path.join(out, "history.csv"), buf.getvalue().encode())
 
 
 def _plot_history(out: str, history: dict, title: str) -> str:
@@ -165,7 +167,7 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlds_jax.checkpoint import _atomic_write_bytes
+    from mlds_jax.checkpoint import _atomic_write
 
     metrics = [m for m in ("accuracy", "r2") if m in history]
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5 * (1 + len(metrics)), 3.6))
@@ -190,7 +192,7 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     path = os.path.join(out, "curves.png")
-    _atomic_write_bytes(path, buf.getvalue())
+    _atomic_write(path, buf.getvalue())
     return path
 
 
@@ -225,10 +227,13 @@ def cmd_train(args) -> int:
     params = mj.init_mlp(key_init, sizes, hidden=args.activation, output=output)
     Y_train, Y_test = ds.targets("train"), ds.targets("test")
     device = jax.devices()[0]
+    mesh = mj.data_parallel_mesh(jax.local_devices()) if args.data_parallel else None
+    where = (f"{len(jax.local_devices())} {device.platform.upper()} devices (data parallel)"
+             if mesh is not None else f"{device.platform.upper()} ({device.device_kind})")
     print(f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train)} train / {len(ds.X_test)} "
           f"test rows), MLP {'-'.join(map(str, sizes))} {args.activation}/{output}, loss {loss}, "
           f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
-          f"on {device.platform.upper()} ({device.device_kind})", flush=True)
+          f"on {where}", flush=True)
     interactive = not args.no_progress and sys.stderr.isatty()
     log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
     t0 = time.perf_counter()
@@ -236,7 +241,7 @@ def cmd_train(args) -> int:
         params, ds.X_train, Y_train, loss=loss, optimizer=_optimizer(args.optimizer, lr),
         epochs=args.epochs, batch_size=args.batch_size, key=key_fit,
         validation_data=(ds.X_test, Y_test), grads=args.grads,
-        early_stopping=args.early_stopping, progress=interactive, on_epoch_end=log)
+        early_stopping=args.early_stopping, progress=interactive, on_epoch_end=log, mesh=mesh)
     seconds = time.perf_counter() - t0
     scores = mj.evaluate(params, ds.X_test, Y_test, loss)
     n_epochs = len(history.get("loss", []))
@@ -244,6 +249,7 @@ def cmd_train(args) -> int:
                "output": output, "loss": loss, "optimizer": args.optimizer, "lr": lr,
                "batch_size": args.batch_size, "grads": args.grads, "seed": args.seed,
                "test_size": args.test_size, "epochs_run": n_epochs,
+               "data_parallel_devices": len(jax.local_devices()) if mesh is not None else 1,
                "stop_reason": history.stop_reason, "train_seconds": round(seconds, 3),
                **{f"test_{k}": v for k, v in scores.items()}}
     shown = "  ".join(f"test {k} {v:.4f}" for k, v in scores.items())

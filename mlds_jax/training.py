@@ -33,7 +33,7 @@ import optax
 from jax import Array
 from jax.typing import ArrayLike
 
-from mlds_jax import _checks
+from mlds_jax import _checks, parallel
 from mlds_jax.autodiff import _autodiff_value_and_grads_aux
 from mlds_jax.backprop import _manual_value_and_grads_aux
 from mlds_jax.losses import get_loss
@@ -116,29 +116,46 @@ class TrainStep:
     """A compiled train step: ``step(params, opt_state, X, Y) -> (params, opt_state, metrics)``.
 
     Attributes:
-      jitted: the underlying ``jax.jit`` function (no input checks), for tight loops.
+      jitted: the underlying ``jax.jit`` function (no input checks), for tight loops:
+        ``jitted(params, opt_state, X, Y)``; with a mesh ``jitted(params, opt_state, X, Y, w)``
+        with row weights ``w`` (see :func:`mlds_jax.parallel.pad_rows`).
       trace_count: how many times it has been traced (compiled once per input shape).
+      mesh: the data-parallel mesh, or None.
     """
 
-    def __init__(self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool):
+    def __init__(self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool,
+                 mesh=None):
         self.optimizer, self.loss, self.grads = optimizer, loss, grads
         self.check_inputs = check_inputs
         self.trace_count = 0
+        self.mesh = None if mesh is None else parallel.check_mesh(mesh)
         core = _make_step_core(optimizer, loss, grads, fused)
 
-        def traced(params, opt_state, X, Y):
+        def traced(params, opt_state, X, Y, row_weights=None):
             self.trace_count += 1  # Python side effect: runs only while tracing
-            return core(params, opt_state, X, Y)
+            return core(params, opt_state, X, Y, row_weights)
 
-        self.jitted = jax.jit(traced)
+        if self.mesh is None:
+            self.jitted = jax.jit(traced)
+        else:
+            rep, rows = parallel.shardings(self.mesh)
+            self._shardings = rep, rows
+            self.jitted = jax.jit(traced, in_shardings=(rep, rep, rows, rows, rows),
+                                  out_shardings=(rep, rep, rep))
 
     def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike):
         if self.check_inputs:
             X, Y = _checks.check_batch(params, X, Y, self.loss)
-        return self.jitted(params, opt_state, X, Y)
+        if self.mesh is None:
+            return self.jitted(params, opt_state, X, Y)
+        rep, rows = self._shardings
+        X, Y, w = parallel.pad_rows(jnp.asarray(X), jnp.asarray(Y), parallel.n_shards(self.mesh))
+        params, opt_state = jax.device_put((params, opt_state), rep)
+        X, Y, w = jax.device_put((X, Y, w), rows)
+        return self.jitted(params, opt_state, X, Y, w)
 
     def __repr__(self) -> str:
-        return f"TrainStep(loss={self.loss!r}, grads={self.grads!r})"
+        return f"TrainStep(loss={self.loss!r}, grads={self.grads!r}, mesh={self.mesh})"
 
 
 def make_train_step(
@@ -148,6 +165,7 @@ def make_train_step(
     *,
     fused: bool = True,
     check_inputs: bool = True,
+    mesh=None,
 ) -> TrainStep:
     """Build a jit-compiled training step.
 
@@ -159,6 +177,9 @@ def make_train_step(
       fused: use the simplified output δ for matched output/loss pairs (manual only).
       check_inputs: validate (params, X, Y) on the host before each call (shapes, labels,
         finiteness).  ``step.jitted`` skips the checks.
+      mesh: optional ``jax.sharding.Mesh`` with a "batch" axis: the batch is sharded along
+        its rows over the mesh, params and optimizer state are replicated, and XLA reduces
+        the gradients; a batch that does not divide evenly is padded with zero-weight rows.
 
     Returns:
       A :class:`TrainStep`; initialise the optimizer state with ``optimizer.init(params)``.
@@ -171,7 +192,7 @@ def make_train_step(
     get_loss(loss)
     _check_grads_name(grads)
     _check_optimizer(optimizer)
-    return TrainStep(optimizer, loss, grads, fused=fused, check_inputs=check_inputs)
+    return TrainStep(optimizer, loss, grads, fused=fused, check_inputs=check_inputs, mesh=mesh)
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -244,16 +265,31 @@ def _tree_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _make_epoch(step_core, loss: str, n: int, batch_size: int, has_val: bool) -> Callable:
-    """One epoch as one compiled function: shuffle, scan over full batches, last partial batch."""
+def _make_epoch(step_core, loss: str, n: int, batch_size: int, has_val: bool,
+                mesh=None) -> Callable:
+    """One epoch as one compiled function: shuffle, scan over full batches, last partial batch.
+
+    With a mesh, each gathered minibatch is constrained to be row-sharded over "batch" and
+    padded to a multiple of the device count with zero-weight rows.
+    """
     n_full, rest = divmod(n, batch_size)
+
+    def gather(X, Y, idx, dtype):
+        if mesh is None:
+            return X[idx], Y[idx], None  # minibatch gathered on device
+        idx, w = parallel.padded_index(idx, parallel.n_shards(mesh), dtype)
+        _, rows = parallel.shardings(mesh)
+        Xb, Yb, w = (jax.lax.with_sharding_constraint(a, rows) for a in (X[idx], Y[idx], w))
+        return Xb, Yb, w
 
     def epoch(params, opt_state, key, X, Y, Xv, Yv):
         perm = jax.random.permutation(key, n)
+        if mesh is not None:  # every device needs the whole permutation: keep it replicated
+            perm = jax.lax.with_sharding_constraint(perm, parallel.shardings(mesh)[0])
 
         def body(carry, idx):
             p, s = carry
-            p, s, m = step_core(p, s, X[idx], Y[idx])  # minibatch gathered on device
+            p, s, m = step_core(p, s, *gather(X, Y, idx, X.dtype))
             return (p, s), m
 
         sums = {}
@@ -263,7 +299,7 @@ def _make_epoch(step_core, loss: str, n: int, batch_size: int, has_val: bool) ->
             sums = {k: jnp.sum(v) * batch_size for k, v in ms.items()}
         if rest:  # the last partial batch is used, not dropped
             idx = perm[n_full * batch_size:]
-            params, opt_state, m = step_core(params, opt_state, X[idx], Y[idx])
+            params, opt_state, m = step_core(params, opt_state, *gather(X, Y, idx, X.dtype))
             sums = {k: sums.get(k, 0.0) + v * rest for k, v in m.items()}
         metrics = {k: v / n for k, v in sums.items()}  # size-weighted mean over minibatches
         if has_val:
@@ -303,6 +339,7 @@ def fit(
     early_stopping: int | EarlyStopping | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    mesh=None,
 ) -> tuple[Params, History]:
     """Train with minibatches; every epoch is one compiled call on device.
 
@@ -324,6 +361,9 @@ def fit(
       progress: show a progress bar with the metrics (only when stderr is a terminal).
       on_epoch_end: optional ``callback(epoch_index, metrics)`` after every finished epoch
         (metrics as floats); e.g. to log when no terminal shows the bar.
+      mesh: optional ``jax.sharding.Mesh`` with a "batch" axis for data-parallel training
+        (see :func:`make_train_step`); the data and parameters are replicated on its devices
+        and every minibatch is split along its rows.
 
     Returns:
       ``(params, history)``.  ``history`` is a :class:`History` (a dict) of per-epoch lists:
@@ -362,8 +402,12 @@ def fit(
             )
 
     step_core = _make_step_core(optimizer, loss, grads)
-    epoch_fn = jax.jit(_make_epoch(step_core, loss, X.shape[0], batch_size, has_val))
+    mesh = None if mesh is None else parallel.check_mesh(mesh)
+    epoch_fn = jax.jit(_make_epoch(step_core, loss, X.shape[0], batch_size, has_val, mesh))
     opt_state = optimizer.init(params)
+    if mesh is not None:
+        rep, _ = parallel.shardings(mesh)
+        params, opt_state, X, Y, Xv, Yv = jax.device_put((params, opt_state, X, Y, Xv, Yv), rep)
     history = History()
     best_value, best_params, since_best = math.inf, params, 0
     keys = jax.random.split(key, epochs)
