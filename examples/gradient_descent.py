@@ -22,14 +22,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
-from mlds_jax.descent import (  # noqa: E402
-    GradientDescentResult,
-    gradient_descent,
-    max_stable_step_size,
-    quadratic_example,
-)
+import mlds_jax as mj  # noqa: E402
+from mlds_jax import GradientDescentResult  # noqa: E402
 
 X_INITIAL = (3.0, 3.0)
+ETAS = "0.1,0.2,0.26"  # the lecture's two steps, and one just past 2 / lambda_max ~= 0.245
+MAX_ITER = 1000
+OUT = "gd_paths.png"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,13 +36,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--etas",
-        default="0.1,0.2,0.26",
+        default=ETAS,
         help="comma-separated fixed step sizes (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-iter", type=int, default=1000, help="iteration cap per run (default: %(default)s)"
+        "--max-iter",
+        type=int,
+        default=MAX_ITER,
+        help="iteration cap per run (default: %(default)s)",
     )
-    parser.add_argument("--out", default="gd_paths.png", help="figure path (default: %(default)s)")
+    parser.add_argument("--out", default=OUT, help="figure path (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         args.etas = [float(e) for e in args.etas.split(",") if e.strip()]
@@ -58,7 +60,7 @@ def run_study(etas: Sequence[float], max_iter: int) -> dict[float, GradientDesce
     """Run gradient descent on the lecture's function from ``X_INITIAL`` for each step size."""
     x0 = jnp.asarray(X_INITIAL, dtype=jnp.float32)
     return {
-        eta: gradient_descent(quadratic_example, x0, step_size=eta, max_iter=max_iter)
+        eta: mj.gradient_descent(mj.quadratic_example, x0, step_size=eta, max_iter=max_iter)
         for eta in etas
     }
 
@@ -81,7 +83,7 @@ def plot_study(results: dict[float, GradientDescentResult], out: str, eta_max: f
     grid = np.linspace(-lim, lim, 201)
     xx, yy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=jnp.float32)
-    zz = np.asarray(jax.vmap(quadratic_example)(points)).reshape(xx.shape)
+    zz = np.asarray(jax.vmap(mj.quadratic_example)(points)).reshape(xx.shape)
     contours = ax_path.contour(xx, yy, zz, levels=np.geomspace(0.05, zz.max(), 15), cmap="viridis")
     ax_path.clabel(contours, fontsize=7, fmt="%.2g")
 
@@ -107,18 +109,34 @@ def plot_study(results: dict[float, GradientDescentResult], out: str, eta_max: f
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[float, GradientDescentResult]:
-    """Run the study, print the table and the stability bound, save the figure; return results."""
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the study, print the table and the stability bound, save the figure.
+
+    Returns:
+      ``{"eta_max": 2 / lambda_max, "runs": {eta: {"n_iter", "converged", "reason", "f",
+      "grad_norm", "x"}}}`` with plain Python values.
+    """
     args = parse_args(argv)
     x0 = jnp.asarray(X_INITIAL, dtype=jnp.float32)
     # The Hessian [[2, 1], [1, 8]] is constant, so the bound is the same at every point.
-    eta_max = max_stable_step_size(quadratic_example, x0)
+    eta_max = mj.max_stable_step_size(mj.quadratic_example, x0)
     results = run_study(args.etas, args.max_iter)
     print(format_table(results))
     print(f"largest stable fixed step 2/lambda_max = {eta_max:.5f}")
     plot_study(results, args.out, eta_max)
     print(f"figure saved to {args.out}")
-    return results
+    runs = {
+        eta: {
+            "n_iter": res.n_iter,
+            "converged": res.converged,
+            "reason": res.reason,
+            "f": res.f,
+            "grad_norm": res.grad_norm,
+            "x": [float(v) for v in np.asarray(res.x)],
+        }
+        for eta, res in results.items()
+    }
+    return {"eta_max": eta_max, "runs": runs}
 
 
 if __name__ == "__main__":

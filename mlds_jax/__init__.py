@@ -46,6 +46,8 @@ from mlds_jax.network import (
     init_mlp,
     layer_sizes,
     loss,
+    predict,
+    prepare_targets,
 )
 from mlds_jax.parallel import data_parallel_mesh, pad_rows
 from mlds_jax.training import (
@@ -62,6 +64,8 @@ from mlds_jax.training import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "prepare_targets",
+    "predict",
     "standardize",
     "one_hot",
     "load_dataset",

@@ -41,13 +41,17 @@ def _autodiff_value_and_grads_aux(
     return value, A, grads
 
 
+_autodiff_grads_jit = jax.jit(lambda p, X, Y, loss: jax.grad(_loss_core)(p, X, Y, loss),
+                              static_argnums=3)
+
+
 def autodiff_grads(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Params:
     """``jax.grad`` of :func:`mlds_jax.loss` with respect to params: the reference gradients.
 
     Args and returns as :func:`mlds_jax.manual_grads` (same pytree structure as ``params``).
     """
     X, Y = _checks.check_batch(params, X, Y, loss)
-    return _autodiff_value_and_grads(params, X, Y, loss)[1]
+    return _autodiff_grads_jit(params, X, Y, loss)
 
 
 @dataclasses.dataclass(frozen=True)

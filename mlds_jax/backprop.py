@@ -26,6 +26,9 @@ output δ; nothing downstream averages again (the classic bias-gradient bug).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -154,6 +157,16 @@ def _manual_value_and_grads_aux(
     return value, cache.As[-1], grads
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _deltas_jit(params: Params, X: Array, Y: Array, loss: str, fused: bool):
+    return _backward(params, _forward_cache(params, X), Y, loss, fused=fused)[1]
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _manual_grads_jit(params: Params, X: Array, Y: Array, loss: str, fused: bool):
+    return _manual_value_and_grads(params, X, Y, loss, fused=fused)[1]
+
+
 def backward_deltas(
     params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *, fused: bool = True
 ) -> tuple[Array, ...]:
@@ -170,8 +183,7 @@ def backward_deltas(
       (δ^{(1)}, ..., δ^{(L)}), δ^{(l)} of shape (N, sizes[l]).
     """
     X, Y = _checks.check_batch(params, X, Y, loss)
-    cache = _forward_cache(params, X)
-    return _backward(params, cache, Y, loss, fused=fused)[1]
+    return _deltas_jit(params, X, Y, loss, fused)
 
 
 def manual_grads(
@@ -197,4 +209,4 @@ def manual_grads(
       ``grads[l].b`` (fan_out,).
     """
     X, Y = _checks.check_batch(params, X, Y, loss)
-    return _manual_value_and_grads(params, X, Y, loss, fused=fused)[1]
+    return _manual_grads_jit(params, X, Y, loss, fused)

@@ -153,7 +153,7 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
                         json.dumps(payload, indent=2).encode())
     keys = list(history)
     rows = [["epoch", *keys]] + [[i + 1, *(history[k][i] for k in keys)]
-                                 for i in range(len(history["loss"]))]
+                                 for i in range(len(history.get("loss", [])))]
     import io
 
     buf = io.StringIO()
@@ -172,8 +172,8 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     metrics = [m for m in ("accuracy", "r2") if m in history]
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5 * (1 + len(metrics)), 3.6))
     axes = list(axes) if metrics else [axes]
-    epochs = range(1, len(history["loss"]) + 1)
-    axes[0].plot(epochs, history["loss"], label="train")
+    epochs = range(1, len(history.get("loss", [])) + 1)  # empty if epoch 1 diverged
+    axes[0].plot(epochs, history.get("loss", []), label="train")
     if "val_loss" in history:
         axes[0].plot(epochs, history["val_loss"], label="test")
     axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")

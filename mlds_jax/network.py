@@ -39,6 +39,8 @@ __all__ = [
     "init_mlp",
     "layer_sizes",
     "loss",
+    "predict",
+    "prepare_targets",
 ]
 
 
@@ -129,7 +131,7 @@ def init_mlp(
     if init == "auto":
         init = "he" if hidden in ("relu", "leaky_relu") else "xavier"
     if init not in INITIALIZERS:
-        raise ValueError(f"unknown init {init!r}; valid: ['auto', *{list(INITIALIZERS)}]")
+        raise ValueError(f"unknown init {init!r}; valid: {['auto', *INITIALIZERS]}")
     key = _checks.check_key(key)
     dtype = _checks.float_dtype(dtype)
     keys = jax.random.split(key, len(sizes) - 1)
@@ -183,6 +185,9 @@ def _forward_cache(params: Params, X: Array) -> ForwardCache:
     return ForwardCache(tuple(Zs), tuple(As))
 
 
+_forward_cache_jit = jax.jit(_forward_cache)
+
+
 def forward_cache(params: Params, X: ArrayLike) -> ForwardCache:
     """Forward pass that keeps every layer's Z and A (lecture, "Forward propagation: MLP").
 
@@ -195,7 +200,7 @@ def forward_cache(params: Params, X: ArrayLike) -> ForwardCache:
     """
     _checks.check_params(params)
     X = _checks.check_X(params, X)
-    return _forward_cache(params, X)
+    return _forward_cache_jit(params, X)
 
 
 def forward(params: Params, X: ArrayLike) -> Array:
@@ -225,6 +230,39 @@ def _loss_core(params: Params, X: Array, Y: Array, loss_name: str, row_weights=N
     return _loss_from_cache(_forward_cache(params, X), Y, loss_name, row_weights)
 
 
+_loss_jit = jax.jit(_loss_core, static_argnums=3)
+
+
+def prepare_targets(params: Params, Y: ArrayLike, loss: str) -> Array:
+    """Validate targets for ``loss`` and return them as the core functions take them.
+
+    Integer labels (N,) for "cross_entropy" become one-hot rows; (N,) targets of a
+    single-output loss become (N, 1); everything is cast to the parameters' dtype.  Use it
+    to feed ``TrainStep.jitted``, which skips all checks.
+
+    Returns:
+      Y, (N, n_out).
+    """
+    _checks.check_params(params)
+    return _checks.prepare_targets(Y, loss, params[-1].W.shape[1], len(Y), params[0].W.dtype)
+
+
+def predict(params: Params, X: ArrayLike) -> Array:
+    """Class labels for classifier outputs, values otherwise.
+
+    softmax output → argmax labels (N,); a single sigmoid output → 0/1 labels (N,), several
+    sigmoid outputs → 0/1 per output (N, K); any other output → Ŷ (N, K).
+    """
+    Y_hat = forward(params, X)
+    out = params[-1].activation
+    if out == "softmax":
+        return jnp.argmax(Y_hat, axis=-1)
+    if out == "sigmoid":
+        labels = (Y_hat > 0.5).astype(jnp.int32)
+        return labels[:, 0] if labels.shape[1] == 1 else labels
+    return Y_hat
+
+
 def loss(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Array:
     """The average loss L = (1/N) Σ_p div(ŷ_p, y_p) of the network on (X, Y).
 
@@ -239,4 +277,4 @@ def loss(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Array:
       Scalar loss, in the parameters' dtype.
     """
     X, Y = _checks.check_batch(params, X, Y, loss)
-    return _loss_core(params, X, Y, loss)
+    return _loss_jit(params, X, Y, loss)

@@ -1,0 +1,268 @@
+"""Tests for the ``mlds-jax`` command line (mlds_jax.cli).
+
+Most tests call ``mlds_jax.cli.main`` in-process (argparse exits become ``SystemExit``);
+one test runs the installed console script and ``python -m mlds_jax.cli`` in subprocesses,
+with JAX's default configuration (float32, standard promotion).
+
+In-process runs share this suite's strict dtype promotion (conftest.py), under which optax's
+adam cannot trace (its bias correction mixes a Python float with an int32 step count), so the
+in-process ``train`` runs use ``--optimizer momentum``/``sgd``; the default adam path runs in the
+subprocess test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlds_jax as mj
+from mlds_jax import cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_main(argv: list[str]) -> int:
+    """``cli.main(argv)`` as an exit status, whether it returns or argparse exits."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return 0 if exc.code is None else exc.code
+
+
+def assert_one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "error" in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One in-process ``train`` on iris (2 epochs), without --no-progress: stdout is not a
+    terminal here, so the epoch log goes to stdout instead of a bar."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = run_main(["train", "--dataset", "iris", "--epochs", "2", "--optimizer", "momentum",
+                       "--hidden-sizes", "16,8", "--seed", "1", "--out", str(out)])
+    return {"rc": rc, "out": out, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def test_train_writes_model_history_and_curves(trained):
+    assert trained["rc"] == 0, trained["stderr"]
+    assert trained["stderr"] == ""
+    out: Path = trained["out"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png", "history.csv", "history.json", "model.npz"]
+
+    payload = json.loads((out / "history.json").read_text())
+    assert set(payload) == {"history", "summary"}
+    history, summary = payload["history"], payload["summary"]
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert all(len(v) == 2 for v in history.values())
+    assert summary["dataset"] == "iris"
+    assert summary["sizes"] == [4, 16, 8, 3]
+    assert summary["epochs_run"] == 2
+    assert summary["stop_reason"] == "completed"
+    assert summary["optimizer"] == "momentum" and summary["grads"] == "manual"
+    assert 0 <= summary["test_accuracy"] <= 1
+    # the test split is the validation data and nothing stops early: the final scores agree
+    np.testing.assert_allclose(summary["test_accuracy"], history["val_accuracy"][-1],
+                               rtol=1e-6)
+    np.testing.assert_allclose(summary["test_loss"], history["val_loss"][-1], rtol=1e-6)
+
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", *history]
+    assert [r[0] for r in rows[1:]] == ["1", "2"]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], history[rows[0][1]])
+
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+    params, meta = mj.load(out / "model.npz", return_metadata=True)
+    assert mj.layer_sizes(params) == [4, 16, 8, 3]
+    assert [layer.activation for layer in params] == ["relu", "relu", "softmax"]
+    assert meta == summary
+
+
+def test_train_prints_header_epoch_log_and_summary(trained):
+    lines = trained["stdout"].splitlines()
+    assert lines[0].startswith("mlds-jax train: iris")
+    assert any(line.startswith("epoch    1/2") for line in lines)
+    assert any(line.startswith("epoch    2/2") for line in lines)
+    assert any(line.startswith("trained 2 epochs") and "test accuracy" in line for line in lines)
+    assert lines[-1].startswith("wrote ")
+
+
+def test_evaluate_checkpoint(trained, capsys):
+    rc = run_main(["evaluate", "--checkpoint", str(trained["out"] / "model.npz")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert err == ""
+    summary = json.loads((trained["out"] / "history.json").read_text())["summary"]
+    # the data set, split seed and loss come from the checkpoint's metadata
+    assert "on iris test split (30 rows)" in out
+    assert f"accuracy {summary['test_accuracy']:.4f}" in out
+    assert f"loss {summary['test_loss']:.4f}" in out
+
+
+def test_gradcheck_default_passes(capsys):
+    rc = run_main(["gradcheck"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "PASS" in out and "FAIL" not in out
+    assert "cross_entropy" in out
+
+
+def test_gradcheck_identity_mse_general(capsys):
+    rc = run_main(["gradcheck", "--output", "identity", "--loss", "mse", "--general",
+                   "--sizes", "3,4,2", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True and report["loss"] == "mse"
+    assert len(report["leaves"]) == 4  # W and b of two layers
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["gradcheck"], ["evaluate"]])
+def test_help_exits_zero(argv, capsys):
+    assert run_main([*argv, "--help"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: mlds-jax")
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--optimizer", "foo"], "--optimizer"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--epochs", "two"], "--epochs"),
+        (["train", "--hidden-sizes", "a,b"], "--hidden-sizes"),
+        (["train", "--lr", "-0.1"], "--lr"),
+        (["train", "--dataset", "mnist"], "--dataset"),
+        (["train", "--test-size", "1.5"], "--test-size"),
+        (["frobnicate"], "frobnicate"),
+        ([], "COMMAND"),
+        (["evaluate"], "--checkpoint"),
+        (["gradcheck", "--sizes", "5"], "--sizes"),
+        (["gradcheck", "--batch", "0"], "--batch"),
+        (["gradcheck", "--output", "softmax", "--loss", "binary_cross_entropy"], "sigmoid"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv, needle, capsys):
+    assert run_main(argv) == 2
+    out, err = capsys.readouterr()
+    line = assert_one_error_line(err)
+    assert needle in line
+    assert out == ""
+
+
+def test_unwritable_out_exits_2_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a regular file")
+    rc = run_main(["train", "--dataset", "iris", "--epochs", "1", "--no-progress",
+                   "--out", str(blocker / "sub")])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "--out" in assert_one_error_line(err)
+    assert out == ""  # failed before loading data or training
+    assert blocker.read_text() == "a regular file"
+
+
+def test_evaluate_missing_checkpoint_exits_2(tmp_path, capsys):
+    rc = run_main(["evaluate", "--checkpoint", str(tmp_path / "nope.npz")])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "does not exist" in assert_one_error_line(err)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", b"PK\x03\x04garbage"])
+def test_evaluate_corrupt_checkpoint_exits_2(tmp_path, capsys, content):
+    path = tmp_path / "model.npz"
+    path.write_bytes(content)
+    rc = run_main(["evaluate", "--checkpoint", str(path)])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    line = assert_one_error_line(err)
+    assert str(path) in line
+
+
+def test_evaluate_truncated_checkpoint_exits_2(trained, tmp_path, capsys):
+    raw = (trained["out"] / "model.npz").read_bytes()
+    path = tmp_path / "truncated.npz"
+    path.write_bytes(raw[: len(raw) // 2])
+    assert run_main(["evaluate", "--checkpoint", str(path)]) == 2
+    _, err = capsys.readouterr()
+    assert "corrupt" in assert_one_error_line(err)
+
+
+def test_train_diverging_in_first_epoch_still_writes_outputs(tmp_path, capsys):
+    """Regression: with --out, a run whose first epoch diverges (empty history) used to die
+    with a KeyError traceback in the history/curve writers."""
+    out = tmp_path / "run"
+    with pytest.warns(mj.TrainingDivergedWarning):
+        rc = run_main(["train", "--dataset", "iris", "--epochs", "2", "--optimizer", "sgd",
+                       "--lr", "1e300", "--hidden-sizes", "8", "--no-progress",
+                       "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert "trained 0 epochs" in stdout and "(diverged)" in stdout
+    payload = json.loads((out / "history.json").read_text())
+    assert payload["history"] == {}
+    assert payload["summary"]["stop_reason"] == "diverged"
+    assert payload["summary"]["epochs_run"] == 0
+    assert (out / "history.csv").read_text().strip() == "epoch"
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    mj.load(out / "model.npz")  # the initial parameters, all finite
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("mlds-jax")
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable}")
+    return str(script)
+
+
+def test_console_script_and_module_in_subprocesses(tmp_path):
+    """The installed ``mlds-jax`` with its defaults (adam, manual gradients) and plain JAX
+    configuration, then ``python -m mlds_jax.cli evaluate`` on what it wrote."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = tmp_path / "run"
+    train = subprocess.run(
+        [_console_script(), "train", "--dataset", "iris", "--epochs", "2", "--no-progress",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert "adam(lr=0.001)" in train.stdout and "manual gradients" in train.stdout
+    assert "epoch " not in train.stdout  # --no-progress: no epoch log
+    assert "Traceback" not in train.stderr
+    summary = json.loads((out / "history.json").read_text())["summary"]
+    assert summary["epochs_run"] == 2 and summary["optimizer"] == "adam"
+
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "mlds_jax.cli", "evaluate", "--checkpoint",
+         str(out / "model.npz")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert f"accuracy {summary['test_accuracy']:.4f}" in evaluate.stdout
+
+    # an error found by the library (not argparse): main returns 2, the script exits with it
+    bad = subprocess.run(
+        [_console_script(), "evaluate", "--checkpoint", str(tmp_path / "missing.npz")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert "does not exist" in assert_one_error_line(bad.stderr)
+    assert bad.stdout == ""

@@ -1,0 +1,698 @@
+"""Tests for mlds_jax.training: the compiled train step, ``fit`` and ``evaluate``.
+
+Every reference here is computed independently in the test: the notes' update
+W ← W − α ∂L/∂W from ``mj.manual_grads`` / ``mj.autodiff_grads``, a hand-rolled minibatch loop
+over the same permutations ``fit`` draws, and numpy formulas for accuracy, losses and R².
+
+The suite runs with x64 and JAX's strict dtype promotion (see conftest.py).  optax's adam
+mixes a Python float with its int32 step count in its bias correction (``1 - b1**count``),
+which strict promotion rejects, so the adam tests run under
+``jax.numpy_dtype_promotion("standard")``; the library's own code runs strict everywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import OUTPUT_LOSS_PAIRS, grid_sizes, make_problem
+
+import mlds_jax as mj
+
+F64 = jnp.float64
+#: Two float64 computations of the same quantity that differ only in association order
+#: (a jit-fused step vs. eager grads, a permuted row sum): a few ulp; this is the suite's
+#: float64 rule from helpers.py.
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+# --- small helpers ----------------------------------------------------------------------------
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def assert_bit_identical(a, b) -> None:
+    chex.assert_trees_all_equal_structs(a, b)
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        assert np.array_equal(x, y)
+
+
+def assert_close(a, b, **tol) -> None:
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_close(a, b, **(tol or TIGHT))
+
+
+def all_finite(tree) -> bool:
+    return all(np.all(np.isfinite(x)) for x in _leaves(tree))
+
+
+def sgd_by_hand(params, grads, lr: float):
+    """The notes' rule W ← W − α ∂L/∂W, b ← b − α ∂L/∂b, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda w, g: w - lr * g, params, grads)
+
+
+def np_forward(params, X) -> np.ndarray:
+    """Ŷ in numpy from the definitions (independent of mlds_jax's forward)."""
+    acts = {
+        "identity": lambda Z: Z,
+        "tanh": np.tanh,
+        "relu": lambda Z: np.maximum(Z, 0.0),
+        "sigmoid": lambda Z: 1.0 / (1.0 + np.exp(-Z)),
+        "softmax": lambda Z: np.exp(Z - Z.max(1, keepdims=True))
+        / np.exp(Z - Z.max(1, keepdims=True)).sum(1, keepdims=True),
+    }
+    A = np.asarray(X, np.float64)
+    for layer in params:
+        A = acts[layer.activation](A @ np.asarray(layer.W) + np.asarray(layer.b)[None, :])
+    return A
+
+
+def history_without_time(history) -> dict:
+    return {k: v for k, v in history.items() if k != "time"}
+
+
+def hand_rolled_fit(params, X, Y, loss, optimizer, *, epochs, batch_size, key,
+                    validation_data=None, grads="manual", n_keys=None, step=None):
+    """What ``fit`` documents, written as a plain Python loop over ``make_train_step``.
+
+    The shuffles are the ones fit draws: ``keys = jax.random.split(key, n_keys)`` (fit uses
+    ``n_keys = epochs``, its own epoch count) and ``jax.random.permutation(keys[e], n)``; the
+    last partial batch is used.  Returns the params after every epoch (index 0 = initial),
+    per-epoch metrics as fit records them (size-weighted means of the pre-update minibatch
+    metrics) and every minibatch loss.  Runs without host checks, so it keeps going (and
+    shows) where the parameters turn non-finite.
+    """
+    if loss == "cross_entropy" and Y.ndim == 1:
+        Y = jax.nn.one_hot(Y, params[-1].W.shape[1], dtype=params[-1].W.dtype)
+    if step is None:
+        step = mj.make_train_step(optimizer, loss, grads, check_inputs=False)
+    state = optimizer.init(params)
+    n = X.shape[0]
+    keys = jax.random.split(key, epochs if n_keys is None else n_keys)
+    trajectory, history, batch_losses = [params], [], []
+    for e in range(epochs):
+        perm = np.asarray(jax.random.permutation(keys[e], n))
+        sums: dict[str, float] = {}
+        losses = []
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            params, state, m = step(params, state, X[idx], Y[idx])
+            losses.append(float(m["loss"]))
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        metrics = {k: v / n for k, v in sums.items()}
+        if validation_data is not None and all_finite(params):
+            for k, v in mj.evaluate(params, *validation_data, loss).items():
+                if k != "r2":
+                    metrics["val_" + k] = v
+        trajectory.append(params)
+        history.append(metrics)
+        batch_losses.append(losses)
+    return trajectory, history, batch_losses
+
+
+def _classification(key, n=10, sizes=(3, 5, 3), dtype=F64):
+    params, X, y = make_problem(key, list(sizes), "tanh", "softmax", "cross_entropy", n, dtype)
+    return params, X, y
+
+
+def _linear_regression(key, n=12, scale=1.0):
+    kp, kx, ky = jax.random.split(key, 3)
+    params = mj.init_mlp(kp, [2, 1], output="identity", dtype=F64)
+    X = jax.random.normal(kx, (n, 2), F64)
+    Y = scale * jax.random.normal(ky, (n, 1), F64)
+    return params, X, Y
+
+
+# === make_train_step ============================================================================
+@pytest.mark.parametrize(
+    ("output", "loss", "grads"),
+    [(o, lo, "manual") for o, lo in OUTPUT_LOSS_PAIRS]
+    + [("identity", "mse", "autodiff"), ("softmax", "cross_entropy", "autodiff"),
+       ("sigmoid", "binary_cross_entropy", "autodiff")],
+)
+def test_sgd_step_is_the_notes_update(key, output, loss, grads):
+    """One optax.sgd(α) step == W − α ∂L/∂W by hand, from manual_grads and from jax.grad."""
+    params, X, Y = make_problem(key, grid_sizes(2), "tanh", output, loss, n=6)
+    lr = 0.37
+    opt = optax.sgd(lr)
+    step = mj.make_train_step(opt, loss, grads=grads)
+    new, _, metrics = step(params, opt.init(params), X, Y)
+
+    @jax.jit  # the references in one compiled call (eager op-by-op is slower here)
+    def references(p, new):
+        return (mj.manual_grads(p, X, Y, loss), mj.autodiff_grads(p, X, Y, loss),
+                mj.loss(p, X, Y, loss), mj.loss(new, X, Y, loss))
+
+    g_manual, g_auto, before, after = references(params, new)
+    for g in (g_manual, g_auto):
+        by_hand = sgd_by_hand(params, g, lr)
+        chex.assert_trees_all_equal_structs(new, by_hand)  # activations kept
+        # exact up to the last bit of the gradient (two compiled graphs: <= a few ulp)
+        chex.assert_trees_all_close(new, by_hand, rtol=0, atol=1e-12)
+
+    # metrics["loss"] is the loss *before* the update: the value whose gradient was applied
+    np.testing.assert_allclose(float(metrics["loss"]), float(before), rtol=1e-12)
+    assert not math.isclose(float(metrics["loss"]), float(after))
+    if loss == "cross_entropy":  # accuracy of the pre-update network, from numpy
+        A = np_forward(params, X)
+        expected = np.mean(np.argmax(A, 1) == np.asarray(Y))
+        np.testing.assert_allclose(float(metrics["accuracy"]), expected, rtol=1e-12)
+    else:
+        assert ("accuracy" in metrics) == (loss == "binary_cross_entropy")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_manual_and_autodiff_steps_agree_over_several_steps(key, fused):
+    params, X, y = _classification(key, n=9, sizes=(3, 5, 4, 3))
+    opt = optax.sgd(0.2, momentum=0.9)
+    runs = {}
+    for grads in ("manual", "autodiff"):
+        step = mj.make_train_step(opt, "cross_entropy", grads, fused=fused)
+        p, s = params, opt.init(params)
+        losses = []
+        for _ in range(4):
+            p, s, m = step(p, s, X, y)
+            losses.append(float(m["loss"]))
+        runs[grads] = (p, s, losses)
+    assert_close(runs["manual"][0], runs["autodiff"][0])
+    assert_close(runs["manual"][1], runs["autodiff"][1])
+    np.testing.assert_allclose(runs["manual"][2], runs["autodiff"][2], rtol=1e-12)
+
+
+def test_momentum_step_matches_heavy_ball_by_hand(key):
+    """optax.sgd(α, momentum=β): v ← g + β v, W ← W − α v, with g from manual_grads."""
+    params, X, Y = make_problem(key, grid_sizes(3), "sigmoid", "identity", "mse", n=7)
+    lr, beta = 0.1, 0.9
+    opt = optax.sgd(lr, momentum=beta)
+    step = mj.make_train_step(opt, "mse")
+    p, s = params, opt.init(params)
+    q, v = params, None
+    for _ in range(3):
+        p, s, _ = step(p, s, X, Y)
+        g = mj.manual_grads(q, X, Y, "mse")
+        v = g if v is None else jax.tree_util.tree_map(lambda gi, vi: gi + beta * vi, g, v)
+        q = sgd_by_hand(q, v, lr)
+    assert_close(p, q)
+
+
+def test_adam_step_matches_optax_applied_to_manual_grads(key):
+    params, X, Y = make_problem(key, grid_sizes(2), "tanh", "sigmoid", "binary_cross_entropy",
+                                n=8)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam, see the module docstring
+        opt = optax.adam(0.05)
+        step = mj.make_train_step(opt, "binary_cross_entropy")
+
+        @jax.jit  # the reference: optax's adam fed with the hand-derived gradients
+        def by_hand(q, t):
+            g = mj.manual_grads(q, X, Y, "binary_cross_entropy")
+            updates, t = opt.update(g, t, q)
+            return optax.apply_updates(q, updates), t
+
+        p, s = params, opt.init(params)
+        q, t = params, opt.init(params)
+        losses = []
+        for _ in range(5):
+            p, s, m = step(p, s, X, Y)
+            losses.append(float(m["loss"]))
+            q, t = by_hand(q, t)
+    assert_close(p, q)
+    assert losses[-1] < losses[0]
+
+
+def test_step_compiles_once_per_shape(key):
+    params, X, y = _classification(key, n=10)
+    opt = optax.sgd(0.1)
+    step = mj.make_train_step(opt, "cross_entropy")
+    assert step.trace_count == 0
+    p, s = params, opt.init(params)
+    for _ in range(4):
+        p, s, _ = step(p, s, X, y)
+    assert step.trace_count == 1
+    # same shapes in other host dtypes are normalised before the compiled call: no retrace
+    p, s, _ = step(p, s, np.asarray(X, np.float32), np.asarray(y, np.int64))
+    assert step.trace_count == 1
+    # a new batch shape compiles once more, and then both shapes are cached
+    for _ in range(3):
+        p, s, _ = step(p, s, X[:7], y[:7])
+    assert step.trace_count == 2
+    p, s, _ = step(p, s, X, y)
+    assert step.trace_count == 2
+    # .jitted skips the checks; with the prepared (one-hot) targets it reuses the cache
+    p, s, _ = step.jitted(p, s, X, jax.nn.one_hot(y, 3, dtype=F64))
+    assert step.trace_count == 2
+
+
+def test_step_traces_once_per_shape_chex(key):
+    """The optimizer's update only runs while tracing: chex.assert_max_traces counts traces."""
+    chex.clear_trace_counter()
+    base = optax.sgd(0.1)
+
+    def update(updates, state, params=None):
+        return base.update(updates, state, params)
+
+    opt = optax.GradientTransformation(base.init, chex.assert_max_traces(update, n=1))
+    params, X, y = _classification(key, n=10)
+    step = mj.make_train_step(opt, "cross_entropy")
+    p, s = params, opt.init(params)
+    for _ in range(5):
+        p, s, _ = step(p, s, X, y)
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        step(p, s, X[:4], y[:4])  # a second shape is a second trace
+    chex.clear_trace_counter()
+
+
+def test_make_train_step_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="optax"):
+        mj.make_train_step("sgd", "mse")
+    with pytest.raises(TypeError, match="optax"):
+        mj.make_train_step(optax.sgd, "mse")  # the factory, not an optimizer
+    with pytest.raises(TypeError, match="optax"):
+        mj.make_train_step(None, "mse")
+    with pytest.raises(ValueError, match="grads"):
+        mj.make_train_step(optax.sgd(0.1), "mse", grads="numeric")
+    with pytest.raises(ValueError, match="unknown loss"):
+        mj.make_train_step(optax.sgd(0.1), "hinge")
+
+
+def test_step_check_inputs(key):
+    params, X, y = _classification(key, n=6)
+    opt = optax.sgd(0.1)
+    state = opt.init(params)
+    step = mj.make_train_step(opt, "cross_entropy")
+    bad = np.asarray(y).copy()
+    bad[4] = 3  # the network has 3 outputs
+    with pytest.raises(ValueError, match=r"\[0, 3\).*Y\[4\] = 3"):
+        step(params, state, X, bad)
+    with pytest.raises(ValueError, match="not an integer"):
+        step(params, state, X, np.asarray(y, np.float64) + 0.5)
+    X_nan = np.asarray(X).copy()
+    X_nan[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"X contains .*index \(2, 1\)"):
+        step(params, state, X_nan, y)
+    with pytest.raises(ValueError, match="features"):
+        step(params, state, X[:, :2], y)
+    with pytest.raises(ValueError, match="rows"):
+        step(params, state, X, y[:5])
+    mse_step = mj.make_train_step(opt, "binary_cross_entropy")  # softmax output: wrong pair
+    with pytest.raises(ValueError, match="output activation"):
+        mse_step(params, state, X, jnp.ones((6, 3), F64) / 2)
+    assert step.trace_count == 0  # nothing reached the compiler
+
+    # check_inputs=False: no host checks, a NaN goes straight through
+    fast = mj.make_train_step(opt, "cross_entropy", check_inputs=False)
+    _, _, m = fast(params, state, jnp.asarray(X_nan), jax.nn.one_hot(y, 3, dtype=F64))
+    assert np.isnan(float(m["loss"]))
+
+
+# === fit ========================================================================================
+# One reference run shared by several tests (every fit call compiles its epoch function):
+# classification with validation data, N = 10 rows in batches of 4 (4, 4, then a partial 2),
+# sgd with momentum (so the optimizer state threads through the scan and the partial batch),
+# progress=True with stderr a non-terminal, an on_epoch_end recorder and numpy-int arguments.
+REF_EPOCHS, REF_BATCH = 3, 4
+
+
+@pytest.fixture(scope="module")
+def ref_run():
+    params, X, y = _classification(jax.random.key(0), n=10)
+    val = (X[:5] + 0.1, y[:5])
+    opt = optax.sgd(0.2, momentum=0.9)
+    key = jax.random.key(3)
+    before = [x.copy() for x in _leaves(params)]
+    calls = []
+    out, err = io.StringIO(), io.StringIO()  # not terminals, like pytest's capture
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        fitted, history = mj.fit(
+            params, np.asarray(X), np.asarray(y), optimizer=opt, epochs=np.int64(REF_EPOCHS),
+            batch_size=np.int32(REF_BATCH), key=key, validation_data=val, progress=True,
+            on_epoch_end=lambda e, m: calls.append((e, m)))
+    return {"params": params, "X": X, "y": y, "val": val, "opt": opt, "key": key,
+            "fitted": fitted, "history": history, "calls": calls, "before": before,
+            "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def test_fit_history_keys_classification_with_validation(ref_run):
+    history = ref_run["history"]
+    assert isinstance(history, mj.History) and isinstance(history, dict)
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    for k, values in history.items():
+        assert isinstance(values, list) and len(values) == REF_EPOCHS, k
+        assert all(isinstance(v, float) and math.isfinite(v) for v in values), k
+    assert all(t >= 0 for t in history["time"])
+    assert all(0 <= a <= 1 for a in history["accuracy"] + history["val_accuracy"])
+    assert history.stop_reason == "completed"
+    assert history.best_epoch is None
+
+
+def test_fit_history_keys_binary_without_validation(key):
+    params, X, Y = make_problem(key, [3, 4, 2], "tanh", "sigmoid", "binary_cross_entropy",
+                                n=7, targets="hard")
+    _, history = mj.fit(params, X, Y, optimizer=optax.sgd(0.1), epochs=2, batch_size=3,
+                        progress=False)
+    assert set(history) == {"loss", "accuracy", "time"}
+    assert all(len(v) == 2 for v in history.values())
+
+
+def test_fit_progress_in_non_tty_prints_nothing(ref_run):
+    assert ref_run["stderr"] == ""
+    assert ref_run["stdout"] == ""
+
+
+def test_fit_on_epoch_end_called_once_per_epoch_with_metrics(ref_run):
+    calls, history = ref_run["calls"], ref_run["history"]
+    assert [e for e, _ in calls] == list(range(REF_EPOCHS))
+    for e, metrics in calls:
+        assert metrics == {k: v[e] for k, v in history.items()}
+        assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_fit_does_not_touch_its_inputs(ref_run):
+    for a, b in zip(ref_run["before"], _leaves(ref_run["params"]), strict=True):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(_leaves(ref_run["fitted"])[0], ref_run["before"][0])
+
+
+def test_fit_uses_last_partial_batch_like_a_hand_rolled_loop(ref_run):
+    """fit == a Python loop over make_train_step on the same permutations, batches 4, 4, 2."""
+    r = ref_run
+    params, X, y, opt, k = r["params"], r["X"], r["y"], r["opt"], r["key"]
+    step = mj.make_train_step(opt, "cross_entropy", check_inputs=False)
+    trajectory, ref, _ = hand_rolled_fit(params, X, y, "cross_entropy", opt,
+                                         epochs=REF_EPOCHS, batch_size=REF_BATCH, key=k,
+                                         validation_data=r["val"], step=step)
+    assert_close(r["fitted"], trajectory[-1])
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(r["history"][name], [m[name] for m in ref], rtol=1e-10,
+                                   err_msg=name)
+
+    # epoch 1 spelled out: batches perm[0:4], perm[4:8], then the partial perm[8:10]
+    perm = np.asarray(jax.random.permutation(jax.random.split(k, REF_EPOCHS)[0], 10))
+    Y = jax.nn.one_hot(y, 3, dtype=F64)
+    p, s = params, opt.init(params)
+    for idx in (perm[:4], perm[4:8]):
+        p, s, _ = step(p, s, X[idx], Y[idx])
+    assert not np.allclose(np.asarray(p[0].W), np.asarray(trajectory[1][0].W))  # not yet
+    p, s, _ = step(p, s, X[perm[8:]], Y[perm[8:]])
+    assert_close(p, trajectory[1])
+
+
+def test_fit_same_key_is_bit_identical_different_key_differs(ref_run):
+    r = ref_run
+
+    def run(k):
+        return mj.fit(r["params"], r["X"], r["y"], optimizer=r["opt"], epochs=REF_EPOCHS,
+                      batch_size=REF_BATCH, key=k, validation_data=r["val"], progress=False)
+
+    p2, h2 = run(jax.random.key(3))  # the reference run's key
+    assert_bit_identical(r["fitted"], p2)
+    assert history_without_time(r["history"]) == history_without_time(h2)  # every float ==
+
+    p3, h3 = run(jax.random.key(4))
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(_leaves(r["fitted"]), _leaves(p3), strict=True))
+    assert r["history"]["loss"] != h3["loss"]
+
+
+def test_fit_manual_and_autodiff_agree(ref_run):
+    r = ref_run
+    fitted, history = mj.fit(r["params"], r["X"], r["y"], optimizer=r["opt"], epochs=REF_EPOCHS,
+                             batch_size=REF_BATCH, key=r["key"], validation_data=r["val"],
+                             grads="autodiff", progress=False)
+    assert_close(r["fitted"], fitted)
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(r["history"][name], history[name], rtol=1e-10)
+
+
+def test_fit_batch_larger_than_data_is_one_full_gradient_step(key):
+    params, X, Y = make_problem(key, [3, 4, 2], "tanh", "identity", "mse", n=5)
+    lr = 0.3
+    fitted, history = mj.fit(params, X, Y, optimizer=optax.sgd(lr), epochs=1, batch_size=32,
+                             key=jax.random.key(1), progress=False)
+    by_hand = sgd_by_hand(params, mj.manual_grads(params, X, Y, "mse"), lr)
+    assert_close(fitted, by_hand)  # only the row order of the sums differs
+    np.testing.assert_allclose(history["loss"][0], float(mj.loss(params, X, Y, "mse")),
+                               rtol=1e-12)
+    assert set(history) == {"loss", "time"}  # regression: no accuracy
+
+
+def _overshooting_problem():
+    """Linear regression whose validation targets are half the training ones.
+
+    Gradient descent moves W from ~0 to w*; the validation loss is smallest near w*/2 and
+    rises again afterwards, so early stopping has a real best epoch in the middle.
+    """
+    params = mj.init_mlp(jax.random.key(0), [3, 1], output="identity", init="normal",
+                         dtype=F64)
+    w = jnp.array([[1.0], [-2.0], [0.5]], F64)
+    X = jax.random.normal(jax.random.key(1), (32, 3), F64)
+    Xv = jax.random.normal(jax.random.key(2), (16, 3), F64)
+    return params, X, X @ w, Xv, 0.5 * (Xv @ w)
+
+
+def test_early_stopping_restores_best_params():
+    params, X, Y, Xv, Yv = _overshooting_problem()
+    calls = []
+
+    def run(early_stopping, **kw):
+        return mj.fit(params, X, Y, optimizer=optax.sgd(0.02), epochs=100, batch_size=8,
+                      key=jax.random.key(3), validation_data=(Xv, Yv),
+                      early_stopping=early_stopping, progress=False, **kw)
+
+    fitted, history = run(3, on_epoch_end=lambda e, m: calls.append(e))
+    assert set(history) == {"loss", "val_loss", "time"}  # regression: no r2 per epoch
+    val = history["val_loss"]
+    assert history.stop_reason == "early_stopping"
+    best = history.best_epoch
+    assert best == int(np.argmin(val)) and best > 0
+    assert len(val) == best + 3 + 1 < 100  # stopped after 3 epochs without improvement
+    assert all(v >= val[best] for v in val[best + 1:])
+    assert calls == list(range(len(val)))
+    # the returned params are the best epoch's, not the last ones
+    score = mj.evaluate(fitted, Xv, Yv)["loss"]
+    np.testing.assert_allclose(score, val[best], rtol=1e-10)
+    assert score < val[-1]
+
+    # the same as an EarlyStopping object; restore_best=False returns the last params
+    last, history2 = run(mj.EarlyStopping(patience=3, restore_best=False))
+    assert history_without_time(history2) == history_without_time(history)
+    assert (history2.stop_reason, history2.best_epoch) == ("early_stopping", best)
+    np.testing.assert_allclose(mj.evaluate(last, Xv, Yv)["loss"], val[-1], rtol=1e-10)
+
+
+def test_early_stopping_arguments(key):
+    params, X, Y = _linear_regression(key)
+    with pytest.raises(ValueError, match="validation_data"):
+        mj.fit(params, X, Y, early_stopping=2, progress=False)
+    with pytest.raises(ValueError, match="validation_data"):
+        mj.fit(params, X, Y, early_stopping=mj.EarlyStopping(), progress=False)
+    with pytest.raises(TypeError, match="early_stopping"):
+        mj.fit(params, X, Y, early_stopping=True, progress=False)
+    with pytest.raises(TypeError, match="early_stopping"):
+        mj.fit(params, X, Y, early_stopping="val_loss", progress=False)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="patience"):
+            mj.EarlyStopping(patience=bad)
+    with pytest.raises(ValueError, match="min_delta"):
+        mj.EarlyStopping(min_delta=-1.0)
+    with pytest.raises(ValueError, match="monitor"):
+        mj.EarlyStopping(monitor="accuracy")
+
+
+def test_divergence_stops_with_warning_and_last_finite_params(key):
+    """sgd(1e6) on big mse targets overflows after some epochs: stop, warn, keep the last
+    finite parameters (those after the last epoch whose loss and parameters were finite)."""
+    params, X, Y = _linear_regression(key, n=8, scale=1e3)
+    opt, k, epochs = optax.sgd(1e6), jax.random.key(3), 40
+    with pytest.warns(mj.TrainingDivergedWarning, match="diverged in epoch"):
+        fitted, history = mj.fit(params, X, Y, optimizer=opt, epochs=epochs, batch_size=4,
+                                 key=k, progress=False)
+    assert history.stop_reason == "diverged"
+    finite_epochs = len(history["loss"])
+    assert 1 <= finite_epochs < epochs
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert all_finite(fitted)
+
+    # replay with fit's own shuffles (keys = split(key, epochs)) one epoch past the last one
+    after, _, losses = hand_rolled_fit(params, X, Y, "mse", opt, epochs=finite_epochs + 1,
+                                       batch_size=4, key=k, n_keys=epochs)
+    assert_close(fitted, after[finite_epochs])  # the params after the last finite epoch
+    assert all(map(math.isfinite, losses[finite_epochs - 1]))
+    # ... and the next epoch really is the non-finite one
+    assert not (all(map(math.isfinite, losses[finite_epochs])) and all_finite(after[-1]))
+
+
+def test_divergence_in_first_epoch_returns_initial_params(key):
+    params, X, Y = _linear_regression(key, n=8, scale=1e3)
+    # batch 2: the first step throws W to ~1e203, the second one's update overflows
+    with pytest.warns(mj.TrainingDivergedWarning, match="epoch 1"):
+        fitted, history = mj.fit(params, X, Y, optimizer=optax.sgd(1e200), epochs=3,
+                                 batch_size=2, progress=False)
+    assert history.stop_reason == "diverged"
+    assert history.get("loss", []) == []
+    assert_bit_identical(fitted, params)
+
+
+@pytest.mark.slow
+def test_fit_digits_reaches_95_percent():
+    """The README's default: digits, 64-128-64-10 relu/softmax, adam 1e-3, manual gradients."""
+    ds = mj.load_dataset("digits")
+    k_init, k_fit = jax.random.split(jax.random.key(0))
+    params = mj.init_mlp(k_init, [64, 128, 64, 10], hidden="relu", output="softmax",
+                         dtype=jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam, see the module docstring
+        fitted, history = mj.fit(params, ds.X_train, ds.y_train, optimizer=optax.adam(1e-3),
+                                 epochs=20, batch_size=32, key=k_fit, grads="manual",
+                                 progress=False)
+    scores = mj.evaluate(fitted, ds.X_test, ds.y_test)
+    assert scores["accuracy"] >= 0.95, scores
+    assert history["loss"][-1] < history["loss"][0]
+    assert fitted[0].W.dtype == jnp.float32
+
+
+# === bad input to fit / evaluate ================================================================
+def _regression_problem(key):
+    return make_problem(key, [3, 4, 2], "tanh", "identity", "mse", n=6)
+
+
+def test_nonfinite_data_names_the_array_and_index(key):
+    params, X, Y = _regression_problem(key)
+    X_bad = np.asarray(X).copy()
+    X_bad[3, 1] = np.nan
+    Y_bad = np.asarray(Y).copy()
+    Y_bad[2, 0] = np.inf
+    for run in (lambda X, Y: mj.fit(params, X, Y, progress=False),
+                lambda X, Y: mj.evaluate(params, X, Y)):
+        with pytest.raises(ValueError, match=r"^X contains 1 non-finite.*index \(3, 1\)"):
+            run(X_bad, Y)
+        with pytest.raises(ValueError, match=r"^Y contains 1 non-finite.*inf.*index \(2, 0\)"):
+            run(X, Y_bad)
+    with pytest.raises(ValueError, match=r"^validation X contains .*index \(3, 1\)"):
+        mj.fit(params, X, Y, validation_data=(X_bad, Y), progress=False)
+    with pytest.raises(ValueError, match=r"^validation Y contains .*index \(2, 0\)"):
+        mj.fit(params, X, Y, validation_data=(X, Y_bad), progress=False)
+
+
+def test_empty_data_is_rejected(key):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(ValueError, match="empty"):
+        mj.fit(params, X[:0], Y[:0], progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        mj.evaluate(params, X[:0], Y[:0])
+    with pytest.raises(ValueError, match="validation X is empty"):
+        mj.fit(params, X, Y, validation_data=(X[:0], Y[:0]), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"batch_size": -3}, ValueError, "batch_size must be >= 1"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"batch_size": "4"}, TypeError, "batch_size must be an int"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int"),
+        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+        ({"epochs": 1.0}, TypeError, "epochs must be an int"),
+        ({"key": 0}, TypeError, "key must be a jax.random key"),
+        ({"key": "seed"}, TypeError, "key must be a jax.random key"),
+        ({"grads": "numeric"}, ValueError, "grads"),
+        ({"optimizer": "adam"}, TypeError, "optax"),
+        ({"loss": "hinge"}, ValueError, "unknown loss"),
+        ({"loss": "cross_entropy"}, ValueError, "output activation"),
+        ({"validation_data": [1, 2, 3]}, TypeError, "validation_data"),
+    ],
+)
+def test_fit_rejects_bad_arguments(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, **{"epochs": 1, **kwargs})
+
+
+def test_targets_that_do_not_fit_the_loss(key):
+    params, X, Y = make_problem(key, [3, 4, 1], "tanh", "sigmoid", "binary_cross_entropy", n=6)
+    Y3 = jnp.concatenate([Y, Y, Y], axis=1)  # 3 columns for 1 sigmoid output
+    with pytest.raises(ValueError, match="3 columns"):
+        mj.fit(params, X, Y3, progress=False)
+    with pytest.raises(ValueError, match="3 columns"):
+        mj.evaluate(params, X, Y3)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        mj.fit(params, X, 2 * Y + 1, progress=False)
+    with pytest.raises(ValueError, match="rows"):
+        mj.fit(params, X, Y[:4], progress=False)
+
+
+def test_validation_data_with_other_feature_count(key):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(ValueError, match="validation X has 2 features"):
+        mj.fit(params, X, Y, validation_data=(X[:, :2], Y), progress=False)
+    with pytest.raises(ValueError, match="validation Y"):
+        mj.fit(params, X, Y, validation_data=(X, Y[:, :1]), progress=False)
+
+
+# === evaluate ===================================================================================
+def test_evaluate_classification_against_numpy(key):
+    params, X, y = make_problem(key, [3, 6, 4], "tanh", "softmax", "cross_entropy", n=40)
+    scores = mj.evaluate(params, X, y)  # default loss from the softmax output
+    assert set(scores) == {"loss", "accuracy"}
+    assert all(isinstance(v, float) for v in scores.values())
+    A, labels = np_forward(params, X), np.asarray(y)
+    np.testing.assert_allclose(scores["accuracy"], np.mean(np.argmax(A, 1) == labels),
+                               rtol=1e-12)
+    np.testing.assert_allclose(scores["loss"], -np.mean(np.log(A[np.arange(40), labels])),
+                               rtol=1e-10)
+    # one-hot rows give the same scores as integer labels
+    onehot = np.eye(4)[labels]
+    assert mj.evaluate(params, X, onehot, "cross_entropy") == pytest.approx(scores, rel=1e-12)
+
+
+def test_evaluate_binary_against_numpy(key):
+    params, X, Y = make_problem(key, [3, 5, 2], "relu", "sigmoid", "binary_cross_entropy",
+                                n=30, targets="hard")
+    scores = mj.evaluate(params, X, Y)
+    assert set(scores) == {"loss", "accuracy"}
+    A, Yn = np_forward(params, X), np.asarray(Y)
+    np.testing.assert_allclose(scores["accuracy"], np.mean((A > 0.5) == (Yn > 0.5)), rtol=1e-12)
+    bce = -np.sum(Yn * np.log(A) + (1 - Yn) * np.log(1 - A)) / 30
+    np.testing.assert_allclose(scores["loss"], bce, rtol=1e-10)
+
+
+def test_evaluate_regression_r2_against_numpy(key):
+    params, X, _ = make_problem(key, [3, 5, 1], "tanh", "identity", "mse", n=50)
+    A = np_forward(params, X)
+    noise = np.asarray(jax.random.normal(jax.random.key(5), (50, 1), F64))
+    Y = 2.0 * A + 0.3 * noise  # correlated, so R² is neither 0 nor 1
+    scores = mj.evaluate(params, X, Y)
+    assert set(scores) == {"loss", "r2"}
+    ss_res = np.sum((A - Y) ** 2)
+    ss_tot = np.sum((Y - Y.mean()) ** 2)
+    np.testing.assert_allclose(scores["r2"], 1 - ss_res / ss_tot, rtol=1e-10)
+    np.testing.assert_allclose(scores["loss"], np.mean((A - Y) ** 2), rtol=1e-10)
+    # a perfect fit has R² = 1; predicting the mean has R² = 0
+    np.testing.assert_allclose(mj.evaluate(params, X, A)["r2"], 1.0, rtol=1e-12)
+    bias_only = (params[0], mj.Dense(W=jnp.zeros_like(params[1].W),
+                                     b=jnp.asarray([float(A.mean())], F64),
+                                     activation="identity"))
+    np.testing.assert_allclose(mj.evaluate(bias_only, X, A)["r2"], 0.0, atol=1e-12)
+
+
+def test_evaluate_loss_override_and_1d_regression_targets(key):
+    params, X, _ = make_problem(key, [3, 5, 1], "tanh", "identity", "mse", n=12)
+    y = np.linspace(-1, 1, 12)
+    a = mj.evaluate(params, X, y)  # (N,) targets for one output
+    b = mj.evaluate(params, X, y.reshape(-1, 1), "mse")
+    assert a == b
+    half = mj.evaluate(params, X, y, "half_squared_error")
+    np.testing.assert_allclose(half["loss"], a["loss"] / 2, rtol=1e-12)  # K = 1
+    np.testing.assert_allclose(half["r2"], a["r2"], rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mj.evaluate(params, X, y)  # quiet
