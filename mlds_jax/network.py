@@ -199,6 +199,7 @@ def forward_cache(params: Params, X: ArrayLike) -> ForwardCache:
       :class:`ForwardCache` with ``Zs[l-1] = Z^{(l)}`` and ``As[l] = A^{(l)}``, ``As[0] = X``.
     """
     _checks.check_params(params)
+    _checks.check_params_finite(params)
     X = _checks.check_X(params, X)
     return _forward_cache_jit(params, X)
 
