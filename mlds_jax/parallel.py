@@ -32,6 +32,12 @@ def data_parallel_mesh(devices=None) -> Mesh:
     Equivalent to ``jax.make_mesh((jax.device_count(),), ("batch",))``.
     """
     devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("data_parallel_mesh needs at least one device, got none")
+    for d in devices:
+        if not isinstance(d, jax.Device):
+            raise TypeError(f"devices must be jax.Device objects (e.g. jax.devices()), got "
+                            f"{type(d).__name__} {d!r}")
     return jax.make_mesh((len(devices),), (BATCH_AXIS,), devices=devices)
 
 
@@ -72,6 +78,20 @@ def pad_rows(X: Array, Y: Array, multiple: int) -> tuple[Array, Array, Array]:
     Returns:
       X (N', d), Y (N', K), row_weights (N',) = 1/N on real rows, 0 on padding; N' ≥ N.
     """
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)):
+        raise TypeError(f"multiple must be an int (the device count), got {multiple!r}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1 (the device count), got {multiple}")
+    for name, a in (("X", X), ("Y", Y)):
+        if getattr(a, "ndim", None) != 2:
+            raise ValueError(f"pad_rows needs 2-D {name} (N, columns), got shape "
+                             f"{getattr(a, 'shape', None)}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):  # the row weights 1/N take X's dtype
+        raise TypeError(f"pad_rows needs floating-point X, got {X.dtype}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; they must match")
+    if X.shape[0] == 0:
+        raise ValueError("X is empty (0 rows): no row weights 1/N")
     n = X.shape[0]
     n_pad = padded_size(n, multiple) - n
     weights = jnp.concatenate([jnp.full((n,), 1.0 / n, X.dtype), jnp.zeros((n_pad,), X.dtype)])
@@ -79,20 +99,3 @@ def pad_rows(X: Array, Y: Array, multiple: int) -> tuple[Array, Array, Array]:
         X = jnp.concatenate([X, jnp.zeros((n_pad, X.shape[1]), X.dtype)])
         Y = jnp.concatenate([Y, jnp.zeros((n_pad, Y.shape[1]), Y.dtype)])
     return X, Y, weights
-
-
-def padded_index(idx: Array, multiple: int, dtype) -> tuple[Array, Array]:
-    """Pad the last axis of a row-index array to a multiple; weights 1/B real, 0 padded.
-
-    Args:
-      idx: (..., B) integer row indices.  multiple: the device count.
-
-    Returns:
-      idx (..., B'), row_weights (B',).
-    """
-    b = idx.shape[-1]
-    n_pad = padded_size(b, multiple) - b
-    weights = np.concatenate([np.full(b, 1.0 / b), np.zeros(n_pad)])
-    if n_pad:
-        idx = jnp.concatenate([idx, jnp.zeros((*idx.shape[:-1], n_pad), idx.dtype)], axis=-1)
-    return idx, jnp.asarray(weights, dtype)

@@ -7,9 +7,10 @@ Contracts:
   the loss *before* the update (the value whose gradient was applied).  With
   ``optax.sgd(α)`` the update is exactly the notes' W ← W − α ∂L/∂W (MLDS notes, "Gradient
   descent"; sigmoid notes, w_{k+1} = w_k − α ∂C/∂w_k).
-* ``fit`` runs each epoch as a single compiled call: the permutation, the minibatch gathers,
-  every update (a ``lax.scan`` over full batches, then one step on the last partial batch) and
-  the validation pass all stay on device; the host only reads the epoch's metrics.
+* ``fit`` runs each epoch as a single compiled call: the minibatch gathers, every update (one
+  ``lax.scan``; the last partial batch is padded to the common shape with zero-weight rows)
+  and the validation pass stay on device; per epoch the host only sends the shuffled row
+  indices and reads back one small vector of metrics.
 * ``evaluate`` returns ``{"loss", "accuracy"}`` for classification losses and
   ``{"loss", "r2"}`` for regression ones.
 
@@ -19,12 +20,13 @@ Optimizers are optax's; only the gradients are hand-written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ from mlds_jax import _checks, parallel
 from mlds_jax.autodiff import _autodiff_value_and_grads_aux
 from mlds_jax.backprop import _manual_value_and_grads_aux
 from mlds_jax.losses import get_loss
-from mlds_jax.network import Params
+from mlds_jax.network import Params, _check_loss_finite
 
 __all__ = [
     "EarlyStopping",
@@ -48,6 +50,7 @@ __all__ = [
     "evaluate",
     "fit",
     "make_train_step",
+    "shuffle_order",
 ]
 
 GRADS = ("manual", "autodiff")
@@ -128,6 +131,7 @@ class TrainStep:
         self.optimizer, self.loss, self.grads = optimizer, loss, grads
         self.check_inputs = check_inputs
         self.trace_count = 0
+        self._state_structures: dict = {}
         self.mesh = None if mesh is None else parallel.check_mesh(mesh)
         core = _make_step_core(optimizer, loss, grads, fused)
 
@@ -146,6 +150,7 @@ class TrainStep:
     def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike):
         if self.check_inputs:
             X, Y = _checks.check_batch(params, X, Y, self.loss)
+            self._check_opt_state(params, opt_state)
         if self.mesh is None:
             return self.jitted(params, opt_state, X, Y)
         rep, rows = self._shardings
@@ -153,6 +158,18 @@ class TrainStep:
         params, opt_state = jax.device_put((params, opt_state), rep)
         X, Y, w = jax.device_put((X, Y, w), rows)
         return self.jitted(params, opt_state, X, Y, w)
+
+    def _check_opt_state(self, params: Params, opt_state: Any) -> None:
+        """opt_state has the structure of ``optimizer.init(params)`` (not None, not another
+        optimizer's state): a clear error instead of one from inside optax."""
+        treedef = jax.tree_util.tree_structure(params)
+        if treedef not in self._state_structures:  # traced once per params structure
+            self._state_structures[treedef] = jax.tree_util.tree_structure(
+                jax.eval_shape(self.optimizer.init, params))
+        if jax.tree_util.tree_structure(opt_state) != self._state_structures[treedef]:
+            raise TypeError(f"opt_state does not match this step's optimizer and params: "
+                            f"pass optimizer.init(params) of the same optimizer; got "
+                            f"{type(opt_state).__name__}")
 
     def __repr__(self) -> str:
         return f"TrainStep(loss={self.loss!r}, grads={self.grads!r}, mesh={self.mesh})"
@@ -205,7 +222,10 @@ def _eval_core(params, X, Y, loss: str) -> dict:
     if get_loss(loss).targets == "real":
         resid = jnp.sum((cache.As[-1] - Y) ** 2)
         total = jnp.sum((Y - jnp.mean(Y, axis=0, keepdims=True)) ** 2)
-        metrics["r2"] = 1 - resid / jnp.maximum(total, jnp.finfo(Y.dtype).tiny)
+        # constant targets (one row, say) have no variance to explain: as scikit-learn's
+        # r2_score, 1 for a perfect fit and 0 otherwise instead of -inf or -1e300
+        r2 = 1 - resid / jnp.where(total > 0, total, jnp.ones_like(total))
+        metrics["r2"] = jnp.where(total > 0, r2, jnp.where(resid == 0, 1.0, 0.0).astype(Y.dtype))
     return metrics
 
 
@@ -228,7 +248,9 @@ def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None
     _checks.check_params(params)
     loss = default_loss(params) if loss is None else loss
     X, Y = _checks.check_batch(params, X, Y, loss)
-    return {k: float(v) for k, v in _eval_jit(params, X, Y, loss).items()}
+    metrics = _eval_jit(params, X, Y, loss)
+    _check_loss_finite(metrics["loss"], params, X)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -265,49 +287,107 @@ def _tree_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _make_epoch(step_core, loss: str, n: int, batch_size: int, has_val: bool,
-                mesh=None) -> Callable:
-    """One epoch as one compiled function: shuffle, scan over full batches, last partial batch.
+class _BatchPlan(NamedTuple):
+    """Where each row of a shuffled epoch goes: every minibatch padded to one static shape.
 
-    With a mesh, each gathered minibatch is constrained to be row-sharded over "batch" and
-    padded to a multiple of the device count with zero-weight rows.
+    Attributes:
+      pos: (n_batches, B') positions into the epoch's permutation, -1 on padding.
+      weights: (n_batches, B') row weights: 1/(real rows of the batch), 0 on padding.
+      counts: (n_batches,) real rows per batch (B, ..., B, the remainder).
     """
-    n_full, rest = divmod(n, batch_size)
 
-    def gather(X, Y, idx, dtype):
-        if mesh is None:
-            return X[idx], Y[idx], None  # minibatch gathered on device
-        idx, w = parallel.padded_index(idx, parallel.n_shards(mesh), dtype)
-        _, rows = parallel.shardings(mesh)
-        Xb, Yb, w = (jax.lax.with_sharding_constraint(a, rows) for a in (X[idx], Y[idx], w))
-        return Xb, Yb, w
+    pos: np.ndarray
+    weights: np.ndarray
+    counts: np.ndarray
 
-    def epoch(params, opt_state, key, X, Y, Xv, Yv):
-        perm = jax.random.permutation(key, n)
-        if mesh is not None:  # every device needs the whole permutation: keep it replicated
-            perm = jax.lax.with_sharding_constraint(perm, parallel.shardings(mesh)[0])
 
-        def body(carry, idx):
-            p, s = carry
-            p, s, m = step_core(p, s, *gather(X, Y, idx, X.dtype))
-            return (p, s), m
+def _batch_plan(n: int, batch_size: int, multiple: int, dtype) -> _BatchPlan:
+    """Minibatches of ``batch_size`` rows (the last may be short), padded to a multiple.
 
-        sums = {}
-        if n_full:
-            idx = perm[: n_full * batch_size].reshape(n_full, batch_size)
-            (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), idx)
-            sums = {k: jnp.sum(v) * batch_size for k, v in ms.items()}
-        if rest:  # the last partial batch is used, not dropped
-            idx = perm[n_full * batch_size:]
-            params, opt_state, m = step_core(params, opt_state, *gather(X, Y, idx, X.dtype))
-            sums = {k: sums.get(k, 0.0) + v * rest for k, v in m.items()}
-        metrics = {k: v / n for k, v in sums.items()}  # size-weighted mean over minibatches
+    The last partial batch is used, not dropped: it is padded to the common shape with
+    zero-weight rows, so the whole epoch is one ``lax.scan`` with one compiled step and its
+    gradient is exactly that of the partial batch (row weights replace 1/N, see losses.py).
+    """
+    b = min(batch_size, n)
+    n_batches = -(-n // b)
+    b_pad = parallel.padded_size(b, multiple)
+    counts = np.full(n_batches, b)
+    counts[-1] = n - (n_batches - 1) * b
+    real = np.arange(b_pad)[None, :] < counts[:, None]
+    pos = np.full((n_batches, b_pad), -1, np.int64)
+    pos[real] = np.arange(n)  # row-major: batch i holds permutation positions i*b ... i*b+count-1
+    weights = np.where(real, 1.0 / counts[:, None], 0.0).astype(dtype)
+    return _BatchPlan(pos, weights, counts.astype(dtype))
+
+
+def _shuffle_seeds(key, epochs: int) -> np.ndarray:
+    """(epochs, 2) uint32 seeds, seed e from ``fold_in(key, e)``: independent of ``epochs``."""
+    def one(e):
+        return jax.random.bits(jax.random.fold_in(key, e), (2,), jnp.uint32)
+
+    return np.asarray(jax.vmap(one)(jnp.arange(epochs)))
+
+
+def _permutation(seed: np.ndarray, n: int) -> np.ndarray:
+    # Drawn on the host: NumPy's PCG64 permutes 60000 rows in ~0.5 ms, where
+    # jax.random.permutation takes ~24 ms on a 2-core CPU.
+    return np.random.default_rng([int(s) for s in seed]).permutation(n)
+
+
+def shuffle_order(key: ArrayLike, n: int, epoch: int) -> np.ndarray:
+    """The row order ``fit(..., key=key)`` uses in epoch ``epoch`` (0-based) for ``n`` rows.
+
+    Minibatch i of that epoch is ``order[i*batch_size:(i+1)*batch_size]`` (the last one may be
+    shorter).  Reproducible: the same key gives the same orders, whatever the epoch count.
+    """
+    return _permutation(_shuffle_seeds(key, epoch + 1)[epoch], n)
+
+
+def _epoch_indices(plan: _BatchPlan, seed: np.ndarray) -> np.ndarray:
+    """The epoch's shuffled row indices laid out as ``plan`` (padding gathers row 0)."""
+    perm = _permutation(seed, int(plan.counts.sum()))
+    return np.where(plan.pos >= 0, perm[np.maximum(plan.pos, 0)], 0).astype(np.int32)
+
+
+def _metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
+    train = ("loss", "accuracy") if get_loss(loss).is_classification else ("loss",)
+    return train + (tuple("val_" + k for k in train) if has_val else ())
+
+
+def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
+    """One epoch as one compiled function: a ``lax.scan`` over the padded minibatches.
+
+    Args of the returned function: params, opt_state, idx (n_batches, B') row indices,
+    weights (n_batches, B'), counts (n_batches,), X, Y, X_val, Y_val.
+    Returns params, opt_state and a vector of the metrics in ``_metric_names`` order followed
+    by a finiteness flag of the new params: one array, read back with one transfer.
+
+    With a mesh, each gathered minibatch and its weights are constrained to be row-sharded
+    over "batch" (B' is a multiple of the device count).
+    """
+    n_train = 2 if get_loss(loss).is_classification else 1
+
+    def epoch(params, opt_state, idx, weights, counts, X, Y, Xv, Yv):
+        def body(carry, xs):
+            p, s, sums = carry
+            rows, w, c = xs
+            Xb, Yb = X[rows], Y[rows]  # minibatch gathered on device
+            if mesh is not None:
+                sharded = parallel.shardings(mesh)[1]
+                Xb, Yb, w = (jax.lax.with_sharding_constraint(a, sharded) for a in (Xb, Yb, w))
+            p, s, m = step_core(p, s, Xb, Yb, w)
+            batch = jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]])
+            return (p, s, sums + batch * c), None
+
+        sums0 = jnp.zeros((n_train,), X.dtype)
+        (params, opt_state, sums), _ = jax.lax.scan(
+            body, (params, opt_state, sums0), (idx, weights, counts))
+        values = [sums / jnp.sum(counts)]  # size-weighted mean over the minibatches
         if has_val:
-            for k, v in _eval_core(params, Xv, Yv, loss).items():
-                if k != "r2":
-                    metrics["val_" + k] = v
-        metrics["finite"] = _tree_finite(params)
-        return params, opt_state, metrics
+            m = _eval_core(params, Xv, Yv, loss)
+            values.append(jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]]))
+        values.append(_tree_finite(params).astype(X.dtype)[None])
+        return params, opt_state, jnp.concatenate(values)
 
     return epoch
 
@@ -353,7 +433,8 @@ def fit(
       batch_size: rows per update (>= 1); the last partial batch is used.  A batch_size
         above N trains full-batch.
       key: ``jax.random`` key for the per-epoch shuffles; default ``jax.random.key(0)``.
-        The same key gives bit-identical parameters and history.
+        The same key gives bit-identical parameters and history; :func:`shuffle_order`
+        returns the row order of any epoch.
       validation_data: optional (X_val, Y_val), evaluated after every epoch.
       grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
       early_stopping: patience as an int, or an :class:`EarlyStopping`; monitors val_loss
@@ -389,6 +470,9 @@ def fit(
                                      y_name="validation Y")
     else:
         Xv = Yv = None
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise TypeError(f"on_epoch_end must be callable(epoch, metrics), got "
+                        f"{type(on_epoch_end).__name__}")
     if isinstance(early_stopping, bool):
         raise TypeError("early_stopping must be None, an int patience or an EarlyStopping")
     if isinstance(early_stopping, (int, np.integer)):
@@ -403,14 +487,20 @@ def fit(
 
     step_core = _make_step_core(optimizer, loss, grads)
     mesh = None if mesh is None else parallel.check_mesh(mesh)
-    epoch_fn = jax.jit(_make_epoch(step_core, loss, X.shape[0], batch_size, has_val, mesh))
+    multiple = 1 if mesh is None else parallel.n_shards(mesh)
+    plan = _batch_plan(X.shape[0], batch_size, multiple, np.dtype(X.dtype))
+    names = _metric_names(loss, has_val)
+    epoch_fn = jax.jit(_make_epoch(step_core, loss, has_val, mesh))
     opt_state = optimizer.init(params)
+    put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
         params, opt_state, X, Y, Xv, Yv = jax.device_put((params, opt_state, X, Y, Xv, Yv), rep)
+        put = functools.partial(jax.device_put, device=rep)
+    weights, counts = put(plan.weights), put(plan.counts)
     history = History()
     best_value, best_params, since_best = math.inf, params, 0
-    keys = jax.random.split(key, epochs)
+    seeds = _shuffle_seeds(key, epochs)  # one per epoch's shuffle (see shuffle_order)
 
     bar = None
     if _progress_enabled(progress):
@@ -420,9 +510,12 @@ def fit(
     try:
         for e in range(epochs):
             t0 = time.perf_counter()
-            new_params, new_state, metrics = epoch_fn(params, opt_state, keys[e], X, Y, Xv, Yv)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            finite = bool(metrics.pop("finite")) and all(map(math.isfinite, metrics.values()))
+            idx = put(_epoch_indices(plan, seeds[e]))
+            new_params, new_state, values = epoch_fn(params, opt_state, idx, weights, counts,
+                                                     X, Y, Xv, Yv)
+            values = np.asarray(values).tolist()  # the epoch's one device-to-host read
+            metrics = dict(zip(names, values[:-1], strict=True))
+            finite = values[-1] == 1 and all(map(math.isfinite, metrics.values()))
             if not finite:
                 history.stop_reason = "diverged"
                 warnings.warn(

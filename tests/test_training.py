@@ -26,6 +26,7 @@ import pytest
 from helpers import OUTPUT_LOSS_PAIRS, grid_sizes, make_problem
 
 import mlds_jax as mj
+from mlds_jax.training import shuffle_order
 
 F64 = jnp.float64
 #: Two float64 computations of the same quantity that differ only in association order
@@ -84,8 +85,8 @@ def hand_rolled_fit(params, X, Y, loss, optimizer, *, epochs, batch_size, key,
                     validation_data=None, grads="manual", n_keys=None, step=None):
     """What ``fit`` documents, written as a plain Python loop over ``make_train_step``.
 
-    The shuffles are the ones fit draws: ``keys = jax.random.split(key, n_keys)`` (fit uses
-    ``n_keys = epochs``, its own epoch count) and ``jax.random.permutation(keys[e], n)``; the
+    The shuffles are the ones fit draws: ``mlds_jax.training.shuffle_order(key, n, e)``
+    (independent of fit's epoch count; ``n_keys`` is kept for the callers' readability); the
     last partial batch is used.  Returns the params after every epoch (index 0 = initial),
     per-epoch metrics as fit records them (size-weighted means of the pre-update minibatch
     metrics) and every minibatch loss.  Runs without host checks, so it keeps going (and
@@ -97,10 +98,9 @@ def hand_rolled_fit(params, X, Y, loss, optimizer, *, epochs, batch_size, key,
         step = mj.make_train_step(optimizer, loss, grads, check_inputs=False)
     state = optimizer.init(params)
     n = X.shape[0]
-    keys = jax.random.split(key, epochs if n_keys is None else n_keys)
     trajectory, history, batch_losses = [params], [], []
     for e in range(epochs):
-        perm = np.asarray(jax.random.permutation(keys[e], n))
+        perm = shuffle_order(key, n, e)
         sums: dict[str, float] = {}
         losses = []
         for start in range(0, n, batch_size):
@@ -396,7 +396,7 @@ def test_fit_uses_last_partial_batch_like_a_hand_rolled_loop(ref_run):
                                    err_msg=name)
 
     # epoch 1 spelled out: batches perm[0:4], perm[4:8], then the partial perm[8:10]
-    perm = np.asarray(jax.random.permutation(jax.random.split(k, REF_EPOCHS)[0], 10))
+    perm = shuffle_order(k, 10, 0)
     Y = jax.nn.one_hot(y, 3, dtype=F64)
     p, s = params, opt.init(params)
     for idx in (perm[:4], perm[4:8]):
@@ -522,7 +522,7 @@ def test_divergence_stops_with_warning_and_last_finite_params(key):
     assert all(math.isfinite(v) for v in history["loss"])
     assert all_finite(fitted)
 
-    # replay with fit's own shuffles (keys = split(key, epochs)) one epoch past the last one
+    # replay with fit's own shuffles (shuffle_order) one epoch past the last one
     after, _, losses = hand_rolled_fit(params, X, Y, "mse", opt, epochs=finite_epochs + 1,
                                        batch_size=4, key=k, n_keys=epochs)
     assert_close(fitted, after[finite_epochs])  # the params after the last finite epoch
