@@ -42,6 +42,8 @@ def check_key(key):
 
 
 def check_sizes(sizes: Sequence[int]) -> list[int]:
+    if isinstance(sizes, (str, bytes)):
+        raise TypeError(f"sizes must be a sequence of ints like [4, 8, 3], got {sizes!r}")
     try:
         sizes = list(sizes)
     except TypeError:
@@ -88,6 +90,14 @@ def check_params(params) -> None:
                              f"fan_out {params[i - 1].W.shape[1]}")
         if not jnp.issubdtype(W.dtype, jnp.floating):
             raise TypeError(f"params[{i}].W must be floating point, got {W.dtype}")
+        # one dtype for every leaf: mixing them would be promoted (or, under strict
+        # promotion, fail inside XLA) instead of computing in the documented params dtype
+        dtype = params[0].W.dtype
+        for name, leaf in (("W", W), ("b", b)):
+            if leaf.dtype != dtype:
+                raise TypeError(f"all parameters must share one dtype: params[{i}].{name} is "
+                                f"{leaf.dtype} but params[0].W is {dtype}; cast them with "
+                                f".astype")
 
 
 def check_params_finite(params) -> None:
@@ -121,7 +131,22 @@ def _numeric(x, name: str):
             raise TypeError(f"{name} must be a numeric array: {exc}") from None
     if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
         raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
     return x
+
+
+def _check_representable(arr: np.ndarray, dtype, name: str) -> None:
+    """Finite values that the cast to ``dtype`` would turn into ±inf (e.g. 1e39 in float32,
+    7e4 in float16) are an error, not a silent overflow."""
+    fmax = float(jnp.finfo(dtype).max)
+    if arr.size == 0 or fmax >= np.finfo(np.float64).max or -fmax <= arr.min() <= arr.max() <= fmax:
+        return  # two reductions on the happy path, no copy
+    bad = np.abs(arr) > fmax
+    idx = tuple(int(j) for j in np.argwhere(bad)[0])
+    raise ValueError(f"{name} has {int(bad.sum())} value(s) too large for the parameters' "
+                     f"dtype {jnp.dtype(dtype).name} (max {fmax:.4g}); first {arr[idx]} at "
+                     f"index {idx}; rescale {name} or use a wider dtype")
 
 
 def check_X(params, X, name: str = "X"):
@@ -135,7 +160,9 @@ def check_X(params, X, name: str = "X"):
         raise ValueError(f"{name} has {X.shape[1]} features but the first layer expects "
                          f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}")
     if is_concrete(X):
-        _first_nonfinite(np.asarray(X, dtype=np.float64), name)
+        arr = np.asarray(X, dtype=np.float64)
+        _first_nonfinite(arr, name)
+        _check_representable(arr, params[0].W.dtype, name)
     return jnp.asarray(X).astype(params[0].W.dtype)
 
 
@@ -154,6 +181,8 @@ def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str
     if concrete:
         _first_nonfinite(np.asarray(Y, dtype=np.float64), name)
     if loss.targets == "class" and Y.ndim == 1:
+        if jnp.issubdtype(Y.dtype, jnp.bool_):  # as mlds_jax.one_hot: labels are integers
+            raise TypeError(f"{name} as class labels must be integers, got dtype bool")
         if concrete:
             y = np.asarray(Y)
             if not jnp.issubdtype(y.dtype, jnp.integer):
@@ -190,6 +219,8 @@ def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str
             if off.size:
                 raise ValueError(f"cross_entropy needs one-hot (or probability) rows summing "
                                  f"to 1; row {off[0]} of {name} sums to {sums[off[0]]}")
+    if concrete:
+        _check_representable(np.asarray(Y, dtype=np.float64), dtype, name)
     return jnp.asarray(Y).astype(dtype)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "leaky_relu",
     "leaky_relu_prime",
     "relu",
+    "relu_backward",
     "relu_prime",
     "sigmoid",
     "sigmoid_prime",
@@ -182,16 +183,29 @@ class Activation:
     elementwise: bool = True
 
 
-def _elementwise(name: str, fn: Callable, prime: Callable) -> Activation:
+def _elementwise(name: str, fn: Callable, prime: Callable, backward: Callable | None = None
+                 ) -> Activation:
     # MLDS notes, "Activation function": dL/dX = dL/dY ⊙ f'(X).
-    return Activation(name, fn, prime, lambda dA, Z: dA * prime(Z), True)
+    if backward is None:
+        def backward(dA, Z):
+            return dA * prime(Z)
+    return Activation(name, fn, prime, backward, True)
+
+
+def relu_backward(dA: Array, Z: Array) -> Array:
+    """dA ⊙ relu'(Z) written as a select: dA where Z > 0, else 0 (relu'(0) = 0).
+
+    The same numbers as ``dA * relu_prime(Z)`` without the multiply by the 0/1 mask (one
+    element-wise op less per hidden layer in the compiled step).
+    """
+    return jnp.where(Z > 0, dA, jnp.zeros_like(dA))
 
 
 ACTIVATIONS: dict[str, Activation] = {
     "identity": _elementwise("identity", identity, identity_prime),
     "sigmoid": _elementwise("sigmoid", sigmoid, sigmoid_prime),
     "tanh": _elementwise("tanh", tanh, tanh_prime),
-    "relu": _elementwise("relu", relu, relu_prime),
+    "relu": _elementwise("relu", relu, relu_prime, relu_backward),
     "leaky_relu": _elementwise("leaky_relu", leaky_relu, leaky_relu_prime),
     "softplus": _elementwise("softplus", softplus, softplus_prime),
     "softmax": Activation("softmax", softmax, None, softmax_backward, elementwise=False),

@@ -174,7 +174,10 @@ def check_grads(
     Returns:
       A :class:`GradCheckReport`; ``print(report)`` shows the table, ``report.ok`` the verdict.
     """
-    _checks.check_batch(params, X, Y, loss)  # same errors as the rest of the API
+    # same errors as the rest of the API; X as the other functions see it (cast to the
+    # params' dtype).  Y keeps its precision: soft targets rounded to float32 would no longer
+    # sum to 1 exactly, which the fused softmax/cross-entropy δ relies on.
+    X, _ = _checks.check_batch(params, X, Y, loss)
     if max_fd_entries < 0:
         raise ValueError(f"max_fd_entries must be >= 0, got {max_fd_entries}")
     if not eps > 0:

@@ -37,6 +37,9 @@ from mlds_jax.activations import ACTIVATIONS
 from mlds_jax.losses import get_loss
 from mlds_jax.network import Dense, ForwardCache, Params, _forward_cache, _loss_from_cache
 
+#: dense_backward materialises A_prevᵀ for batches of at most this many rows (see there).
+_MATERIALISE_TRANSPOSE_MAX_ROWS = 512
+
 __all__ = [
     "backward_deltas",
     "dense_backward",
@@ -99,7 +102,15 @@ def dense_backward(delta: Array, A_prev: Array, W: Array) -> tuple[Array, Array,
     Returns:
       dW (d_in, d_out), db (d_out,), dA_prev (N, d_in).
     """
-    dW = A_prev.T @ delta  # ∂L/∂w_ij = Σ_p x_pi ∂L/∂y_pj  →  Xᵀ dL/dY
+    A_prev_T = A_prev.T
+    if A_prev.shape[0] <= _MATERIALISE_TRANSPOSE_MAX_ROWS:
+        # Layout, not maths: XLA:CPU otherwise folds the transpose into the dot as a
+        # contraction over rows, which it runs with Eigen; a materialised Aᵀ makes it a plain
+        # (d_in, N) @ (N, d_out) product that its faster YNNPACK kernels take.  Measured on
+        # 2 cores: whole-epoch time −7% (digits, batch 32), −33% (batch 256), −2% (MNIST-size,
+        # batch 128), but +8% at batch 1024, where copying Aᵀ costs more than it saves.
+        A_prev_T = jax.lax.optimization_barrier(A_prev_T)
+    dW = A_prev_T @ delta  # ∂L/∂w_ij = Σ_p x_pi ∂L/∂y_pj  →  Xᵀ dL/dY
     db = delta.sum(axis=0)  # ∂L/∂b_j = Σ_p ∂L/∂y_pj (∂z/∂b = 1, summed over the batch: 1ᵀ δ)
     dA_prev = delta @ W.T  # ∂L/∂x_i = Σ_j ∂L/∂y_j w_ij  →  dL/dY Wᵀ
     return dW, db, dA_prev
@@ -129,7 +140,10 @@ def _backward(
             # MLDS "Backward Pass" steps 4-5; lecture ∂L/∂z^{(2)} = ∂L/∂a^{(2)} ⊗ ∂g_2/∂z^{(2)})
             prev = params[l - 1]
             delta = ACTIVATIONS[prev.activation].backward(dA_prev, cache.Zs[l - 1])
-    return tuple(reversed(grads)), tuple(reversed(deltas))
+    grads_out = tuple(reversed(grads))
+    if isinstance(params, list):  # grads mirror the params' structure (as jax.grad's do)
+        grads_out = list(grads_out)
+    return grads_out, tuple(reversed(deltas))
 
 
 def _manual_value_and_grads(

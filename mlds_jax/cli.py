@@ -48,11 +48,21 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not 0 < value < float("inf"):  # nan and inf too: --lr inf diverges at once
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
         return value
 
     return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 0 <= value < 2**32:  # numpy's and the data splits' seed range
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minibatch size (default: 32)")
     t.add_argument("--grads", default="manual", choices=("manual", "autodiff"),
                    help="gradient source (default: manual, the hand-derived backprop)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init, split and shuffles")
+    t.add_argument("--seed", type=_seed, default=0, help="seed for init, split and shuffles")
     t.add_argument("--test-size", type=float, default=0.2, help="test fraction (default: 0.2)")
     t.add_argument("--early-stopping", type=_positive(int), default=None, metavar="PATIENCE",
                    help="stop when the test-split loss stalls for PATIENCE epochs")
@@ -111,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=_positive(int), default=8, help="rows of random data")
     g.add_argument("--general", action="store_true",
                    help="check the general chain-rule output δ instead of the fused one")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--json", action="store_true", help="print the report as JSON")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a data set's test split")
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="default: the data set recorded in the checkpoint")
     e.add_argument("--loss", default=None, choices=sorted(LOSSES))
-    e.add_argument("--seed", type=int, default=None,
+    e.add_argument("--seed", type=_seed, default=None,
                    help="split seed (default: the one recorded in the checkpoint)")
     e.add_argument("--test-size", type=float, default=None)
     return parser

@@ -213,6 +213,8 @@ def _as_2d_float(X, name: str) -> np.ndarray:
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
                                    or np.issubdtype(arr.dtype, np.bool_)):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
     bad = ~np.isfinite(arr.astype(np.float64, copy=False))
@@ -289,7 +291,8 @@ def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D (n,), got shape {y.shape}")
-    if np.issubdtype(y.dtype, np.bool_) or not np.issubdtype(y.dtype, np.number):
+    if (np.issubdtype(y.dtype, np.bool_) or not np.issubdtype(y.dtype, np.number)
+            or np.issubdtype(y.dtype, np.complexfloating)):
         raise TypeError(f"labels must be integers, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         with np.errstate(invalid="ignore"):

@@ -123,7 +123,11 @@ def _check_callable(f: object) -> None:
 
 def _as_float_vector(x0: object, name: str = "x0") -> jax.Array:
     """Return ``x0`` as a finite, non-empty, 1-D floating jax array, or raise."""
-    arr = jnp.asarray(x0)
+    try:
+        arr = jnp.asarray(x0)
+    except (TypeError, ValueError):  # None, strings, ragged lists: JAX's message omits the name
+        raise TypeError(f"{name} must be a floating-point vector, got {type(x0).__name__}: "
+                        f"{x0!r}") from None
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(
             f"{name} must be a floating-point vector, got dtype {arr.dtype}; "
@@ -151,6 +155,8 @@ def _check_scalar_value(f: Callable[[jax.Array], jax.Array], x: jax.Array, name:
 
 
 def _check_positive(value: object, name: str) -> float:
+    if isinstance(value, (str, bytes)):  # float("0.1") would accept it silently
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as err:
@@ -161,6 +167,8 @@ def _check_positive(value: object, name: str) -> float:
 
 
 def _check_tolerance(value: object, name: str) -> float:
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as err:
@@ -322,7 +330,9 @@ def gradient_descent(
         jnp.asarray(eta, dtype),
         jnp.asarray(eps_f, dtype),
         jnp.asarray(eps_g, dtype),
-        jnp.asarray(_DIVERGENCE_FACTOR * (1.0 + abs(f0)), dtype),
+        # capped at the dtype's max: 1e12 overflows float16 (a cast warning, an inf bound)
+        jnp.asarray(min(_DIVERGENCE_FACTOR * (1.0 + abs(f0)), float(jnp.finfo(dtype).max)),
+                    dtype),
         method=method,
         max_iter=n_max,
     )
@@ -400,7 +410,8 @@ def max_stable_step_size(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> f
     hess = 0.5 * (hess + hess.T)  # symmetric in exact arithmetic; remove round-off asymmetry
     if not bool(jnp.all(jnp.isfinite(hess))):
         raise ValueError(f"the Hessian of f at x is not finite: {np.asarray(hess)}")
-    lam_max = float(jnp.linalg.eigvalsh(hess)[-1])
+    # in float64 on the host: LAPACK has no float16/bfloat16 eigensolver, and H is n x n
+    lam_max = float(np.linalg.eigvalsh(np.asarray(hess, np.float64))[-1])
     if lam_max <= 0.0:
         raise ValueError(
             f"largest Hessian eigenvalue is {lam_max} <= 0: f is not locally convex at x, "

@@ -245,7 +245,10 @@ def prepare_targets(params: Params, Y: ArrayLike, loss: str) -> Array:
       Y, (N, n_out).
     """
     _checks.check_params(params)
-    return _checks.prepare_targets(Y, loss, params[-1].W.shape[1], len(Y), params[0].W.dtype)
+    _checks.check_loss_output(params, loss)
+    Y = _checks._numeric(Y, "Y")
+    n_rows = Y.shape[0] if Y.ndim else 0  # a 0-d Y is rejected by the shape check
+    return _checks.prepare_targets(Y, loss, params[-1].W.shape[1], n_rows, params[0].W.dtype)
 
 
 def predict(params: Params, X: ArrayLike) -> Array:
@@ -275,7 +278,23 @@ def loss(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Array:
       loss: one of ``mlds_jax.LOSSES``.
 
     Returns:
-      Scalar loss, in the parameters' dtype.
+      Scalar loss, in the parameters' dtype.  A non-finite value from finite inputs (the
+      forward pass overflowed the dtype) raises ValueError instead of returning NaN or inf.
     """
     X, Y = _checks.check_batch(params, X, Y, loss)
-    return _loss_jit(params, X, Y, loss)
+    value = _loss_jit(params, X, Y, loss)
+    _check_loss_finite(value, params, X)
+    return value
+
+
+def _check_loss_finite(value, params: Params, X: Array) -> None:
+    """A non-finite loss from finite, representable inputs means the forward pass overflowed
+    (e.g. Z = X W past 3.4e38 in float32): a clear error instead of a NaN or inf."""
+    if not _checks.is_concrete(value) or bool(jnp.isfinite(value)):
+        return
+    Zs = _forward_cache_jit(params, X).Zs
+    peaks = ", ".join(f"{float(jnp.max(jnp.abs(Z))):.3g}" for Z in Zs)
+    raise ValueError(
+        f"the loss is {float(value)} although params, X and Y are finite: the computation "
+        f"overflowed {params[0].W.dtype} (max |Z| per layer: {peaks}); rescale X or use "
+        f"float64 parameters")

@@ -243,7 +243,10 @@ def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None
 
     Returns:
       ``{"loss": float, "accuracy": float}`` for classification losses,
-      ``{"loss": float, "r2": float}`` (coefficient of determination) for regression ones.
+      ``{"loss": float, "r2": float}`` (coefficient of determination) for regression ones;
+      for targets without variance (one row, say) r2 is 1 for a perfect fit and 0 otherwise,
+      as scikit-learn's ``r2_score``.  An overflowed loss raises ValueError, as in
+      :func:`mlds_jax.loss`.
     """
     _checks.check_params(params)
     loss = default_loss(params) if loss is None else loss

@@ -36,6 +36,19 @@ settings.register_profile("dev", deadline=None, max_examples=300)
 settings.load_profile("ci")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_jit_caches_around_monkeypatching(request):
+    """Tests that monkeypatch the registries (a deliberately wrong dA, say) must not leave
+    compiled functions traced with the patched maths in the module-level jit caches, nor
+    reuse ones traced before: clear them around every test that uses ``monkeypatch``."""
+    patched = "monkeypatch" in request.fixturenames
+    if patched:
+        jax.clear_caches()
+    yield
+    if patched:
+        jax.clear_caches()
+
+
 @pytest.fixture
 def key() -> jax.Array:
     """A fixed new-style PRNG key; tests split it as they need."""
