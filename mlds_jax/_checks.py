@@ -7,6 +7,7 @@ inside a user's ``jit``/``grad``; they read the data on the host once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -160,10 +161,21 @@ def check_X(params, X, name: str = "X"):
         raise ValueError(f"{name} has {X.shape[1]} features but the first layer expects "
                          f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}")
     if is_concrete(X):
-        arr = np.asarray(X, dtype=np.float64)
-        _first_nonfinite(arr, name)
-        _check_representable(arr, params[0].W.dtype, name)
+        arr = _host_floats(X)
+        if not math.isfinite(arr.sum(dtype=np.float64)):  # one pass, no copy when all finite
+            _first_nonfinite(arr, name)
+        if np.finfo(arr.dtype).max > float(jnp.finfo(params[0].W.dtype).max):
+            _check_representable(arr, params[0].W.dtype, name)
     return jnp.asarray(X).astype(params[0].W.dtype)
+
+
+def _host_floats(x) -> np.ndarray:
+    """x on the host without a copy when it is float32/float64 already (a 60000×784 float32
+    X is checked in place rather than as a 376 MB float64 copy); other dtypes as float64."""
+    arr = np.asarray(x)
+    if arr.dtype in (np.float32, np.float64):
+        return arr
+    return arr.astype(np.float64)
 
 
 def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str = "Y"):
