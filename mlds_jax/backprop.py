@@ -37,8 +37,8 @@ from mlds_jax.activations import ACTIVATIONS
 from mlds_jax.losses import get_loss
 from mlds_jax.network import Dense, ForwardCache, Params, _forward_cache, _loss_from_cache
 
-#: dense_backward materialises A_prevᵀ for batches of at most this many rows (see there).
-_MATERIALISE_TRANSPOSE_MAX_ROWS = 512
+#: dense_backward materialises A_prevᵀ when it has at most this many entries (see there).
+_MATERIALISE_TRANSPOSE_MAX_ELEMENTS = 65536
 
 __all__ = [
     "backward_deltas",
@@ -103,12 +103,12 @@ def dense_backward(delta: Array, A_prev: Array, W: Array) -> tuple[Array, Array,
       dW (d_in, d_out), db (d_out,), dA_prev (N, d_in).
     """
     A_prev_T = A_prev.T
-    if A_prev.shape[0] <= _MATERIALISE_TRANSPOSE_MAX_ROWS:
+    if A_prev.size <= _MATERIALISE_TRANSPOSE_MAX_ELEMENTS:
         # Layout, not maths: XLA:CPU otherwise folds the transpose into the dot as a
         # contraction over rows, which it runs with Eigen; a materialised Aᵀ makes it a plain
-        # (d_in, N) @ (N, d_out) product that its faster YNNPACK kernels take.  Measured on
-        # 2 cores: whole-epoch time −7% (digits, batch 32), −33% (batch 256), −2% (MNIST-size,
-        # batch 128), but +8% at batch 1024, where copying Aᵀ costs more than it saves.
+        # (d_in, N) @ (N, d_out) product that its YNNPACK kernels take.  Measured on 2 cores
+        # (whole epochs, interleaved): −4% (digits, batch 32), −7% (batch 256); for larger
+        # activations (MNIST-size) the copy costs about what it saves, so they keep Eigen.
         A_prev_T = jax.lax.optimization_barrier(A_prev_T)
     dW = A_prev_T @ delta  # ∂L/∂w_ij = Σ_p x_pi ∂L/∂y_pj  →  Xᵀ dL/dY
     db = delta.sum(axis=0)  # ∂L/∂b_j = Σ_p ∂L/∂y_pj (∂z/∂b = 1, summed over the batch: 1ᵀ δ)
