@@ -164,7 +164,7 @@ def check_X(params, X, name: str = "X"):
         arr = _host_floats(X)
         if not math.isfinite(arr.sum(dtype=np.float64)):  # one pass, no copy when all finite
             _first_nonfinite(arr, name)
-        if np.finfo(arr.dtype).max > float(jnp.finfo(params[0].W.dtype).max):
+        if float(np.finfo(arr.dtype).max) > float(jnp.finfo(params[0].W.dtype).max):
             _check_representable(arr, params[0].W.dtype, name)
     return jnp.asarray(X).astype(params[0].W.dtype)
 
