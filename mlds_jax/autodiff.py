@@ -22,12 +22,6 @@ from mlds_jax.network import Params, _forward_cache, _loss_core, _loss_from_cach
 __all__ = ["GradCheckReport", "LeafCheck", "autodiff_grads", "check_grads"]
 
 
-def _autodiff_value_and_grads(
-    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
-) -> tuple[Array, Params]:
-    return jax.value_and_grad(_loss_core)(params, X, Y, loss, row_weights)
-
-
 def _autodiff_value_and_grads_aux(
     params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
 ) -> tuple[Array, Array, Params]:
