@@ -532,13 +532,14 @@ def grad_step_comparison(n_rows: int, batch: int, reps: int) -> dict[str, Any]:
     Three pairs, timed interleaved (one call of each per repetition, ``reps`` repetitions
     after a compile call): ``grads`` = ``mj.manual_grads`` vs ``jax.grad(mj.loss)``;
     ``value_and_grads`` = the (loss, Ŷ, grads) functions a train step uses (private
-    ``_manual_value_and_grads_aux`` / ``_autodiff_value_and_grads_aux``, skipped if absent);
+    ``mlds_jax.core.value_and_grads``, manual and autodiff);
     ``train_step`` = ``make_train_step(sgd, grads=...).jitted``.
     """
     import jax
     import optax
 
     import mlds_jax as mj
+    from mlds_jax import core
 
     X, y = mnist_like_data(max(n_rows, batch), seed=2)
     X = jax.device_put(X[:batch])
@@ -553,16 +554,10 @@ def grad_step_comparison(n_rows: int, batch: int, reps: int) -> dict[str, Any]:
             jax.jit(jax.grad(lambda p, X, Y: mj.loss(p, X, Y, loss))),
         ),
     }
-    try:
-        from mlds_jax.autodiff import _autodiff_value_and_grads_aux as vga_auto
-        from mlds_jax.backprop import _manual_value_and_grads_aux as vga_manual
-
-        fns["value_and_grads"] = (
-            jax.jit(lambda p, X, Y: vga_manual(p, X, Y, loss)),
-            jax.jit(lambda p, X, Y: vga_auto(p, X, Y, loss)),
-        )
-    except ImportError:
-        pass
+    fns["value_and_grads"] = (
+        jax.jit(lambda p, X, Y: core.value_and_grads(p, X, Y, loss)),
+        jax.jit(lambda p, X, Y: core.value_and_grads(p, X, Y, loss, method="autodiff")),
+    )
     steps = {g: mj.make_train_step(opt, loss, grads=g).jitted for g in ("manual", "autodiff")}
     fns["train_step"] = (
         lambda p, X, Y: steps["manual"](p, state, X, Y),

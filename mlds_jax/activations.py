@@ -1,4 +1,4 @@
-r"""Activation functions f(Z) and their hand-derived derivatives f'(Z).
+r"""Activation functions f(Z) and their hand-derived derivatives f'(Z) and f''(Z).
 
 Every activation acts on a pre-activation ``Z`` of shape ``(batch, width)``
 and returns an array of the same shape.  Element-wise activations pair the
@@ -11,7 +11,9 @@ Softmax is not element-wise: its derivative is a Jacobian per row, so it is
 given as a Jacobian-vector product (``softmax_backward``) instead.
 
 Registry: ``ACTIVATIONS[name]`` is an :class:`Activation` with ``fn``,
-``prime`` (``None`` for softmax) and ``backward(dA, Z) -> dZ``.
+``prime`` and ``prime2`` (``None`` for softmax) and ``backward(dA, Z) -> dZ``.
+The derivatives are equations (A1)-(A7) of ``docs/derivations.md``; the second derivatives
+f'' (A8) are what curvature (Hessian-vector products) needs beyond the gradient.
 This module imports nothing from the package.
 """
 
@@ -32,19 +34,25 @@ __all__ = [
     "get_activation",
     "identity",
     "identity_prime",
+    "identity_prime2",
     "leaky_relu",
     "leaky_relu_prime",
+    "leaky_relu_prime2",
     "relu",
     "relu_backward",
     "relu_prime",
+    "relu_prime2",
     "sigmoid",
     "sigmoid_prime",
+    "sigmoid_prime2",
     "softmax",
     "softmax_backward",
     "softplus",
     "softplus_prime",
+    "softplus_prime2",
     "tanh",
     "tanh_prime",
+    "tanh_prime2",
 ]
 
 LEAKY_RELU_SLOPE = 0.01
@@ -52,31 +60,40 @@ LEAKY_RELU_SLOPE = 0.01
 
 # --- identity -------------------------------------------------------------------------------
 def identity(Z: Array) -> Array:
-    """id(Z) = Z, the regression output activation (lecture, "Output activation")."""
+    """id(Z) = Z, the regression output activation."""
     return Z
 
 
 def identity_prime(Z: Array) -> Array:
-    """id'(Z) = 1 (lecture, "MSE loss + id activation": ∂a/∂z = 1)."""
+    """id'(Z) = 1, equation (A1)."""
     return jnp.ones_like(Z)
+
+
+def identity_prime2(Z: Array) -> Array:
+    """id''(Z) = 0, equation (A8)."""
+    return jnp.zeros_like(Z)
 
 
 # --- sigmoid --------------------------------------------------------------------------------
 def sigmoid(Z: Array) -> Array:
-    r"""σ(Z) = 1 / (1 + e^{-Z}), element-wise (sigmoid notes; BCE notes "∂ŷ/∂z")."""
+    r"""σ(Z) = 1 / (1 + e^{-Z}), element-wise."""
     return jax.nn.sigmoid(Z)
 
 
 def sigmoid_prime(Z: Array) -> Array:
-    r"""σ'(Z) = σ(Z)(1 − σ(Z)).
+    r"""σ'(Z) = σ(Z)(1 − σ(Z)), equation (A2).
 
-    Derivation (binary-cross-entropy-gradient.md, section "∂ŷ_i/∂z_i", and
-    sigmoid-network-backprop-notes.md, the reciprocal-rule derivation):
-    σ = (1 + e^{-z})^{-1}  ⇒  σ' = e^{-z} / (1 + e^{-z})^2
-    and since σ = 1/(1+e^{-z}), 1 − σ = e^{-z}/(1+e^{-z}),  σ' = σ(1 − σ).
+    σ = (1 + e^{-z})^{-1}  ⇒  σ' = e^{-z} / (1 + e^{-z})^2 = σ · (1 − σ), because
+    1 − σ = e^{-z}/(1 + e^{-z}).
     """
     s = jax.nn.sigmoid(Z)
     return s * (1 - s)
+
+
+def sigmoid_prime2(Z: Array) -> Array:
+    r"""σ''(Z) = σ'(Z)(1 − 2σ(Z)), equation (A8): the product rule on σ(1 − σ)."""
+    s = jax.nn.sigmoid(Z)
+    return s * (1 - s) * (1 - 2 * s)
 
 
 # --- tanh -----------------------------------------------------------------------------------
@@ -86,9 +103,15 @@ def tanh(Z: Array) -> Array:
 
 
 def tanh_prime(Z: Array) -> Array:
-    r"""tanh'(Z) = 1 − tanh(Z)^2 (quotient rule on (e^z − e^{-z})/(e^z + e^{-z}))."""
+    r"""tanh'(Z) = 1 − tanh(Z)², equation (A3)."""
     t = jnp.tanh(Z)
     return 1 - t * t
+
+
+def tanh_prime2(Z: Array) -> Array:
+    r"""tanh''(Z) = −2 tanh(Z)(1 − tanh(Z)²), equation (A8)."""
+    t = jnp.tanh(Z)
+    return -2 * t * (1 - t * t)
 
 
 # --- relu -----------------------------------------------------------------------------------
@@ -98,12 +121,17 @@ def relu(Z: Array) -> Array:
 
 
 def relu_prime(Z: Array) -> Array:
-    """relu'(Z) = 1 where Z > 0, else 0.
+    """relu'(Z) = 1 where Z > 0, else 0, equation (A4).
 
     Convention at the kink: relu'(0) = 0, the same sub-gradient ``jax.nn.relu``
     uses (``jnp.maximum(Z, 0)`` would give 0.5 there; jax-ml/jax#37821).
     """
     return jnp.where(Z > 0, jnp.ones_like(Z), jnp.zeros_like(Z))
+
+
+def relu_prime2(Z: Array) -> Array:
+    """relu''(Z) = 0 away from the kink, equation (A8) (taken as 0 at Z = 0 too)."""
+    return jnp.zeros_like(Z)
 
 
 # --- leaky relu -----------------------------------------------------------------------------
@@ -113,12 +141,17 @@ def leaky_relu(Z: Array) -> Array:
 
 
 def leaky_relu_prime(Z: Array) -> Array:
-    """leaky_relu'(Z) = 1 where Z ≥ 0, else 0.01.
+    """leaky_relu'(Z) = 1 where Z ≥ 0, else 0.01, equation (A5).
 
     Convention at the kink: the derivative at 0 is 1, matching
     ``jax.grad(jax.nn.leaky_relu)(0.0)`` (its ``where(x >= 0, x, slope*x)`` form).
     """
     return jnp.where(Z >= 0, jnp.ones_like(Z), jnp.full_like(Z, LEAKY_RELU_SLOPE))
+
+
+def leaky_relu_prime2(Z: Array) -> Array:
+    """leaky_relu''(Z) = 0 away from the kink, equation (A8) (taken as 0 at Z = 0 too)."""
+    return jnp.zeros_like(Z)
 
 
 # --- softplus -------------------------------------------------------------------------------
@@ -128,13 +161,19 @@ def softplus(Z: Array) -> Array:
 
 
 def softplus_prime(Z: Array) -> Array:
-    r"""softplus'(Z) = e^Z / (1 + e^Z) = σ(Z) (chain rule on ln(1 + e^z))."""
+    r"""softplus'(Z) = e^Z / (1 + e^Z) = σ(Z), equation (A6)."""
     return jax.nn.sigmoid(Z)
+
+
+def softplus_prime2(Z: Array) -> Array:
+    r"""softplus''(Z) = σ'(Z) = σ(Z)(1 − σ(Z)), equation (A8)."""
+    s = jax.nn.sigmoid(Z)
+    return s * (1 - s)
 
 
 # --- softmax (output layer only) ------------------------------------------------------------
 def softmax(Z: Array) -> Array:
-    r"""Row-wise softmax: A_pk = e^{Z_pk} / Σ_j e^{Z_pj} (lecture, "multiclass -> softmax").
+    r"""Row-wise softmax: A_pk = e^{Z_pk} / Σ_j e^{Z_pj}.
 
     Shifted by the row max inside ``jax.nn.softmax``, so large logits do not overflow.
     """
@@ -142,16 +181,14 @@ def softmax(Z: Array) -> Array:
 
 
 def softmax_backward(dA: Array, Z: Array) -> Array:
-    r"""Vector-Jacobian product through the row-wise softmax.
+    r"""Vector-Jacobian product through the row-wise softmax, equation (A7).
 
     For one row, ∂a_k/∂z_j = a_k(δ_kj − a_j), so
 
     .. math:: \frac{\partial L}{\partial z_j} = \sum_k \frac{\partial L}{\partial a_k} a_k
               (\delta_{kj} - a_j) = a_j\Big(g_j - \sum_k g_k a_k\Big)
 
-    with g = dL/dA.  This is the general chain-rule path the lecture writes as
-    ∂L/∂z = ∂L/∂a · ∂a/∂z for the "o(z)" output; paired with cross-entropy it
-    collapses to δ = A − Y (see ``mlds_jax.losses``).
+    with g = dL/dA.  Paired with cross-entropy it collapses to δ = A − Y (equation (L6)).
 
     Args:
       dA: upstream gradient dL/dA, shape (batch, K).
@@ -172,6 +209,7 @@ class Activation:
       name: registry key.
       fn: f(Z), shape-preserving.
       prime: f'(Z) for element-wise activations, ``None`` for softmax.
+      prime2: f''(Z) for element-wise activations, ``None`` for softmax.
       backward: (dA, Z) -> dZ; ``dA ⊙ f'(Z)`` for element-wise ones.
       elementwise: whether f acts entry by entry.
     """
@@ -179,17 +217,18 @@ class Activation:
     name: str
     fn: Callable[[Array], Array]
     prime: Callable[[Array], Array] | None
+    prime2: Callable[[Array], Array] | None
     backward: Callable[[Array, Array], Array]
     elementwise: bool = True
 
 
-def _elementwise(name: str, fn: Callable, prime: Callable, backward: Callable | None = None
-                 ) -> Activation:
-    # MLDS notes, "Activation function": dL/dX = dL/dY ⊙ f'(X).
+def _elementwise(name: str, fn: Callable, prime: Callable, prime2: Callable,
+                 backward: Callable | None = None) -> Activation:
+    # dL/dZ = dL/dA ⊙ f'(Z), equation (B5)
     if backward is None:
         def backward(dA, Z):
             return dA * prime(Z)
-    return Activation(name, fn, prime, backward, True)
+    return Activation(name, fn, prime, prime2, backward, True)
 
 
 def relu_backward(dA: Array, Z: Array) -> Array:
@@ -202,13 +241,13 @@ def relu_backward(dA: Array, Z: Array) -> Array:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": _elementwise("identity", identity, identity_prime),
-    "sigmoid": _elementwise("sigmoid", sigmoid, sigmoid_prime),
-    "tanh": _elementwise("tanh", tanh, tanh_prime),
-    "relu": _elementwise("relu", relu, relu_prime, relu_backward),
-    "leaky_relu": _elementwise("leaky_relu", leaky_relu, leaky_relu_prime),
-    "softplus": _elementwise("softplus", softplus, softplus_prime),
-    "softmax": Activation("softmax", softmax, None, softmax_backward, elementwise=False),
+    "identity": _elementwise("identity", identity, identity_prime, identity_prime2),
+    "sigmoid": _elementwise("sigmoid", sigmoid, sigmoid_prime, sigmoid_prime2),
+    "tanh": _elementwise("tanh", tanh, tanh_prime, tanh_prime2),
+    "relu": _elementwise("relu", relu, relu_prime, relu_prime2, relu_backward),
+    "leaky_relu": _elementwise("leaky_relu", leaky_relu, leaky_relu_prime, leaky_relu_prime2),
+    "softplus": _elementwise("softplus", softplus, softplus_prime, softplus_prime2),
+    "softmax": Activation("softmax", softmax, None, None, softmax_backward, elementwise=False),
 }
 
 #: Activations allowed on hidden layers (softmax couples units, so output only).

@@ -12,31 +12,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
 from jax.typing import ArrayLike
 
-from mlds_jax import _checks
-from mlds_jax.backprop import _manual_value_and_grads
-from mlds_jax.network import Params, _forward_cache, _loss_core, _loss_from_cache
+from mlds_jax import core, validation
+from mlds_jax.layers import Params
 
 __all__ = ["GradCheckReport", "LeafCheck", "autodiff_grads", "check_grads"]
 
-
-def _autodiff_value_and_grads_aux(
-    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
-) -> tuple[Array, Array, Params]:
-    """(L, Ŷ, jax.grad of L): the autodiff twin of backprop._manual_value_and_grads_aux."""
-
-    def value_and_output(p):
-        cache = _forward_cache(p, X)
-        return _loss_from_cache(cache, Y, loss, row_weights), cache.As[-1]
-
-    (value, A), grads = jax.value_and_grad(value_and_output, has_aux=True)(params)
-    return value, A, grads
-
-
-_autodiff_grads_jit = jax.jit(lambda p, X, Y, loss: jax.grad(_loss_core)(p, X, Y, loss),
-                              static_argnums=3)
+_autodiff_grads_jit = jax.jit(jax.grad(core.batch_loss), static_argnums=3)
 
 
 def autodiff_grads(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Params:
@@ -44,7 +27,7 @@ def autodiff_grads(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Par
 
     Args and returns as :func:`mlds_jax.manual_grads` (same pytree structure as ``params``).
     """
-    X, Y = _checks.check_batch(params, X, Y, loss)
+    X, Y = validation.check_batch(params, X, Y, loss)
     return _autodiff_grads_jit(params, X, Y, loss)
 
 
@@ -171,18 +154,21 @@ def check_grads(
     # same errors as the rest of the API; X as the other functions see it (cast to the
     # params' dtype).  Y keeps its precision: soft targets rounded to float32 would no longer
     # sum to 1 exactly, which the fused softmax/cross-entropy δ relies on.
-    X, _ = _checks.check_batch(params, X, Y, loss)
+    X, _ = validation.check_batch(params, X, Y, loss)
     if max_fd_entries < 0:
         raise ValueError(f"max_fd_entries must be >= 0, got {max_fd_entries}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     with jax.enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
-        X64, Y64 = _checks.check_batch(p64, np.asarray(X, np.float64), np.asarray(Y), loss)
+        # already validated above: only the casts remain
+        X64 = jnp.asarray(np.asarray(X), jnp.float64)
+        Y64 = validation.prepare_targets(np.asarray(Y), loss, params[-1].W.shape[1],
+                                         X64.shape[0], jnp.float64)
         value, manual = jax.jit(
-            lambda p: _manual_value_and_grads(p, X64, Y64, loss, fused=fused))(p64)
-        auto = jax.jit(jax.grad(lambda p: _loss_core(p, X64, Y64, loss)))(p64)
-        loss_fn = jax.jit(lambda p: _loss_core(p, X64, Y64, loss))
+            lambda p: core.value_and_grads(p, X64, Y64, loss, fused=fused))(p64)
+        auto = jax.jit(jax.grad(lambda p: core.batch_loss(p, X64, Y64, loss)))(p64)
+        loss_fn = jax.jit(lambda p: core.batch_loss(p, X64, Y64, loss))
         leaves_p, treedef = jax.tree_util.tree_flatten(p64)
         leaves_m = [np.asarray(a) for a in jax.tree_util.tree_leaves(manual)]
         leaves_a = [np.asarray(a) for a in jax.tree_util.tree_leaves(auto)]

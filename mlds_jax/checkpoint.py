@@ -55,11 +55,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlds_jax import _checks
+from mlds_jax import validation
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
-from mlds_jax.network import Dense
+from mlds_jax.layers import Dense
 
 __all__ = [
+    "atomic_write",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "load",
@@ -179,7 +180,7 @@ def _normalise_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> tuple[list, np.dtype]:
-    _checks.check_params(params)
+    validation.check_params(params)
     leaves: list[tuple[str, np.ndarray]] = []
     dtypes = set()
     for i, layer in enumerate(params):
@@ -218,7 +219,10 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
-def _atomic_write(target: str, data: bytes) -> None:
+def atomic_write(target: str, data: bytes) -> None:
+    """Write ``data`` to ``target`` all or nothing: a temporary file in the same directory,
+    flushed and fsync'ed, then ``os.replace``'d onto the target; on any failure the previous
+    file (if any) is untouched and the temporary file is removed."""
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
         raise FileNotFoundError(errno.ENOENT, f"cannot save checkpoint {target}: directory "
@@ -307,7 +311,7 @@ def save(
     }
     header["sha256"] = _content_digest(header, leaves)
     header_arr = np.frombuffer(_canonical_json(header), dtype=np.uint8)
-    _atomic_write(target, _archive_bytes([(_HEADER_KEY, header_arr), *leaves]))
+    atomic_write(target, _archive_bytes([(_HEADER_KEY, header_arr), *leaves]))
     return pathlib.Path(target)
 
 
@@ -506,7 +510,7 @@ def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
         raise ValueError(f"checkpoint {target} is corrupt or not an mlds_jax checkpoint "
                          f"({type(exc).__name__}: {exc})") from None
 
-    out = np.dtype(header["dtype"]) if dtype is None else _checks.float_dtype(dtype)
+    out = np.dtype(header["dtype"]) if dtype is None else validation.float_dtype(dtype)
     if out == np.float64 and not _x64_enabled():
         raise ValueError(
             f"checkpoint {target}: loading float64 parameters needs JAX's x64 mode, which is "

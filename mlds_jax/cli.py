@@ -156,10 +156,10 @@ def _prepare_out(path: str) -> str:
 
 
 def _write_history(out: str, history: dict, summary: dict) -> None:
-    from mlds_jax.checkpoint import _atomic_write
+    from mlds_jax.checkpoint import atomic_write
 
     payload = {"summary": summary, "history": {k: list(v) for k, v in history.items()}}
-    _atomic_write(os.path.join(out, "history.json"),
+    atomic_write(os.path.join(out, "history.json"),
                         json.dumps(payload, indent=2).encode())
     keys = list(history)
     rows = [["epoch", *keys]] + [[i + 1, *(history[k][i] for k in keys)]
@@ -168,7 +168,7 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
 
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
-    _atomic_write(os.path.join(out, "history.csv"), buf.getvalue().encode())
+    atomic_write(os.path.join(out, "history.csv"), buf.getvalue().encode())
 
 
 def _plot_history(out: str, history: dict, title: str) -> str:
@@ -177,7 +177,7 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlds_jax.checkpoint import _atomic_write
+    from mlds_jax.checkpoint import atomic_write
 
     metrics = [m for m in ("accuracy", "r2") if m in history]
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5 * (1 + len(metrics)), 3.6))
@@ -202,7 +202,7 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     path = os.path.join(out, "curves.png")
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -223,14 +223,15 @@ def cmd_train(args) -> int:
     import mlds_jax as mj
     from mlds_jax.checkpoint import save
     from mlds_jax.datasets import load_dataset
+    from mlds_jax.losses import LOSSES
 
     if not 0 < args.test_size < 1:
         raise UsageError(f"--test-size must be in (0, 1), got {args.test_size}")
     out = _prepare_out(args.out) if args.out else None
     ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
     loss = args.loss or ds.default_loss
-    output = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}.get(
-        loss, ds.default_output)
+    allowed = LOSSES[loss].outputs  # the registry says which outputs a loss needs
+    output = allowed[0] if allowed else ds.default_output
     sizes = [ds.n_features, *args.hidden_sizes, ds.n_outputs]
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
@@ -277,9 +278,9 @@ def cmd_gradcheck(args) -> int:
     import numpy as np
 
     import mlds_jax as mj
+    from mlds_jax.losses import default_loss_for
 
-    loss = args.loss or {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}.get(
-        args.output, "half_squared_error")
+    loss = args.loss or default_loss_for(args.output)
     if len(args.sizes) < 2:
         raise UsageError("--sizes needs at least two sizes (input and output)")
     params = mj.init_mlp(jax.random.key(args.seed), args.sizes, hidden=args.activation,

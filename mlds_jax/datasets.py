@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mlds_jax.losses import default_loss_for
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -42,8 +44,6 @@ __all__ = [
 ]
 
 _TASKS = ("multiclass", "binary", "regression")
-_DEFAULT_LOSS = {"multiclass": "cross_entropy", "binary": "binary_cross_entropy",
-                 "regression": "mse"}
 _DEFAULT_OUTPUT = {"multiclass": "softmax", "binary": "sigmoid", "regression": "identity"}
 #: Seed of the generators behind the synthetic data sets: the data are fixed, the split varies.
 _GENERATOR_SEED = 0
@@ -543,7 +543,7 @@ def load_dataset(
         n_outputs=info.n_outputs,
         class_names=raw.class_names if classification else None,
         feature_names=raw.feature_names,
-        default_loss=_DEFAULT_LOSS[task],
+        default_loss=default_loss_for(_DEFAULT_OUTPUT[task]),
         default_output=_DEFAULT_OUTPUT[task],
         mean=_readonly(mean.astype(dt)),
         std=_readonly(std.astype(dt)),

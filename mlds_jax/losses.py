@@ -1,17 +1,30 @@
-r"""Losses: each value, its hand-derived dL/dŶ, and the fused δ for matched output/loss pairs.
+r"""Losses as per-example terms ℓ_n plus one weighted reduction, with hand-derived derivatives.
 
-Symbols (batch-major, as the MLDS notes):
+Symbols (batch-major):
   N  rows of the batch, K outputs per row,
   Z  output pre-activation (N, K),  A = Ŷ = f(Z) the output (N, K),  Y targets (N, K),
-  r  row weights (N, 1): r_p = 1/N by default, so every loss is an average over rows,
-     L = Σ_p r_p ℓ_p  (lecture: "LOSS = 1/N Σ_p div(ŷ_p, y_p)").  A padding mask m gives
-     r_p = m_p / Σ m (data-parallel batches); nothing else changes.
+  w  row weights (N,): w_n = 1/N by default.
 
-Per-row losses ℓ_p, as the issue fixes the names:
-  ``"mse"``                 ℓ_p = (1/K) Σ_k (ŷ_pk − y_pk)²     → L = mean over all N·K entries
-  ``"half_squared_error"``  ℓ_p = ½ ‖ŷ_p − y_p‖²
-  ``"binary_cross_entropy"`` ℓ_p = Σ_k −[y ln ŷ + (1 − y) ln(1 − ŷ)],  ŷ = σ(z)
-  ``"cross_entropy"``       ℓ_p = −Σ_k y_pk ln softmax(z_p)_k
+Every loss is a sum of per-example terms with one reduction, equation (L1):
+
+.. math:: L = \sum_n w_n\,\ell_n,\qquad w_n = 1/N \text{ by default}
+
+A padding mask m gives w_n = m_n / Σ m (the zero-weight rows of a padded minibatch), sample
+weights give any other w; nothing else changes.  Each loss provides, per example and
+*unscaled* (without w):
+
+  ``terms(Z, A, Y)``   ℓ_n, shape (N,)
+  ``term_dA(A, Y)``    dℓ_n/dŷ_n, shape (N, K)              (L2)-(L5)
+  ``term_fused[f](A, Y)``  dℓ_n/dz_n for a matched output f   (L6)
+
+and the batch forms scale row n by w_n, equation (L7): ``value``, ``dA`` and ``fused``.  The
+1/N of the average therefore enters once, in the output δ; per-example gradients use the
+unscaled forms.
+
+  ``"mse"``                  ℓ_n = (1/K) Σ_k (ŷ_nk − y_nk)²      → L = mean over all N·K entries
+  ``"half_squared_error"``   ℓ_n = ½ ‖ŷ_n − y_n‖²
+  ``"binary_cross_entropy"`` ℓ_n = Σ_k −[y ln ŷ + (1 − y) ln(1 − ŷ)],  ŷ = σ(z)
+  ``"cross_entropy"``        ℓ_n = −Σ_k y_nk ln softmax(z_n)_k
 
 Values are computed from the pre-activation Z where a log is involved
 (ln σ(z) = −softplus(−z), ln(1 − σ(z)) = −softplus(z), log-softmax via logsumexp), so logits
@@ -30,136 +43,203 @@ import jax.numpy as jnp
 from jax import Array
 
 __all__ = [
+    "DEFAULT_LOSS",
     "LOSSES",
     "Loss",
     "bce_dA",
+    "bce_term_dA",
+    "bce_terms",
     "bce_value",
     "cross_entropy_dA",
+    "cross_entropy_term_dA",
+    "cross_entropy_terms",
     "cross_entropy_value",
+    "DEFAULT_REGRESSION_LOSS",
+    "default_loss_for",
     "get_loss",
     "half_squared_error_dA",
+    "half_squared_error_term_dA",
+    "half_squared_error_terms",
     "half_squared_error_value",
     "matched_delta",
+    "matched_term_delta",
     "mse_dA",
+    "mse_term_dA",
+    "mse_terms",
     "mse_value",
+    "reduce_terms",
+    "scale_rows",
 ]
 
-RowWeights = Array | float
 
+# --- the one reduction (L1) and the row scaling (L7) ----------------------------------------
+def reduce_terms(terms: Array, row_weights: Array | None = None) -> Array:
+    r"""L = Σ_n w_n ℓ_n, equation (L1); w_n = 1/N when ``row_weights`` is None.
 
-def _rw(row_weights: Array | None, Y: Array) -> RowWeights:
-    """Row weights as an (N, 1) column, or the scalar 1/N when no mask is given."""
-    if row_weights is None:
-        return 1.0 / Y.shape[0]
-    return row_weights.reshape(-1, 1).astype(Y.dtype)
+    Args:
+      terms: ℓ_n, shape (N,).
+      row_weights: optional w, shape (N,).
 
-
-# --- mean squared error (MLDS notes) --------------------------------------------------------
-def mse_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""L = (1/n) Σ_i (y_i* − y_i)², the mean over all N·K entries (MLDS notes, "Loss function")."""
-    del Z
-    per_row = jnp.mean((A - Y) ** 2, axis=-1, keepdims=True)
-    return jnp.sum(_rw(row_weights, Y) * per_row)
-
-
-def mse_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""dL/dŶ = (2/n)(Ŷ − Y*), n = N·K (MLDS notes, "Loss function", and "Backward Pass" step 1)."""
-    return 2.0 * _rw(row_weights, Y) * (A - Y) / Y.shape[-1]
-
-
-# --- half squared error (sigmoid notes, lecture) --------------------------------------------
-def half_squared_error_value(
-    Z: Array, A: Array, Y: Array, row_weights: Array | None = None
-) -> Array:
-    r"""L = (1/N) Σ_p ½‖ŷ_p − y_p‖² (lecture "MSE loss + id"; sigmoid notes "C = ½(y − ŷ)²")."""
-    del Z
-    per_row = 0.5 * jnp.sum((A - Y) ** 2, axis=-1, keepdims=True)
-    return jnp.sum(_rw(row_weights, Y) * per_row)
-
-
-def half_squared_error_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""dL/dŶ = (1/N)(Ŷ − Y).
-
-    Lecture, "MSE loss + id": ∂L_1/∂a^{(3)} = a^{(3)T} − y^T per row; the matrix case divides
-    by N.  Sigmoid notes step 1: ∂C/∂a^L = −(y − ŷ).
+    Returns:
+      A scalar in the terms' dtype.
     """
-    return _rw(row_weights, Y) * (A - Y)
+    if row_weights is None:
+        return jnp.sum(terms * (1.0 / terms.shape[0]))
+    return jnp.sum(row_weights.astype(terms.dtype) * terms)
 
 
-# --- binary cross-entropy (BCE notes) -------------------------------------------------------
-def bce_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""L = (1/M) Σ −[y ln ŷ + (1 − y) ln(1 − ŷ)], ŷ = σ(z) (BCE notes, "the loss function").
+def scale_rows(G: Array, row_weights: Array | None = None) -> Array:
+    r"""Row n of G times w_n, equation (L7): batch derivative from per-example ones.
 
-    Computed from Z: −[y ln σ(z) + (1−y) ln σ(−z)] = y·softplus(−z) + (1 − y)·softplus(z),
+    Args:
+      G: per-example derivatives, shape (N, K).
+      row_weights: optional w, shape (N,); default 1/N.
+
+    Returns:
+      w ⊙ G with w broadcast along the rows, shape (N, K).
+    """
+    if row_weights is None:
+        return (1.0 / G.shape[0]) * G
+    return row_weights.reshape(-1, 1).astype(G.dtype) * G
+
+
+# --- mean squared error ---------------------------------------------------------------------
+def mse_terms(Z: Array, A: Array, Y: Array) -> Array:
+    r"""ℓ_n = (1/K) Σ_k (ŷ_nk − y_nk)², equation (L2); (N,)."""
+    del Z  # the value needs only Ŷ; the signature is shared by every loss
+    return jnp.mean((A - Y) ** 2, axis=-1)
+
+
+def mse_term_dA(A: Array, Y: Array) -> Array:
+    r"""dℓ_n/dŷ_n = (2/K)(ŷ_n − y_n), equation (L2); (N, K)."""
+    return 2.0 * (A - Y) / Y.shape[-1]
+
+
+# --- half squared error ---------------------------------------------------------------------
+def half_squared_error_terms(Z: Array, A: Array, Y: Array) -> Array:
+    r"""ℓ_n = ½ ‖ŷ_n − y_n‖², equation (L3); (N,)."""
+    del Z
+    return 0.5 * jnp.sum((A - Y) ** 2, axis=-1)
+
+
+def half_squared_error_term_dA(A: Array, Y: Array) -> Array:
+    r"""dℓ_n/dŷ_n = ŷ_n − y_n, equation (L3); (N, K)."""
+    return A - Y
+
+
+# --- binary cross-entropy -------------------------------------------------------------------
+def bce_terms(Z: Array, A: Array, Y: Array) -> Array:
+    r"""ℓ_n = Σ_k −[y ln ŷ + (1 − y) ln(1 − ŷ)], ŷ = σ(z), equation (L4); (N,).
+
+    Computed from Z: −[y ln σ(z) + (1 − y) ln σ(−z)] = y·softplus(−z) + (1 − y)·softplus(z),
     finite for any finite z (optax ``sigmoid_binary_cross_entropy`` does the same).
     """
     del A
-    per_entry = Y * jax.nn.softplus(-Z) + (1 - Y) * jax.nn.softplus(Z)
-    return jnp.sum(_rw(row_weights, Y) * jnp.sum(per_entry, axis=-1, keepdims=True))
+    return jnp.sum(Y * jax.nn.softplus(-Z) + (1 - Y) * jax.nn.softplus(Z), axis=-1)
 
 
-def bce_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""dL/dŶ = −y/ŷ + (1 − y)/(1 − ŷ), times 1/N (BCE notes, "∂L/∂ŷ", steps 1-5).
+def bce_term_dA(A: Array, Y: Array) -> Array:
+    r"""dℓ_n/dŷ_n = −y/ŷ + (1 − y)/(1 − ŷ), equation (L4); (N, K).
 
     The general chain-rule path: it divides by ŷ and 1 − ŷ, so it is exact only away from
-    saturation; training uses the fused δ = (A − Y)/N instead (see :func:`matched_delta`).
+    saturation; training uses the fused δ̂ = ŷ − y instead (equation (L6)).
     """
-    return _rw(row_weights, Y) * (-Y / A + (1 - Y) / (1 - A))
+    return -Y / A + (1 - Y) / (1 - A)
 
 
-# --- softmax cross-entropy (lecture) --------------------------------------------------------
-def cross_entropy_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""L = (1/N) Σ_p −Σ_k y_pk ln softmax(z_p)_k, via log-softmax (logsumexp) for stability."""
+# --- softmax cross-entropy ------------------------------------------------------------------
+def cross_entropy_terms(Z: Array, A: Array, Y: Array) -> Array:
+    r"""ℓ_n = −Σ_k y_nk ln softmax(z_n)_k via log-softmax (logsumexp), equation (L5); (N,)."""
     del A
-    per_row = -jnp.sum(Y * jax.nn.log_softmax(Z, axis=-1), axis=-1, keepdims=True)
-    return jnp.sum(_rw(row_weights, Y) * per_row)
+    return -jnp.sum(Y * jax.nn.log_softmax(Z, axis=-1), axis=-1)
 
 
-def cross_entropy_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""dL/dŶ = −(1/N) Y / Ŷ (derivative of −Σ_k y_k ln ŷ_k with respect to ŷ_k).
-
-    General path, exact away from ŷ = 0; training uses the fused δ = (A − Y)/N.
-    """
-    return -_rw(row_weights, Y) * Y / A
+def cross_entropy_term_dA(A: Array, Y: Array) -> Array:
+    r"""dℓ_n/dŷ_n = −y_n / ŷ_n, equation (L5); (N, K).  Exact away from ŷ = 0."""
+    return -Y / A
 
 
-# --- fused output deltas ---------------------------------------------------------------------
-def matched_delta(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    r"""δ = dL/dZ = (1/N)(A − Y) for the matched output/loss pairs.
+# --- fused output deltas (L6) ---------------------------------------------------------------
+def matched_term_delta(A: Array, Y: Array) -> Array:
+    r"""δ̂_n = dℓ_n/dz_n = ŷ_n − y_n for the matched output/loss pairs, equation (L6).
 
-    * sigmoid + binary cross-entropy (BCE notes, last step: ∂L/∂W = (1/m) Σ (A^i − y)(A^{i−1})^T):
-      [−y/ŷ + (1−y)/(1−ŷ)] · ŷ(1−ŷ) = ŷ − y.
-    * softmax + cross-entropy (lecture): Σ_k (−y_k/a_k) a_k(δ_kj − a_j) = a_j Σ_k y_k − y_j
-      = a_j − y_j because each row of Y sums to 1 (one-hot or a distribution: validated).
-    * identity + half squared error (lecture, "Matrix case": ∂L/∂Z^{(3)} = (1/N)(A^{(3)} − Y)).
+    * sigmoid + BCE: [−y/ŷ + (1−y)/(1−ŷ)] · ŷ(1−ŷ) = ŷ − y.
+    * softmax + CE: Σ_k (−y_k/a_k) a_k(δ_kj − a_j) = a_j Σ_k y_k − y_j = a_j − y_j, because
+      each row of Y sums to 1 (one-hot or a distribution: validated at the API).
+    * identity + half squared error: dℓ/dŷ · 1.
 
     The shortcut never forms 1/ŷ, so it stays exact when the output saturates.
     """
-    return _rw(row_weights, Y) * (A - Y)
+    return A - Y
 
 
-def _identity_mse_delta(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
-    # identity output: dL/dZ = dL/dŶ · 1 (MLDS "Putting it all together", Y = Z^{(2)}).
-    return mse_dA(A, Y, row_weights)
+def matched_delta(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    r"""The batch δ = w ⊙ (A − Y) of the matched pairs, equations (L6) and (L7); (N, K)."""
+    return scale_rows(matched_term_delta(A, Y), row_weights)
+
+
+# --- batch forms (L1, L7) of each loss, kept as functions for direct use --------------------
+def mse_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """L = Σ_n w_n ℓ_n for "mse": the mean over all N·K entries by default."""
+    return reduce_terms(mse_terms(Z, A, Y), row_weights)
+
+
+def mse_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """dL/dŶ = w ⊙ (2/K)(Ŷ − Y): 2/(N·K)·(Ŷ − Y) by default."""
+    return scale_rows(mse_term_dA(A, Y), row_weights)
+
+
+def half_squared_error_value(
+    Z: Array, A: Array, Y: Array, row_weights: Array | None = None
+) -> Array:
+    """L = Σ_n w_n ½‖ŷ_n − y_n‖²."""
+    return reduce_terms(half_squared_error_terms(Z, A, Y), row_weights)
+
+
+def half_squared_error_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """dL/dŶ = w ⊙ (Ŷ − Y)."""
+    return scale_rows(half_squared_error_term_dA(A, Y), row_weights)
+
+
+def bce_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """L = Σ_n w_n ℓ_n for binary cross-entropy (from Z, stable)."""
+    return reduce_terms(bce_terms(Z, A, Y), row_weights)
+
+
+def bce_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """dL/dŶ = w ⊙ (−Y/Ŷ + (1 − Y)/(1 − Ŷ))."""
+    return scale_rows(bce_term_dA(A, Y), row_weights)
+
+
+def cross_entropy_value(Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """L = Σ_n w_n ℓ_n for softmax cross-entropy (log-softmax, stable)."""
+    return reduce_terms(cross_entropy_terms(Z, A, Y), row_weights)
+
+
+def cross_entropy_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+    """dL/dŶ = −w ⊙ Y / Ŷ."""
+    return scale_rows(cross_entropy_term_dA(A, Y), row_weights)
 
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss with its hand-derived derivative.
+    """A loss as per-example terms with their hand-derived derivatives.
 
     Attributes:
       name: registry key.
-      value: (Z, A, Y, row_weights) -> scalar L.
-      dA: (A, Y, row_weights) -> dL/dŶ, shape (N, K): the general chain-rule path.
-      fused: output activation name -> (A, Y, row_weights) -> dL/dZ, the simplified δ.
+      terms: (Z, A, Y) -> ℓ, shape (N,): each example's own loss.
+      term_dA: (A, Y) -> dℓ_n/dŷ_n, shape (N, K), unscaled: the general chain-rule path.
+      term_fused: output activation name -> (A, Y) -> dℓ_n/dz_n, unscaled: the simplified δ̂.
       outputs: output activations this loss may follow (None: any).
       targets: "real", "probability" (each entry in [0, 1]) or "class" (labels or one-hot rows).
+
+    The batch forms ``value``, ``dA`` and ``fused`` apply the row weights (L1), (L7).
     """
 
     name: str
-    value: Callable[..., Array]
-    dA: Callable[..., Array]
-    fused: dict[str, Callable[..., Array]] = field(default_factory=dict)
+    terms: Callable[[Array, Array, Array], Array]
+    term_dA: Callable[[Array, Array], Array]
+    term_fused: dict[str, Callable[[Array, Array], Array]] = field(default_factory=dict)
     outputs: tuple[str, ...] | None = None
     targets: str = "real"
 
@@ -167,32 +247,46 @@ class Loss:
     def is_classification(self) -> bool:
         return self.targets in ("probability", "class")
 
+    def value(self, Z: Array, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+        """L = Σ_n w_n ℓ_n (L1); scalar."""
+        return reduce_terms(self.terms(Z, A, Y), row_weights)
+
+    def dA(self, A: Array, Y: Array, row_weights: Array | None = None) -> Array:
+        """dL/dŶ = w ⊙ dℓ/dŶ (L7); (N, K)."""
+        return scale_rows(self.term_dA(A, Y), row_weights)
+
+    @property
+    def fused(self) -> dict[str, Callable[..., Array]]:
+        """Output activation name -> (A, Y, row_weights=None) -> the batch δ = w ⊙ δ̂ (L7)."""
+        def batch(fn):
+            return lambda A, Y, row_weights=None: scale_rows(fn(A, Y), row_weights)
+
+        return {act: batch(fn) for act, fn in self.term_fused.items()}
+
 
 LOSSES: dict[str, Loss] = {
-    "mse": Loss("mse", mse_value, mse_dA, {"identity": _identity_mse_delta}),
-    "half_squared_error": Loss(
-        "half_squared_error",
-        half_squared_error_value,
-        half_squared_error_dA,
-        {"identity": matched_delta},
-    ),
-    "binary_cross_entropy": Loss(
-        "binary_cross_entropy",
-        bce_value,
-        bce_dA,
-        {"sigmoid": matched_delta},
-        outputs=("sigmoid",),
-        targets="probability",
-    ),
-    "cross_entropy": Loss(
-        "cross_entropy",
-        cross_entropy_value,
-        cross_entropy_dA,
-        {"softmax": matched_delta},
-        outputs=("softmax",),
-        targets="class",
-    ),
+    # identity output: dℓ/dz = dℓ/dŷ · 1, so the fused δ̂ is the general one (L6)
+    "mse": Loss("mse", mse_terms, mse_term_dA, {"identity": mse_term_dA}),
+    "half_squared_error": Loss("half_squared_error", half_squared_error_terms,
+                               half_squared_error_term_dA, {"identity": matched_term_delta}),
+    "binary_cross_entropy": Loss("binary_cross_entropy", bce_terms, bce_term_dA,
+                                 {"sigmoid": matched_term_delta}, outputs=("sigmoid",),
+                                 targets="probability"),
+    "cross_entropy": Loss("cross_entropy", cross_entropy_terms, cross_entropy_term_dA,
+                          {"softmax": matched_term_delta}, outputs=("softmax",),
+                          targets="class"),
 }
+
+#: The loss each output activation is trained with unless told otherwise: the one place this
+#: knowledge lives (``fit``, ``evaluate``, the datasets and the CLI all read it).
+DEFAULT_LOSS: dict[str, str] = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+#: The loss for any other output activation (identity, tanh, ...).
+DEFAULT_REGRESSION_LOSS = "mse"
+
+
+def default_loss_for(output_activation: str) -> str:
+    """softmax → "cross_entropy", sigmoid → "binary_cross_entropy", anything else → "mse"."""
+    return DEFAULT_LOSS.get(output_activation, DEFAULT_REGRESSION_LOSS)
 
 
 def get_loss(name: str) -> Loss:

@@ -57,9 +57,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import mlds_jax as mj  # noqa: E402
-from mlds_jax import parallel  # noqa: E402
-from mlds_jax.autodiff import _autodiff_value_and_grads_aux  # noqa: E402
-from mlds_jax.backprop import _manual_value_and_grads  # noqa: E402
+from mlds_jax import core, parallel  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -296,12 +294,12 @@ def _padded_grads(problems: dict) -> dict:
     out = {}
     for name, (loss, params, X, Y, Xp, Yp, Xj, Yj, w) in problems.items():
         fns = {
-            "manual_fused": lambda X_, Y_, w_, p=params, l=loss: _manual_value_and_grads(
+            "manual_fused": lambda X_, Y_, w_, p=params, l=loss: core.value_and_grads(
                 p, X_, Y_, l, fused=True, row_weights=w_),
-            "manual_general": lambda X_, Y_, w_, p=params, l=loss: _manual_value_and_grads(
+            "manual_general": lambda X_, Y_, w_, p=params, l=loss: core.value_and_grads(
                 p, X_, Y_, l, fused=False, row_weights=w_),
-            "autodiff": lambda X_, Y_, w_, p=params, l=loss: _autodiff_value_and_grads_aux(
-                p, X_, Y_, l, w_)[::2],
+            "autodiff": lambda X_, Y_, w_, p=params, l=loss: core.value_and_grads(
+                p, X_, Y_, l, row_weights=w_, method="autodiff"),
         }
         out[name] = {m: {"ref": f(X, Y, None), "zero_pad": f(Xp, Yp, w),
                          "junk_pad": f(Xj, Yj, w)} for m, f in fns.items()}

@@ -112,10 +112,10 @@ def _wrong_mse(monkeypatch, factor: float):
     in the general path and in the fused identity δ."""
     spec = losses_module.LOSSES["mse"]
 
-    def dA(A, Y, row_weights=None):
-        return factor * losses_module.mse_dA(A, Y, row_weights)
+    def dA(A, Y):
+        return factor * losses_module.mse_term_dA(A, Y)
 
-    wrong = dataclasses.replace(spec, dA=dA, fused={"identity": dA})
+    wrong = dataclasses.replace(spec, term_dA=dA, term_fused={"identity": dA})
     monkeypatch.setitem(losses_module.LOSSES, "mse", wrong)
 
 

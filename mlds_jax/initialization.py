@@ -1,0 +1,91 @@
+"""Initial parameters: ``init_mlp`` and the weight initialisers it can use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from mlds_jax import validation
+from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from mlds_jax.layers import Dense, Params
+
+__all__ = ["INITIALIZERS", "init_mlp"]
+
+
+def _he(key: Array, shape: tuple[int, int], dtype) -> Array:
+    return jax.nn.initializers.he_normal()(key, shape, dtype)
+
+
+def _xavier(key: Array, shape: tuple[int, int], dtype) -> Array:
+    return jax.nn.initializers.glorot_uniform()(key, shape, dtype)
+
+
+def _lecun(key: Array, shape: tuple[int, int], dtype) -> Array:
+    return jax.nn.initializers.lecun_normal()(key, shape, dtype)
+
+
+def _normal(key: Array, shape: tuple[int, int], dtype) -> Array:
+    return 0.01 * jax.random.normal(key, shape, dtype)
+
+
+#: Weight initialisers by name (biases start at zero).  "auto" picks "he" for relu-like hidden
+#: layers and "xavier" otherwise.
+INITIALIZERS = {"he": _he, "xavier": _xavier, "lecun": _lecun, "normal": _normal}
+
+
+def init_mlp(
+    key: ArrayLike,
+    sizes: Sequence[int],
+    hidden: str = "relu",
+    output: str = "identity",
+    init: str = "auto",
+    dtype=None,
+) -> Params:
+    """Initialise an MLP with layer sizes ``[n_in, h_1, ..., n_out]``.
+
+    Args:
+      key: a ``jax.random`` key.
+      sizes: at least two positive ints; ``sizes[0]`` is the input width.
+      hidden: activation of every hidden layer (any of ``HIDDEN_ACTIVATIONS``).
+      output: activation of the output layer (any of ``OUTPUT_ACTIVATIONS``): "identity" for
+        regression, "softmax" for class labels (cross-entropy), "sigmoid" for 0/1 targets.
+      init: "auto" (He for relu/leaky_relu hidden layers, Xavier otherwise), "he", "xavier",
+        "lecun" or "normal" (N(0, 0.01²)).  Biases are zero.
+      dtype: parameter dtype; default float32, or float64 when x64 is enabled.
+
+    Returns:
+      A tuple of :class:`Dense`, one per layer, ``W`` (sizes[i], sizes[i+1]), ``b`` (sizes[i+1],).
+
+    Example:
+      >>> import jax, mlds_jax as mj
+      >>> params = mj.init_mlp(jax.random.key(0), [5, 7, 4, 3], hidden="sigmoid", output="softmax")
+      >>> [p.W.shape for p in params]
+      [(5, 7), (7, 4), (4, 3)]
+    """
+    sizes = validation.check_sizes(sizes)
+    if hidden not in HIDDEN_ACTIVATIONS:
+        if hidden in ACTIVATIONS:
+            raise ValueError(
+                f"activation {hidden!r} can only be used on the output layer; "
+                f"hidden layers take one of {list(HIDDEN_ACTIVATIONS)}"
+            )
+        raise ValueError(f"unknown hidden activation {hidden!r}; valid: {list(HIDDEN_ACTIVATIONS)}")
+    if output not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"unknown output activation {output!r}; valid: {list(OUTPUT_ACTIVATIONS)}")
+    if init == "auto":
+        init = "he" if hidden in ("relu", "leaky_relu") else "xavier"
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown init {init!r}; valid: {['auto', *INITIALIZERS]}")
+    key = validation.check_key(key)
+    dtype = validation.float_dtype(dtype)
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        act = output if i == len(sizes) - 2 else hidden
+        W = INITIALIZERS[init](keys[i], (fan_in, fan_out), dtype)
+        layers.append(Dense(W=W, b=jnp.zeros((fan_out,), dtype), activation=act))
+    return tuple(layers)

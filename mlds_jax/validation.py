@@ -1,0 +1,348 @@
+"""The one set of input validators behind the checked public API: clear errors before tracing.
+
+Every public function validates its inputs here once, then calls the unchecked core
+(:mod:`mlds_jax.core`).  Shape checks always run (shapes are static, even for tracers).
+Value checks (finite entries, label ranges, target ranges) run whenever the array is
+concrete, i.e. not a tracer inside a user's ``jit``/``grad``; parameters are checked for
+finiteness on the device (one boolean comes back), the data on the host without a copy.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from mlds_jax.layers import Dense, Params
+from mlds_jax.losses import get_loss
+
+__all__ = [
+    "check_X",
+    "check_batch",
+    "check_data",
+    "check_finite",
+    "check_key",
+    "check_loss_output",
+    "check_model",
+    "check_params",
+    "check_params_finite",
+    "check_representable",
+    "check_sizes",
+    "float_dtype",
+    "host_floats",
+    "is_concrete",
+    "numeric_array",
+    "positive_float",
+    "positive_int",
+    "prepare_targets",
+    "reject_tracers",
+]
+
+
+# --- generic values -------------------------------------------------------------------------
+def is_concrete(x) -> bool:
+    """False for a tracer (inside a user's jit/grad/vmap): its values cannot be read."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def reject_tracers(function: str, *values) -> None:
+    """A TypeError for functions that cannot run under ``jax.jit``/``grad``/``vmap``."""
+    leaves = jax.tree_util.tree_leaves(values)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        raise TypeError(f"{function} runs a Python loop on concrete arrays and cannot be "
+                        f"traced by jax.jit, jax.grad or jax.vmap; call it outside them")
+
+
+def positive_int(value, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int ≥ ``minimum`` (bool and floats refused, even 2.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str) -> float:
+    """``value`` as a finite float > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def float_dtype(dtype=None):
+    """The parameter dtype: float32 by default, float64 when x64 is on; validates floats."""
+    if dtype is None:
+        return jnp.zeros((), dtype=float).dtype  # float64 iff jax_enable_x64
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype!r}") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    return dt
+
+
+def check_key(key):
+    """A new-style or legacy ``jax.random`` key; a clear TypeError for ints and the like."""
+    if isinstance(key, int) or not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(f"key must be a jax.random key (jax.random.key(seed)); got {key!r}")
+    return key
+
+
+def check_sizes(sizes: Sequence[int]) -> list[int]:
+    """``[n_in, h_1, ..., n_out]``: at least two ints ≥ 1."""
+    if isinstance(sizes, (str, bytes)):
+        raise TypeError(f"sizes must be a sequence of ints like [4, 8, 3], got {sizes!r}")
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise TypeError(f"sizes must be a sequence of ints, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes needs at least two layer sizes [n_in, ..., n_out], got {sizes!r}"
+        )
+    for i, s in enumerate(sizes):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"sizes[{i}] must be an int, got {s!r}")
+        if s < 1:
+            raise ValueError(f"every layer size must be >= 1; sizes[{i}] = {s}")
+    return [int(s) for s in sizes]
+
+
+def numeric_array(x, name: str):
+    """An array view of x for checks, or a TypeError for non-numeric input."""
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}")
+    if not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and friends
+            raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if not (jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.bool_)):
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    return x
+
+
+def host_floats(x) -> np.ndarray:
+    """x on the host without a copy when it is float32/float64 already (a 60000×784 float32
+    X is checked in place rather than as a 376 MB float64 copy); other dtypes as float64."""
+    arr = np.asarray(x)
+    if arr.dtype in (np.float32, np.float64):
+        return arr
+    return arr.astype(np.float64)
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """ValueError naming the count and the first NaN/inf of ``arr``; one pass when clean."""
+    if arr.size and math.isfinite(arr.sum(dtype=np.float64)):
+        return
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(j) for j in np.argwhere(bad)[0])
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+                         f"first {arr[idx]} at index {idx}")
+
+
+def check_representable(arr: np.ndarray, dtype, name: str) -> None:
+    """Finite values that the cast to ``dtype`` would turn into ±inf (e.g. 1e39 in float32,
+    7e4 in float16) are an error, not a silent overflow."""
+    fmax = float(jnp.finfo(dtype).max)
+    if arr.size == 0 or fmax >= np.finfo(np.float64).max or -fmax <= arr.min() <= arr.max() <= fmax:
+        return  # two reductions on the happy path, no copy
+    bad = np.abs(arr) > fmax
+    idx = tuple(int(j) for j in np.argwhere(bad)[0])
+    raise ValueError(f"{name} has {int(bad.sum())} value(s) too large for the parameters' "
+                     f"dtype {jnp.dtype(dtype).name} (max {fmax:.4g}); first {arr[idx]} at "
+                     f"index {idx}; rescale {name} or use a wider dtype")
+
+
+# --- parameters -----------------------------------------------------------------------------
+def check_params(params) -> None:
+    """params is a non-empty tuple (or list) of Dense with chained shapes and one float dtype."""
+    if not isinstance(params, (tuple, list)) or len(params) == 0:
+        raise TypeError(
+            "params must be a non-empty tuple of Dense layers (from mlds_jax.init_mlp); "
+            f"got {type(params).__name__}"
+        )
+    dtype = getattr(getattr(params[0], "W", None), "dtype", None)
+    for i, layer in enumerate(params):
+        if not isinstance(layer, Dense):
+            raise TypeError(f"params[{i}] must be a Dense layer, got {type(layer).__name__}")
+        W, b = layer.W, layer.b
+        if getattr(W, "ndim", None) != 2:
+            raise ValueError(f"params[{i}].W must be 2-D (fan_in, fan_out), got shape "
+                             f"{getattr(W, 'shape', None)}")
+        if getattr(b, "shape", None) != (W.shape[1],):
+            raise ValueError(f"params[{i}].b must have shape ({W.shape[1]},), got "
+                             f"{getattr(b, 'shape', None)}")
+        if layer.activation not in ACTIVATIONS:
+            raise ValueError(f"params[{i}] has unknown activation {layer.activation!r}; "
+                             f"valid: {list(ACTIVATIONS)}")
+        if i < len(params) - 1 and layer.activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"params[{i}] is a hidden layer with activation "
+                             f"{layer.activation!r}; hidden layers take {list(HIDDEN_ACTIVATIONS)}")
+        if i > 0 and params[i - 1].W.shape[1] != W.shape[0]:
+            raise ValueError(f"params[{i}].W has fan_in {W.shape[0]} but params[{i - 1}] has "
+                             f"fan_out {params[i - 1].W.shape[1]}")
+        if not jnp.issubdtype(W.dtype, jnp.floating):
+            raise TypeError(f"params[{i}].W must be floating point, got {W.dtype}")
+        # one dtype for every leaf: mixing them would be promoted (or, under strict
+        # promotion, fail inside XLA) instead of computing in the documented params dtype
+        for name, leaf in (("W", W), ("b", b)):
+            if leaf.dtype != dtype:
+                raise TypeError(f"all parameters must share one dtype: params[{i}].{name} is "
+                                f"{leaf.dtype} but params[0].W is {dtype}; cast them with "
+                                f".astype")
+
+
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_params_finite(params: Params) -> None:
+    """No NaN or inf in any leaf: one reduction on the device, the host sees one boolean."""
+    leaves = [leaf for layer in params for leaf in (layer.W, layer.b)]
+    if not all(map(is_concrete, leaves)):
+        return
+    ok = _all_finite(leaves)
+    if not is_concrete(ok):  # inside a user's trace, params closed over as constants
+        ok = all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    if bool(ok):
+        return
+    for i, layer in enumerate(params):  # only on failure: find the first bad entry
+        for name in ("W", "b"):
+            arr = np.asarray(getattr(layer, name))
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                idx = tuple(int(j) for j in np.argwhere(bad)[0])
+                raise ValueError(f"params[{i}].{name} has a non-finite value "
+                                 f"{arr[idx]} at index {idx}")
+
+
+def check_loss_output(params: Params, loss_name: str) -> None:
+    """The loss accepts the output layer's activation (BCE needs sigmoid, CE softmax)."""
+    loss = get_loss(loss_name)
+    out = params[-1].activation
+    if loss.outputs is not None and out not in loss.outputs:
+        raise ValueError(f"loss {loss_name!r} needs an output activation in "
+                         f"{list(loss.outputs)}, but the output layer uses {out!r}")
+
+
+def check_model(params: Params, loss_name: str) -> None:
+    """params are well formed and finite, and ``loss_name`` fits their output layer."""
+    get_loss(loss_name)
+    check_params(params)
+    check_params_finite(params)
+    check_loss_output(params, loss_name)
+
+
+# --- data -----------------------------------------------------------------------------------
+def check_X(params: Params, X, name: str = "X"):
+    """X is 2-D with the first layer's fan_in columns; returned in the params' dtype."""
+    X = numeric_array(X, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, n_features), got shape {tuple(X.shape)}"
+                         + ("; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""))
+    n_in = params[0].W.shape[0]
+    if X.shape[1] != n_in:
+        raise ValueError(f"{name} has {X.shape[1]} features but the first layer expects "
+                         f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}")
+    if is_concrete(X):
+        arr = host_floats(X)
+        check_finite(arr, name)
+        if float(np.finfo(arr.dtype).max) > float(jnp.finfo(params[0].W.dtype).max):
+            check_representable(arr, params[0].W.dtype, name)
+    return jnp.asarray(X).astype(params[0].W.dtype)
+
+
+def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str = "Y",
+                    output_activation: str | None = None):
+    """Validate Y for a loss and return it as (N, n_out) in ``dtype``.
+
+    Integer labels (N,) for "cross_entropy" become one-hot rows.  ``output_activation``
+    (when given) lets the errors point the right way, e.g. class labels given to a network
+    with an identity output.
+    """
+    loss = get_loss(loss_name)
+    Y = numeric_array(Y, name)
+    if Y.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {tuple(Y.shape)}")
+    if Y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but {name} has {Y.shape[0]}; they must match")
+    concrete = is_concrete(Y)
+    if concrete:
+        check_finite(np.asarray(Y, dtype=np.float64), name)
+    if loss.targets == "class" and Y.ndim == 1:
+        if jnp.issubdtype(Y.dtype, jnp.bool_):  # as mlds_jax.one_hot: labels are integers
+            raise TypeError(f"{name} as class labels must be integers, got dtype bool")
+        if concrete:
+            y = np.asarray(Y)
+            if not jnp.issubdtype(y.dtype, jnp.integer):
+                frac = np.nonzero(y != np.round(y))[0]
+                if frac.size:
+                    raise ValueError(f"{name} holds class labels but {name}[{frac[0]}] = "
+                                     f"{y[frac[0]]} is not an integer")
+            bad = np.nonzero((y < 0) | (y >= n_out))[0]
+            if bad.size:
+                raise ValueError(
+                    f"class labels must lie in [0, {n_out}) for a network with {n_out} outputs; "
+                    f"{name}[{bad[0]}] = {y[bad[0]]} ({bad.size} label(s) out of range)")
+        elif not jnp.issubdtype(Y.dtype, jnp.integer):
+            raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
+        return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
+    if Y.ndim == 1:
+        if n_out != 1:
+            hint = ""
+            if (output_activation not in (None, "softmax", "sigmoid")
+                    and jnp.issubdtype(Y.dtype, jnp.integer)):
+                hint = (f"; if {name} holds class labels, build the network with "
+                        f"output='softmax' (loss 'cross_entropy') or output='sigmoid'")
+            raise ValueError(f"{name} has shape {tuple(Y.shape)} but the network has {n_out} "
+                             f"outputs; pass {name} of shape ({n_rows}, {n_out}){hint}")
+        Y = Y.reshape(-1, 1)
+    if Y.shape[1] != n_out:
+        raise ValueError(f"{name} has {Y.shape[1]} columns but the network has {n_out} "
+                         f"output(s) for loss {loss_name!r}")
+    if concrete and loss.targets in ("probability", "class"):
+        y = np.asarray(Y, dtype=np.float64)
+        bad = np.argwhere((y < 0) | (y > 1))
+        if bad.size:
+            idx = tuple(int(j) for j in bad[0])
+            raise ValueError(f"{loss_name} targets must lie in [0, 1]; {name}{list(idx)} = "
+                             f"{y[idx]}")
+        if loss.targets == "class":
+            sums = y.sum(axis=1)
+            off = np.nonzero(np.abs(sums - 1) > 1e-6 * max(1, n_out))[0]
+            if off.size:
+                raise ValueError(f"cross_entropy needs one-hot (or probability) rows summing "
+                                 f"to 1; row {off[0]} of {name} sums to {sums[off[0]]}")
+    if concrete:
+        check_representable(np.asarray(Y, dtype=np.float64), dtype, name)
+    return jnp.asarray(Y).astype(dtype)
+
+
+def check_data(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_name: str = "Y"):
+    """X and Y for already-checked params: returns them ready for the core functions."""
+    X = check_X(params, X, x_name)
+    if X.shape[0] == 0:
+        raise ValueError(f"{x_name} is empty (0 rows)")
+    Y = prepare_targets(Y, loss_name, params[-1].W.shape[1], X.shape[0], params[0].W.dtype,
+                        y_name, output_activation=params[-1].activation)
+    return X, Y
+
+
+def check_batch(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_name: str = "Y"):
+    """All checks for (params, X, Y, loss), each once: returns X, Y ready for the core."""
+    check_model(params, loss_name)
+    return check_data(params, X, Y, loss_name, x_name=x_name, y_name=y_name)
