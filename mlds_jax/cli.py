@@ -172,7 +172,11 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
 
 
 def _plot_history(out: str, history: dict, title: str) -> str:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ImportError("writing curves.png needs matplotlib: pip install "
+                          "'mlds-jax[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -510,7 +510,7 @@ def fit(
     plan = _batch_plan(X.shape[0], batch_size, multiple, np.dtype(X.dtype))
     names = _metric_names(loss, has_val)
     epoch_fn = jax.jit(_make_epoch(step_core, loss, has_val, mesh))
-    opt_state = optimizer.init(params)
+    opt_state = optimizer.init(params)  # pyright: ignore[reportArgumentType]
     put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
