@@ -52,9 +52,9 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeGuard, overload
 
 import jax
-from jax.core import Tracer
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from mlds_jax import validation
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS

@@ -14,9 +14,9 @@ import numbers
 from collections.abc import Sequence
 
 import jax
-from jax.core import Tracer
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
 from mlds_jax.layers import Dense, Params
