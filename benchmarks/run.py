@@ -896,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    TorchContender.threads = args.torch_threads
+    TorchContender.threads = whole_call.TORCH_THREADS = args.torch_threads
     contenders = list(args.contenders)
     skipped = []
     if "torch" in contenders and not torch_available():

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 LR = 0.01
+TORCH_THREADS: int | None = None  # None: one per core (run.py sets it from --torch-threads)
 SIZES = [64, 128, 64, 10]
 BATCH = 32
 
@@ -82,6 +83,7 @@ def _sklearn_fit(X, y, epochs: int, seed: int):
 def _torch_fit(X, y, epochs: int, seed: int) -> None:
     import torch
 
+    torch.set_num_threads(TORCH_THREADS or len(os.sched_getaffinity(0)))
     torch.manual_seed(seed)
     layers: list[Any] = []
     for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True)):
@@ -248,6 +250,8 @@ def targets(wc: dict[str, Any]) -> list[tuple[str, float | None, bool | None, st
 if __name__ == "__main__":
     from run import digits_data, torch_available
 
+    if "--torch-threads" in sys.argv:
+        TORCH_THREADS = int(sys.argv[sys.argv.index("--torch-threads") + 1])
     Xd, yd = digits_data()
     res = run_all(Xd, yd, tiny="--tiny" in sys.argv, with_torch=torch_available(),
                   log=lambda m: print(m, file=sys.stderr, flush=True))
