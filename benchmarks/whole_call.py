@@ -44,8 +44,9 @@ def _params(seed: int):
 
     import mlds_jax as mj
 
-    return mj.init_mlp(jax.random.key(seed), SIZES, hidden="relu", output="softmax",
-                       dtype=jnp.float32)
+    return mj.init_mlp(
+        jax.random.key(seed), SIZES, hidden="relu", output="softmax", dtype=jnp.float32
+    )
 
 
 def _fit(X, y, epochs: int, seed: int, validation_data=None):
@@ -54,10 +55,18 @@ def _fit(X, y, epochs: int, seed: int, validation_data=None):
 
     import mlds_jax as mj
 
-    params, history = mj.fit(_params(seed), X, y, loss="cross_entropy",
-                             optimizer=optax.sgd(LR), epochs=epochs, batch_size=BATCH,
-                             key=jax.random.key(seed), validation_data=validation_data,
-                             progress=False)
+    params, history = mj.fit(
+        _params(seed),
+        X,
+        y,
+        loss="cross_entropy",
+        optimizer=optax.sgd(LR),
+        epochs=epochs,
+        batch_size=BATCH,
+        key=jax.random.key(seed),
+        validation_data=validation_data,
+        progress=False,
+    )
     jax.block_until_ready(params)
     return history
 
@@ -65,11 +74,21 @@ def _fit(X, y, epochs: int, seed: int, validation_data=None):
 def _sklearn(epochs: int, seed: int):
     from sklearn.neural_network import MLPClassifier
 
-    return MLPClassifier(hidden_layer_sizes=tuple(SIZES[1:-1]), activation="relu",
-                         solver="sgd", learning_rate_init=LR, momentum=0.0,
-                         nesterovs_momentum=False, alpha=0.0, batch_size=BATCH,
-                         max_iter=epochs, shuffle=True, tol=0.0, n_iter_no_change=10**9,
-                         random_state=seed)
+    return MLPClassifier(
+        hidden_layer_sizes=tuple(SIZES[1:-1]),
+        activation="relu",
+        solver="sgd",
+        learning_rate_init=LR,
+        momentum=0.0,
+        nesterovs_momentum=False,
+        alpha=0.0,
+        batch_size=BATCH,
+        max_iter=epochs,
+        shuffle=True,
+        tol=0.0,
+        n_iter_no_change=10**9,
+        random_state=seed,
+    )
 
 
 def _sklearn_fit(X, y, epochs: int, seed: int):
@@ -99,7 +118,7 @@ def _torch_fit(X, y, epochs: int, seed: int) -> None:
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, BATCH):
-            idx = perm[start:start + BATCH]
+            idx = perm[start : start + BATCH]
             opt.zero_grad(set_to_none=True)
             loss_fn(model(Xt[idx]), yt[idx]).backward()
             opt.step()
@@ -108,15 +127,17 @@ def _torch_fit(X, y, epochs: int, seed: int) -> None:
 def warm_whole_call(X, y, epochs: int, rounds: int, with_torch: bool, log) -> dict[str, Any]:
     """Median wall time of a whole call per contender, interleaved; round 0 is the warm-up
     (the call that compiles, for fit)."""
-    contenders = {"fit": lambda s: _fit(X, y, epochs, s),
-                  "sklearn": lambda s: _sklearn_fit(X, y, epochs, s)}
+    contenders = {
+        "fit": lambda s: _fit(X, y, epochs, s),
+        "sklearn": lambda s: _sklearn_fit(X, y, epochs, s),
+    }
     if with_torch:
         contenders["torch"] = lambda s: _torch_fit(X, y, epochs, s)
     names = list(contenders)
     times: dict[str, list[float]] = {c: [] for c in names}
     first: dict[str, float] = {}
     for r in range(rounds + 1):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for c in order:
             time.sleep(0.02)
             t0 = time.perf_counter()
@@ -126,10 +147,14 @@ def warm_whole_call(X, y, epochs: int, rounds: int, with_torch: bool, log) -> di
                 first[c] = dt
             else:
                 times[c].append(dt)
-        log(f"  whole call round {r}: " + ", ".join(
-            f"{c} {1e3 * (times[c][-1] if r else first[c]):.0f} ms" for c in names))
-    out = {c: {"median_s": statistics.median(v), "min_s": min(v), "first_s": first[c],
-               "samples_s": v} for c, v in times.items()}
+        log(
+            f"  whole call round {r}: "
+            + ", ".join(f"{c} {1e3 * (times[c][-1] if r else first[c]):.0f} ms" for c in names)
+        )
+    out = {
+        c: {"median_s": statistics.median(v), "min_s": min(v), "first_s": first[c], "samples_s": v}
+        for c, v in times.items()
+    }
     return {"epochs": epochs, "rounds": rounds, "contenders": out}
 
 
@@ -142,24 +167,34 @@ def cross_validation(X, y, epochs: int, folds: int = 5) -> dict[str, Any]:
 
     def jax_cv() -> tuple[float, float]:
         t0 = time.perf_counter()
-        accs = [_fit(X[tr], y[tr], epochs, i, validation_data=(X[te], y[te]))
-                ["val_accuracy"][-1] for i, (tr, te) in enumerate(splits)]
+        accs = [
+            _fit(X[tr], y[tr], epochs, i, validation_data=(X[te], y[te]))["val_accuracy"][-1]
+            for i, (tr, te) in enumerate(splits)
+        ]
         return time.perf_counter() - t0, float(np.mean(accs))
 
     def sk_cv() -> tuple[float, float]:
         t0 = time.perf_counter()
-        accs = [_sklearn_fit(X[tr], y[tr], epochs, i).score(X[te], y[te])
-                for i, (tr, te) in enumerate(splits)]
+        accs = [
+            _sklearn_fit(X[tr], y[tr], epochs, i).score(X[te], y[te])
+            for i, (tr, te) in enumerate(splits)
+        ]
         return time.perf_counter() - t0, float(np.mean(accs))
 
     fit_first, acc = jax_cv()
     sk_s, sk_acc = sk_cv()
     fit_repeat, _ = jax_cv()
-    return {"folds": folds, "epochs": epochs, "fit_first_s": fit_first,
-            "fit_repeat_s": fit_repeat, "fit_accuracy": acc, "sklearn_s": sk_s,
-            "sklearn_accuracy": sk_acc,
-            "train_rows": sorted({len(tr) for tr, _ in splits}),
-            "test_rows": sorted({len(te) for _, te in splits})}
+    return {
+        "folds": folds,
+        "epochs": epochs,
+        "fit_first_s": fit_first,
+        "fit_repeat_s": fit_repeat,
+        "fit_accuracy": acc,
+        "sklearn_s": sk_s,
+        "sklearn_accuracy": sk_acc,
+        "train_rows": sorted({len(tr) for tr, _ in splits}),
+        "test_rows": sorted({len(te) for _, te in splits}),
+    }
 
 
 def cli_runs(epochs: int | None = None) -> dict[str, Any]:
@@ -178,8 +213,13 @@ def cli_runs(epochs: int | None = None) -> dict[str, Any]:
             if res.returncode != 0:
                 raise RuntimeError(f"mlds-jax train failed: {res.stderr[-2000:]}")
         entries = len(os.listdir(cache))
-    return {"first_s": walls[0], "second_s": walls[1], "ratio": walls[1] / walls[0],
-            "cache_entries": entries, "epochs": epochs if epochs is not None else 30}
+    return {
+        "first_s": walls[0],
+        "second_s": walls[1],
+        "ratio": walls[1] / walls[0],
+        "cache_entries": entries,
+        "epochs": epochs if epochs is not None else 30,
+    }
 
 
 def run_all(X, y, *, tiny: bool, with_torch: bool, log) -> dict[str, Any]:
@@ -199,30 +239,45 @@ def render(wc: dict[str, Any]) -> list[str]:
     w = wc["warm_call"]
     c = w["contenders"]
     fit = c["fit"]["median_s"]
-    lines += [f"A warm whole call: digits 64-128-64-10, {w['epochs']} epochs, batch 32, float32, "
-              f"fresh `optax.sgd(0.01)` / model each call; median of {w['rounds']} "
-              "interleaved rounds after one warm-up call each.", "",
-              "| contender | whole call (ms) | min (ms) | first call (ms) | fit's speed-up |",
-              "|---|---:|---:|---:|---:|"]
-    labels = {"fit": "`mj.fit`", "sklearn": "scikit-learn `MLPClassifier.fit`",
-              "torch": "PyTorch eager loop"}
+    lines += [
+        f"A warm whole call: digits 64-128-64-10, {w['epochs']} epochs, batch 32, float32, "
+        f"fresh `optax.sgd(0.01)` / model each call; median of {w['rounds']} "
+        "interleaved rounds after one warm-up call each.",
+        "",
+        "| contender | whole call (ms) | min (ms) | first call (ms) | fit's speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "fit": "`mj.fit`",
+        "sklearn": "scikit-learn `MLPClassifier.fit`",
+        "torch": "PyTorch eager loop",
+    }
     for name, v in c.items():
-        lines.append(f"| {labels[name]} | {1e3 * v['median_s']:.1f} | {1e3 * v['min_s']:.1f} "
-                     f"| {1e3 * v['first_s']:.0f} | {v['median_s'] / fit:.2f}× |")
+        lines.append(
+            f"| {labels[name]} | {1e3 * v['median_s']:.1f} | {1e3 * v['min_s']:.1f} "
+            f"| {1e3 * v['first_s']:.0f} | {v['median_s'] / fit:.2f}× |"
+        )
     cv = wc["cv"]
-    lines += ["", f"{cv['folds']}-fold cross-validation on digits ({cv['epochs']} epochs per "
-              f"fold, batch 32, sgd 0.01; train folds of {cv['train_rows']} rows):", "",
-              "| contender | wall (s) | mean accuracy |", "|---|---:|---:|",
-              f"| `mj.fit`, first CV in the process | {cv['fit_first_s']:.2f} | "
-              f"{cv['fit_accuracy']:.4f} |",
-              f"| `mj.fit`, repeat | {cv['fit_repeat_s']:.2f} | {cv['fit_accuracy']:.4f} |",
-              f"| scikit-learn `MLPClassifier` | {cv['sklearn_s']:.2f} | "
-              f"{cv['sklearn_accuracy']:.4f} |"]
+    lines += [
+        "",
+        f"{cv['folds']}-fold cross-validation on digits ({cv['epochs']} epochs per "
+        f"fold, batch 32, sgd 0.01; train folds of {cv['train_rows']} rows):",
+        "",
+        "| contender | wall (s) | mean accuracy |",
+        "|---|---:|---:|",
+        f"| `mj.fit`, first CV in the process | {cv['fit_first_s']:.2f} | "
+        f"{cv['fit_accuracy']:.4f} |",
+        f"| `mj.fit`, repeat | {cv['fit_repeat_s']:.2f} | {cv['fit_accuracy']:.4f} |",
+        f"| scikit-learn `MLPClassifier` | {cv['sklearn_s']:.2f} | {cv['sklearn_accuracy']:.4f} |",
+    ]
     cli = wc["cli"]
-    lines += ["", f"`mlds-jax train` (defaults, {cli['epochs']} epochs, `--no-progress`) in fresh "
-              f"processes, new persistent cache: first run {cli['first_s']:.2f} s, second "
-              f"{cli['second_s']:.2f} s ({cli['ratio']:.2f}× the first; "
-              f"{cli['cache_entries']} cache entries)."]
+    lines += [
+        "",
+        f"`mlds-jax train` (defaults, {cli['epochs']} epochs, `--no-progress`) in fresh "
+        f"processes, new persistent cache: first run {cli['first_s']:.2f} s, second "
+        f"{cli['second_s']:.2f} s ({cli['ratio']:.2f}× the first; "
+        f"{cli['cache_entries']} cache entries).",
+    ]
     return lines
 
 
@@ -232,18 +287,37 @@ def targets(wc: dict[str, Any]) -> list[tuple[str, float | None, bool | None, st
     c = wc["warm_call"]["contenders"]
     for other in ("sklearn", "torch"):
         v = c[other]["median_s"] / c["fit"]["median_s"] if other in c else None
-        out.append((f"warm whole fit call (10 digits epochs, batch 32) ≥ 4× faster than {other}",
-                    v, None if v is None else v >= 4, "–" if v is None else f"{v:.2f}×"))
+        out.append(
+            (
+                f"warm whole fit call (10 digits epochs, batch 32) ≥ 4× faster than {other}",
+                v,
+                None if v is None else v >= 4,
+                "–" if v is None else f"{v:.2f}×",
+            )
+        )
     cv = wc["cv"]
     v = cv["sklearn_s"] / cv["fit_first_s"]
     dacc = abs(cv["fit_accuracy"] - cv["sklearn_accuracy"])
-    out.append(("5-fold CV on digits ≥ 3× faster than MLPClassifier (first CV in the process)",
-                v, v >= 3, f"{v:.2f}×"))
-    out.append(("5-fold CV accuracy equal to MLPClassifier's ±1 point", dacc, dacc <= 0.01,
-                f"{100 * dacc:.2f} points"))
+    out.append(
+        (
+            "5-fold CV on digits ≥ 3× faster than MLPClassifier (first CV in the process)",
+            v,
+            v >= 3,
+            f"{v:.2f}×",
+        )
+    )
+    out.append(
+        (
+            "5-fold CV accuracy equal to MLPClassifier's ±1 point",
+            dacc,
+            dacc <= 0.01,
+            f"{100 * dacc:.2f} points",
+        )
+    )
     r = wc["cli"]["ratio"]
-    out.append(("second `mlds-jax train` run ≤ 0.6× the first's wall time", r, r <= 0.6,
-                f"{r:.2f}×"))
+    out.append(
+        ("second `mlds-jax train` run ≤ 0.6× the first's wall time", r, r <= 0.6, f"{r:.2f}×")
+    )
     return out
 
 
@@ -253,8 +327,13 @@ if __name__ == "__main__":
     if "--torch-threads" in sys.argv:
         TORCH_THREADS = int(sys.argv[sys.argv.index("--torch-threads") + 1])
     Xd, yd = digits_data()
-    res = run_all(Xd, yd, tiny="--tiny" in sys.argv, with_torch=torch_available(),
-                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    res = run_all(
+        Xd,
+        yd,
+        tiny="--tiny" in sys.argv,
+        with_torch=torch_available(),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     print("\n".join(render(res)))
     for t in targets(res):
         print(f"| {t[0]} | {t[3]} | {t[2]} |")

@@ -52,8 +52,11 @@ def _warn_once(path: str, reason: str) -> None:
     if path in _warned:
         return
     _warned.add(path)
-    warnings.warn(f"compilation cache {path!r} is not usable ({reason}); compiling without it",
-                  CompilationCacheWarning, stacklevel=3)
+    warnings.warn(
+        f"compilation cache {path!r} is not usable ({reason}); compiling without it",
+        CompilationCacheWarning,
+        stacklevel=3,
+    )
 
 
 def _usable(path: str) -> str | None:

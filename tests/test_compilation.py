@@ -15,8 +15,11 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cc
 import mlds_jax as mj
 from mlds_jax import compilation
 
-CONFIG = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
+CONFIG = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
 
 
 @pytest.fixture
@@ -65,8 +68,7 @@ def test_enable_writes_entries_and_survives_corrupt_ones(tmp_path, restore_jax_c
     assert any("persistent compilation cache" in str(w.message) for w in caught)
 
 
-def test_unusable_directory_warns_once_and_changes_nothing(tmp_path,
-                                                           restore_jax_cache_config):
+def test_unusable_directory_warns_once_and_changes_nothing(tmp_path, restore_jax_cache_config):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
     before = jax.config.jax_compilation_cache_dir
