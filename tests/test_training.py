@@ -696,3 +696,99 @@ def test_evaluate_loss_override_and_1d_regression_targets(key):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mj.evaluate(params, X, y)  # quiet
+
+
+# === reuse of compiled code across fit calls ====================================================
+@contextlib.contextmanager
+def backend_compiles():
+    """Names of the XLA programs compiled inside the block (JAX's own monitoring events)."""
+    names: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_fit_compiles_its_epoch_once_across_calls(key):
+    """A second fit of the same computation, with a fresh optimizer of the same kind, a new
+    key, another epoch count and a data set of a few rows fewer (same row bucket, same number
+    of minibatches), compiles nothing; another learning rate of a plain optax.sgd is another
+    program, but an inject_hyperparams optimizer serves every learning rate with one compile
+    (the sgd(0.2) call is the negative control: the counter does see compiles)."""
+    params, X, y = _classification(key, n=40)
+    Xv, yv = X[:12], y[:12]
+
+    def run(opt, n=40, n_val=12, batch_size=8, epochs=2, k=0):
+        return mj.fit(params, X[:n], y[:n], optimizer=opt, epochs=epochs, batch_size=batch_size,
+                      key=jax.random.key(k), validation_data=(Xv[:n_val], yv[:n_val]),
+                      progress=False)
+
+    run(optax.sgd(0.1))  # warm-up: the epoch and the input checks' helpers
+    run(optax.sgd(0.1), n=39, n_val=11)  # the other row counts' input-check helpers
+    with backend_compiles() as compiled:
+        _, h = run(optax.sgd(0.1), epochs=3, k=5)
+        run(optax.sgd(0.1), n=39, n_val=11)  # 5 batches of 8 either way; buckets 40 and 12
+    assert len(h["loss"]) == 3
+    assert compiled == []
+    with backend_compiles() as compiled:
+        run(optax.sgd(0.2))  # the learning rate is a constant of optax.sgd's update
+    assert compiled == ["jit(epoch)"]
+
+    def injected(lr):
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
+
+    run(injected(0.1))
+    with backend_compiles() as compiled:
+        _, h1 = run(injected(0.05))
+        _, h2 = run(injected(0.01))
+    assert compiled == []
+    assert h1["loss"][-1] != h2["loss"][-1]  # the learning rate did reach the compiled epoch
+
+
+def test_fit_with_cached_epoch_matches_the_hand_rolled_loop(key):
+    """The reused epoch computes what a fresh one would: a second call (cache hit) on a row
+    count inside the same bucket (padding rows present) gives the hand-rolled loop's params
+    and metrics, with the validation mean over the real rows only."""
+    params, X, y = _classification(key, n=40)
+    opt = optax.sgd(0.3)
+    mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=8, validation_data=(X[:12], y[:12]),
+           progress=False)
+    k = jax.random.key(7)
+    n, n_val = 37, 11  # buckets 40 and 12: three training and one validation padding row
+    fitted, history = mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.3), epochs=2,
+                             batch_size=8, key=k, validation_data=(X[:n_val], y[:n_val]),
+                             progress=False)
+    trajectory, by_hand, _ = hand_rolled_fit(params, X[:n], y[:n], "cross_entropy",
+                                             optax.sgd(0.3), epochs=2, batch_size=8, key=k,
+                                             validation_data=(X[:n_val], y[:n_val]))
+    assert_close(fitted, trajectory[-1])
+    for e, metrics in enumerate(by_hand):
+        for name, value in metrics.items():
+            assert math.isclose(history[name][e], value, rel_tol=1e-12), (name, e)
+
+
+def test_fit_setup_does_not_grow_with_epochs(key):
+    """Nothing is built per epoch up front: a huge epoch count that early stopping ends after
+    a few epochs returns at once (it used to allocate one seed per epoch)."""
+    params, X, y = _classification(key, n=10)
+    _, history = mj.fit(params, X, y, optimizer=optax.sgd(0.0), epochs=10**12, batch_size=5,
+                        validation_data=(X, y), early_stopping=1, progress=False)
+    assert history.stop_reason == "early_stopping"
+    assert len(history["loss"]) == 2
+
+
+def test_shuffle_order_is_a_permutation_and_reproducible(key):
+    a = shuffle_order(key, 50, 3)
+    assert sorted(a.tolist()) == list(range(50))
+    assert np.array_equal(a, shuffle_order(key, 50, 3))
+    assert not np.array_equal(a, shuffle_order(key, 50, 4))
+    assert not np.array_equal(a, shuffle_order(jax.random.key(1), 50, 3))
+    assert np.array_equal(shuffle_order(jax.random.PRNGKey(0), 50, 3), a)  # legacy key, same bits
+    with pytest.raises(ValueError, match="epoch"):
+        shuffle_order(key, 50, -1)
