@@ -8,11 +8,15 @@ The suite runs with x64 and JAX's strict dtype promotion (see conftest.py).  opt
 mixes a Python float with its int32 step count in its bias correction (``1 - b1**count``),
 which strict promotion rejects, so the adam tests run under
 ``jax.numpy_dtype_promotion("standard")``; the library's own code runs strict everywhere else.
+
+The last sections: training's own bad arguments (optimizer objects and state, callbacks), a
+diverging learning rate, and determinism (bit-identical fits, one compilation per fit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import warnings
@@ -23,9 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import OUTPUT_LOSS_PAIRS, grid_sizes, make_problem
+from helpers import (
+    F32,
+    OUTPUT_LOSS_PAIRS,
+    base_problem,
+    bit_identical,
+    grid_sizes,
+    make_problem,
+    patching,
+    tree_is_finite,
+)
 
 import mlds_jax as mj
+from mlds_jax import training
 from mlds_jax.training import shuffle_order
 
 F64 = jnp.float64
@@ -696,3 +710,173 @@ def test_evaluate_loss_override_and_1d_regression_targets(key):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mj.evaluate(params, X, y)  # quiet
+
+
+# --- optimizers, optimizer state, fit's own arguments: rejected before training ------------------
+# (the bad-input contract of test_validation.py, for the arguments only training takes)
+WRONG_OPTIMIZERS = {
+    "None": None,
+    "a string": "sgd",
+    "optax.sgd not called": optax.sgd,
+    "optax.adam not called": optax.adam,
+    "the init function": optax.sgd(0.1).init,
+    "a learning rate": 0.1,
+    "an object": object(),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_OPTIMIZERS))
+@pytest.mark.parametrize("entry", ["make_train_step", "fit"])
+def test_bad_optimizer_objects(name, entry):
+    params, X, Y, loss = base_problem("ce")
+    optimizer = WRONG_OPTIMIZERS[name]
+    regex = r"optimizer must be an optax\.GradientTransformation \(e\.g\. optax\.sgd\(0\.1\)\)"
+    if entry == "make_train_step":
+        with pytest.raises(TypeError, match=regex):
+            mj.make_train_step(optimizer, loss)
+    elif optimizer is None:  # fit's documented default: optax.adam(1e-3)
+        pytest.skip("optimizer=None means the default adam in fit")
+    else:
+        with pytest.raises(TypeError, match=regex):
+            mj.fit(params, X, Y, optimizer=optimizer, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("state", ["None", "another optimizer's", "other params'", "a dict"])
+def test_bad_optimizer_state(state, op_by_op):
+    params, X, Y, loss = base_problem("ce")
+    opt = optax.sgd(0.1, momentum=0.9)
+    bad = {"None": None,
+           "another optimizer's": optax.sgd(0.1).init(params),
+           "other params'": opt.init(base_problem("ce", dtype=F32)[0][:1]),
+           "a dict": {}}[state]
+    step = mj.make_train_step(opt, loss)
+    with pytest.raises(TypeError, match=r"opt_state does not match this step's optimizer and "
+                                        r"params: pass optimizer\.init\(params\)"):
+        step(params, bad, X, Y)
+    step(params, opt.init(params), X, Y)  # the right state works
+
+
+def test_bad_fit_callback_is_rejected_before_training(op_by_op):
+    params, X, Y, loss = base_problem("mse")
+    with pytest.raises(TypeError, match=r"on_epoch_end must be callable\(epoch, metrics\), "
+                                        r"got str"):
+        mj.fit(params, X, Y, optimizer=optax.sgd(0.1), on_epoch_end="print", progress=False)
+
+
+# --- a diverging learning rate: fit stops with a warning and finite params ----------------------
+@pytest.mark.parametrize("grads", ["manual", "autodiff"])
+def test_edge_diverging_learning_rate(grads):
+    """sgd(1e6) on a float32 relu/softmax classifier: relu does not saturate, so the hidden
+    pre-activations overflow in the second epoch (a tanh network only saturates: its logits
+    stay finite and cross-entropy from logits stays finite).  fit stops, warns
+    TrainingDivergedWarning, records stop_reason == "diverged", keeps only the finite epochs
+    in its history and returns finite params (those of the last finite epoch)."""
+    params, X, y = make_problem(0, [3, 4, 3], "relu", "softmax", "cross_entropy", 12,
+                                jnp.float32)
+    epochs = 6
+    seen = []
+    with pytest.warns(mj.TrainingDivergedWarning, match="training diverged in epoch 2"):
+        fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(1e6), epochs=epochs,
+                                 batch_size=4, grads=grads, progress=False,
+                                 on_epoch_end=lambda e, m: seen.append(e))
+    assert history.stop_reason == "diverged"
+    n_ok = len(history.get("loss", []))
+    assert n_ok == 1 and seen == [0]
+    assert all(math.isfinite(v) for k, vs in history.items() if k != "time" for v in vs)
+    assert tree_is_finite(fitted) and fitted[0].W.dtype == F32
+
+
+# --- determinism: bit-identical reruns of fit, no recompilation across epochs -------------------
+@pytest.mark.parametrize(("grads", "dtype"), [("manual", F32), ("autodiff", np.float64)])
+def test_determinism_fit_same_key_bit_identical(grads, dtype):
+    """Same key: bit-identical params and history (every float, "time" aside), for both
+    gradient sources (test_fit_same_key_is_bit_identical_different_key_differs checks the
+    float64 manual case; this adds float32 manual and float64 autodiff)."""
+    params, X, y, _ = base_problem("ce", n=10, dtype=dtype)
+
+    def run():
+        fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(0.1, momentum=0.9),
+                                 epochs=3, batch_size=4, key=jax.random.key(11), grads=grads,
+                                 validation_data=(X[:4], y[:4]), progress=False)
+        return fitted, {k: v for k, v in history.items() if k != "time"}
+
+    (p1, h1), (p2, h2) = run(), run()
+    assert bit_identical(p1, p2)
+    assert h1 == h2 and set(h1) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+@contextlib.contextmanager
+def _compilations():
+    """Names of the XLA backend compilations (jax.monitoring events) inside the block."""
+    names: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# NOTE: reaches into training internals (training._make_epoch); goes with the two tests below
+def _counting_epochs(mp) -> list[int]:
+    """Count traces of fit's epoch function (a Python side effect runs only while tracing)."""
+    traces: list[int] = []
+    real = training._make_epoch
+
+    def make_epoch(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        @functools.wraps(inner)
+        def epoch(*a):
+            traces.append(1)
+            return inner(*a)
+
+        return epoch
+
+    mp.setattr(training, "_make_epoch", make_epoch)
+    return traces
+
+
+# NOTE: reaches into training internals; replaced by the compile-count test of issue 11
+@pytest.mark.parametrize("grads", ["manual", "autodiff"])
+def test_determinism_no_recompilation_across_epochs(grads):
+    """One fit of 8 epochs traces its epoch function once and compiles exactly one XLA
+    program, the epoch (each fit jits a new one; the small helpers were compiled by the
+    warm-up run with the same shapes)."""
+    params, X, y, _ = base_problem("ce", n=10)
+    kwargs = dict(optimizer=optax.sgd(0.1), epochs=8, batch_size=4, grads=grads,
+                  validation_data=(X[:3], y[:3]), progress=False)
+    mj.fit(params, X, y, **kwargs)  # warm-up: the helpers' compilations
+    with patching() as mp, _compilations() as compiled:
+        traces = _counting_epochs(mp)
+        _, history = mj.fit(params, X, y, **kwargs)
+    assert len(history["loss"]) == 8
+    assert len(traces) == 1
+    assert compiled == ["jit(epoch)"]
+
+
+# NOTE: reaches into training internals (_counting_epochs); replaced with the test above by
+# the compile-count test of issue 11
+def test_determinism_the_recompile_counters_do_detect_recompiles():
+    """Negative controls for the two instruments above: a train step fed a new batch shape
+    each "epoch" recompiles every time, and both the monitoring listener and a trace counter
+    see it; fit on a second data size traces its epoch again."""
+    params, X, y, loss = base_problem("ce", n=10)
+    opt = optax.sgd(0.1)
+    step = mj.make_train_step(opt, loss)
+    state = opt.init(params)
+    with _compilations() as compiled:
+        for n in (9, 8, 7):
+            params, state, _ = step(params, state, X[:n], y[:n])
+    assert step.trace_count == 3
+    assert compiled.count("jit(traced)") == 3, compiled
+    with patching() as mp, _compilations() as compiled:
+        traces = _counting_epochs(mp)
+        for n in (10, 9):
+            mj.fit(params, X[:n], y[:n], optimizer=opt, epochs=2, progress=False)
+    assert len(traces) == 2 and compiled.count("jit(epoch)") == 2
+
