@@ -8,6 +8,9 @@ In-process runs share this suite's strict dtype promotion (conftest.py), under w
 adam cannot trace (its bias correction mixes a Python float with an int32 step count), so the
 in-process ``train`` runs use ``--optimizer momentum``/``sgd``; the default adam path runs in the
 subprocess test.
+
+The last sections: bad numeric and name option values (one error line, exit 2), and Ctrl-C
+during training (exit 130, nothing written to --out).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_error_line, patching, run_cli
 
 import mlds_jax as mj
 from mlds_jax import cli, compilation
@@ -308,3 +312,42 @@ def test_unusable_compilation_cache_does_not_stop_train(tmp_path, monkeypatch, c
                        "--hidden-sizes", "4", "--no-progress"])
     assert rc == 0
     assert "trained 1 epochs" in capsys.readouterr().out
+
+# --- bad values of the numeric and name options: one line, exit 2 (the bad-input contract) ------
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["train", "--lr", "inf"], "--lr: must be a finite number > 0, got 'inf'"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--seed", "-1"], "--seed: must lie in [0, 2**32), got '-1'"),
+    (["train", "--seed", "1.5"], "--seed: expected an int"),
+    (["gradcheck", "--seed", "-1"], "--seed: must lie in [0, 2**32)"),
+    (["evaluate", "--checkpoint", "m.npz", "--seed", "4294967296"], "--seed"),
+    (["gradcheck", "--batch", "inf"], "--batch"),
+    (["gradcheck", "--sizes", "3,0,2"], "--sizes"),
+    (["gradcheck", "--activation", "softmax"], "--activation"),
+    (["gradcheck", "--output", "identity", "--loss", "cross_entropy"], "softmax"),
+    (["train", "--loss", "hinge"], "--loss"),
+])
+def test_bad_cli_values_exit_2_with_one_line(argv, needle):
+    rc, out, err = run_cli(argv)
+    assert rc == 2
+    line = one_error_line(err)
+    assert "error" in line and needle in line
+    assert out == ""
+
+
+# --- fault: Ctrl-C during training leaves --out empty ------------------------------------------
+def test_fault_cli_interrupted_training_writes_nothing(tmp_path):
+    """Ctrl-C during training: exit status 130, one line, and no model.npz/history in --out
+    (nothing half-written: outputs are only written after training)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out_dir = tmp_path / "run"
+    with patching() as mp:
+        mp.setattr(mj, "fit", interrupted)
+        rc, out, err = run_cli(["train", "--dataset", "iris", "--epochs", "1", "--optimizer",
+                                 "sgd", "--no-progress", "--out", str(out_dir)])
+    assert rc == 130
+    assert one_error_line(err) == "mlds-jax train: interrupted"
+    assert os.listdir(out_dir) == []
+
