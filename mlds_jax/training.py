@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib.util
 import math
 import sys
 import time
@@ -134,7 +135,7 @@ def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True) -> Cal
     def step_core(params, opt_state, X, Y, row_weights=None):
         value, A, g = vga(params, X, Y, loss, row_weights)
         updates, opt_state = optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)  # W ← W + update (sgd: −α ∂L/∂W)
+        params = optax.apply_updates(params, updates)  # (G1): sgd's update is −α ∂L/∂W
         return params, opt_state, _batch_metrics(loss, value, A, Y, row_weights)
 
     return step_core
@@ -213,7 +214,7 @@ def make_train_step(
 
     Args:
       optimizer: any ``optax.GradientTransformation``; ``optax.sgd(α)`` is the notes' rule
-        W ← W − α ∂L/∂W.
+        W ← W − α ∂L/∂W, equation (G1).
       loss: loss name (see ``mlds_jax.LOSSES``).
       grads: "manual" (hand-derived backprop) or "autodiff" (``jax.grad``).
       fused: use the simplified output δ for matched output/loss pairs (manual only).
@@ -563,7 +564,10 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
 
 
 def _progress_enabled(progress: bool) -> bool:
-    return bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    """A bar on a terminal, when tqdm (the ``progress`` extra) is installed."""
+    if not (bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return False
+    return importlib.util.find_spec("tqdm") is not None
 
 
 def fit(
