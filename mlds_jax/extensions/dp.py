@@ -81,8 +81,10 @@ class DPSGD:
         if not math.isfinite(sigma) or sigma < 0:
             raise ValueError(f"DPSGD.noise_multiplier must be finite and >= 0, got {sigma}")
         if sigma > 0 and math.isinf(C):
-            raise ValueError("DPSGD with noise_multiplier > 0 needs a finite l2_clip: the noise "
-                             "std is noise_multiplier * l2_clip")
+            raise ValueError(
+                "DPSGD with noise_multiplier > 0 needs a finite l2_clip: the noise "
+                "std is noise_multiplier * l2_clip"
+            )
 
 
 def clip_factors(norms: Array, l2_clip: float) -> Array:
@@ -135,8 +137,10 @@ def dp_value_and_grads(
         kappa = mask  # κ_n = min(1, ∞) = 1: pass 1 is not needed
     else:
         deltas = per_example_deltas(params, cache, Y, loss, mask)  # (P1)
-        sq = sum((jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
-                 for A, d in zip(cache.As[:-1], deltas, strict=True))  # (P3)
+        sq = sum(
+            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
+            for A, d in zip(cache.As[:-1], deltas, strict=True)
+        )  # (P3)
         kappa = clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask  # (D1)
     value = core.loss_value(cache, Y, loss, row_weights)
     grads = core.backward(params, cache, Y, loss, row_weights=kappa / B).grads  # (D2)
@@ -145,8 +149,10 @@ def dp_value_and_grads(
     leaves, treedef = jax.tree_util.tree_flatten(grads)
     keys = jax.random.split(key, len(leaves))
     std = dp.noise_multiplier * dp.l2_clip
-    noisy = [g + (std / B) * jax.random.normal(k, g.shape, g.dtype)  # (D3)
-             for g, k in zip(leaves, keys, strict=True)]
+    noisy = [
+        g + (std / B) * jax.random.normal(k, g.shape, g.dtype)  # (D3)
+        for g, k in zip(leaves, keys, strict=True)
+    ]
     return value, jax.tree_util.tree_unflatten(treedef, noisy)
 
 
@@ -167,8 +173,16 @@ class DPTrainStep:
 
         self.jitted: Callable[..., Any] = jax.jit(step_core)
 
-    def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike, *,
-                 key: Array, row_weights: ArrayLike | None = None):
+    def __call__(
+        self,
+        params: Params,
+        opt_state: Any,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        key: Array,
+        row_weights: ArrayLike | None = None,
+    ):
         X, Y = validation.check_batch(params, X, Y, self.loss)
         validation.check_key(key)
         w = check_row_weights(row_weights, X.shape[0], X.dtype)
@@ -178,8 +192,9 @@ class DPTrainStep:
         return f"DPTrainStep(loss={self.loss!r}, dp={self.dp})"
 
 
-def make_dp_train_step(optimizer: optax.GradientTransformation, loss: str,
-                       dp: DPSGD) -> DPTrainStep:
+def make_dp_train_step(
+    optimizer: optax.GradientTransformation, loss: str, dp: DPSGD
+) -> DPTrainStep:
     """Build a jit-compiled DP-SGD training step, equations (D1)-(D3).
 
     Args:
@@ -199,13 +214,21 @@ def make_dp_train_step(optimizer: optax.GradientTransformation, loss: str,
     if not isinstance(dp, DPSGD):
         raise TypeError(f"dp must be an mlds_jax.DPSGD, got {type(dp).__name__}")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError("optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); "
+            f"got {type(optimizer).__name__}"
+        )
     return DPTrainStep(optimizer, loss, dp)
 
 
-def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, *,
-               accountant: str = "rdp") -> float:
+def dp_epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    accountant: str = "rdp",
+) -> float:
     r"""ε spent by ``steps`` DP-SGD steps at a given δ: the Poisson-subsampled Gaussian mechanism.
 
     Uses Google's ``dp-accounting`` package (``pip install 'mlds-jax[dp]'``): by default its
@@ -237,8 +260,10 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
     try:
         import dp_accounting
     except ImportError as exc:
-        raise ImportError("dp_epsilon needs Google's dp-accounting package: "
-                          "pip install 'mlds-jax[dp]' (or pip install dp-accounting)") from exc
+        raise ImportError(
+            "dp_epsilon needs Google's dp-accounting package: "
+            "pip install 'mlds-jax[dp]' (or pip install dp-accounting)"
+        ) from exc
     event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
     if accountant == "rdp":
         acct = dp_accounting.rdp.RdpAccountant()

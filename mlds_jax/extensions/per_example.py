@@ -148,8 +148,10 @@ def per_example_grad_norms_core(
     """
     As, deltas, _ = _inputs_and_deltas(params, X, Y, loss, row_weights)
     sq = jnp.stack(
-        [(jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1) for A, d in zip(As, deltas,
-                                                                               strict=True)],
+        [
+            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
+            for A, d in zip(As, deltas, strict=True)
+        ],
         axis=1,
     )  # (P3): (N, L)
     return jnp.sqrt(sq) if by_layer else jnp.sqrt(jnp.sum(sq, axis=1))
@@ -199,8 +201,11 @@ def gradient_moments_core(
         sum_sq.append(Dense(W=sW, b=sb, activation=act))
         muW, mub, _ = core.dense_backward(p[:, None] * d, A, layer.W)
         qW, qb = (A * A).T @ (p[:, None] * d2), jnp.sum(p[:, None] * d2, axis=0)  # (P5)
-        var.append(Dense(W=jnp.maximum(qW - muW * muW, 0), b=jnp.maximum(qb - mub * mub, 0),
-                         activation=act))  # (P6)
+        var.append(
+            Dense(
+                W=jnp.maximum(qW - muW * muW, 0), b=jnp.maximum(qb - mub * mub, 0), activation=act
+            )
+        )  # (P6)
     as_params = (lambda x: x) if isinstance(params, list) else tuple
     return GradientMoments(as_params(mean), as_params(sum_sq), as_params(var))
 
@@ -212,8 +217,10 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array | None:
         return None
     w = validation.numeric_array(row_weights, "row_weights")
     if w.shape != (n_rows,):
-        raise ValueError(f"row_weights must have shape ({n_rows},) (one weight per row of X), "
-                         f"got {tuple(w.shape)}")
+        raise ValueError(
+            f"row_weights must have shape ({n_rows},) (one weight per row of X), "
+            f"got {tuple(w.shape)}"
+        )
     if validation.is_concrete(w):
         arr = np.asarray(w, dtype=np.float64)
         validation.check_finite(arr, "row_weights")
