@@ -126,8 +126,8 @@ def dp_value_and_grads(
         padding.  B = the number of real rows (N when None).
 
     Returns:
-      (L, g̃): L = Σ_n w_n ℓ_n the plain (unclipped) batch loss with the core's weights (mean
-      over the rows by default), for monitoring; g̃ like params.
+      (L, g̃): L = (1/B) Σ_n m_n ℓ_n, the plain (unclipped, noise-free) mean loss over the real
+      rows, for monitoring only (it is not privatised); g̃ like params.
     """
     n = X.shape[0]
     cache = core.forward_cache(params, X)
@@ -142,7 +142,8 @@ def dp_value_and_grads(
             for A, d in zip(cache.As[:-1], deltas, strict=True)
         )  # (P3)
         kappa = clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask  # (D1)
-    value = core.loss_value(cache, Y, loss, row_weights)
+    # the plain loss, averaged over the real rows (weights m/B; None: the core's 1/N)
+    value = core.loss_value(cache, Y, loss, None if row_weights is None else mask / B)
     grads = core.backward(params, cache, Y, loss, row_weights=kappa / B).grads  # (D2)
     if dp.noise_multiplier == 0:
         return value, grads
