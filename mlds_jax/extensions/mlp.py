@@ -9,10 +9,12 @@ Any JAX program that differentiates through :func:`mlp` in reverse mode (``jax.g
 * for l = L, ..., 1: ∂L/∂W^(l), ∂L/∂b^(l), ∂L/∂A^(l−1) = ``core.dense_backward`` (B2)-(B4),
   then δ^(l−1) = f_{l−1}'s backward (B5); ∂L/∂X = ∂L/∂A^(0).
 
-Forward mode is not available: ``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` through
-:func:`mlp` raise JAX's ``TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp
-function.`` (jax-ml/jax#16049).  For forward mode or curvature, differentiate
-:func:`mlds_jax.forward` (plain JAX operations) instead; ``jax.jacrev`` through :func:`mlp` works.
+Pure forward mode is not available: ``jax.jvp`` and ``jax.jacfwd`` through :func:`mlp` raise
+JAX's ``TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp function.``
+(jax-ml/jax#16049); differentiate :func:`mlds_jax.forward` (plain JAX operations) for those, or
+use ``jax.jacrev``.  ``jax.hessian`` (forward over reverse) *does* work: its forward pass
+differentiates the hand-derived backward, which is itself made of JAX operations (checked
+against the Hessian through :func:`mlds_jax.forward` in ``tests/test_mlp.py``).
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def mlp(params: Params, X: ArrayLike) -> Array:
     r"""Ŷ = A^(L), differentiable in reverse mode by the hand-derived backward (P7).
 
     Shapes are checked (also under a user's ``jit``/``grad``); parameter and data values are
-    checked when concrete.  Forward mode (``jax.jvp``, ``jax.hessian``) raises JAX's
+    checked when concrete.  Pure forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's
     "can't apply forward-mode autodiff (jvp) to a custom_vjp function": use
-    :func:`mlds_jax.forward` there.
+    :func:`mlds_jax.forward` or ``jax.jacrev`` there.  ``jax.hessian`` works (forward mode over
+    the hand-derived backward).
 
     Args:
       params: tuple of :class:`~mlds_jax.layers.Dense`.
