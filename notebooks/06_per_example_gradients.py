@@ -109,13 +109,15 @@ for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref), 
 
 mean_of_rows = jax.tree_util.tree_map(lambda x: x.mean(axis=0), g)
 batch = mj.manual_grads(params0, Xb, yb, LOSS)
-for a, b in zip(jax.tree_util.tree_leaves(mean_of_rows), jax.tree_util.tree_leaves(batch),
-                strict=True):
+for a, b in zip(
+    jax.tree_util.tree_leaves(mean_of_rows), jax.tree_util.tree_leaves(batch), strict=True
+):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 norms = mj.per_example_grad_norms(params0, Xb, yb, LOSS)
-norms_ref = jnp.sqrt(sum(jnp.sum(x.reshape(16, -1) ** 2, axis=1)
-                         for x in jax.tree_util.tree_leaves(g_ref)))
+norms_ref = jnp.sqrt(
+    sum(jnp.sum(x.reshape(16, -1) ** 2, axis=1) for x in jax.tree_util.tree_leaves(g_ref))
+)
 np.testing.assert_allclose(norms, norms_ref, rtol=1e-5)
 print("per-example grads == vmap(grad); mean of rows == manual_grads; norms (P3) == ‖vmap(grad)‖")
 print("norms of the first 5 rows:", np.round(np.asarray(norms[:5]), 4))
@@ -138,8 +140,10 @@ pred = Y_hat.argmax(axis=1)
 p_true = Y_hat[np.arange(n_train), np.asarray(y_train)]
 wrong = pred != np.asarray(y_train)
 print(f"train accuracy after {EPOCHS} epochs: {1 - wrong.mean():.3f}")
-print(f"mean gradient norm: misclassified {norms[wrong].mean():.3f}, "
-      f"correct {norms[~wrong].mean():.3f} ({wrong.sum()} vs {(~wrong).sum()} rows)")
+print(
+    f"mean gradient norm: misclassified {norms[wrong].mean():.3f}, "
+    f"correct {norms[~wrong].mean():.3f} ({wrong.sum()} vs {(~wrong).sum()} rows)"
+)
 corr = np.corrcoef(norms, 1 - p_true)[0, 1]
 print(f"correlation of ‖∇ℓ_n‖ with 1 − p(true class): {corr:.3f}")
 
@@ -211,6 +215,7 @@ assert noise_scale[-1][1] < noise_scale[0][1]  # while the mean gradient shrinks
 # accountant assumes Poisson sampling of each batch with rate $q = B/N$; like most tutorials we
 # train on shuffled fixed-size batches, so the ε below is the usual approximation.
 
+
 # %%
 def train_dp(sigma):
     opt = optax.sgd(DP_LR)
@@ -223,8 +228,9 @@ def train_dp(sigma):
         order = rng.permutation(n_train)
         for i in range(0, n_train - BATCH + 1, BATCH):  # full batches only
             key, k = jax.random.split(key)
-            params, state, _ = step(params, state, X_train[order[i : i + BATCH]],
-                                    y_train[order[i : i + BATCH]], key=k)
+            params, state, _ = step(
+                params, state, X_train[order[i : i + BATCH]], y_train[order[i : i + BATCH]], key=k
+            )
             steps += 1
     return params, steps
 
