@@ -269,3 +269,22 @@ def test_dp_epsilon_names_the_extra_when_dp_accounting_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import now raises ImportError
     with pytest.raises(ImportError, match=r"mlds-jax\[dp\]"):
         mj.dp_epsilon(1.0, 0.1, 10, 1e-5)
+
+
+def test_dp_train_step_compiles_once_for_new_keys_and_data():
+    """The step is traced once: new keys and new data of the same shape reuse it (the
+    optimizer's update runs in Python only while tracing, so it counts the traces)."""
+    params, X, Y = make_problem(3, SIZES, "relu", "softmax", "cross_entropy", 5)
+    sgd = optax.sgd(0.1)
+    traces = []
+
+    def update(grads, state, params=None):
+        traces.append(1)
+        return sgd.update(grads, state, params)
+
+    opt = optax.GradientTransformation(sgd.init, update)
+    step = mj.make_dp_train_step(opt, "cross_entropy", mj.DPSGD(1.0, 1.0))
+    state = opt.init(params)
+    for seed in range(3):
+        params, state, _ = step(params, state, X + seed, Y, key=jax.random.key(seed))
+    assert len(traces) == 1
