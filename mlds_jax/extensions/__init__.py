@@ -1,3 +1,49 @@
 """Quantities the hand-derived backward gives beyond the gradient, built on the core's per-layer
 A^(l−1), δ^(l) and per-example loss terms: one concept per module.
+
+* :mod:`~mlds_jax.extensions.per_example`: per-example gradients, norms, Gram matrix, moments;
+* :mod:`~mlds_jax.extensions.dp`: DP-SGD by ghost clipping and its privacy accounting;
+* :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP.
 """
+
+from mlds_jax.extensions.dp import (
+    DPSGD,
+    DPTrainStep,
+    clip_factors,
+    dp_epsilon,
+    dp_value_and_grads,
+    make_dp_train_step,
+)
+from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
+from mlds_jax.extensions.per_example import (
+    GradientMoments,
+    gradient_gram,
+    gradient_gram_core,
+    gradient_moments,
+    gradient_moments_core,
+    per_example_grad_norms,
+    per_example_grad_norms_core,
+    per_example_grads,
+    per_example_grads_core,
+)
+
+__all__ = [
+    "DPSGD",
+    "DPTrainStep",
+    "GradientMoments",
+    "clip_factors",
+    "dp_epsilon",
+    "dp_value_and_grads",
+    "gradient_gram",
+    "gradient_gram_core",
+    "gradient_moments",
+    "gradient_moments_core",
+    "make_dp_train_step",
+    "mlp",
+    "mlp_backward",
+    "mlp_core",
+    "per_example_grad_norms",
+    "per_example_grad_norms_core",
+    "per_example_grads",
+    "per_example_grads_core",
+]

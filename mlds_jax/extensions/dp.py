@@ -1,0 +1,274 @@
+r"""DP-SGD with ghost clipping on the hand-derived backward, and its privacy accounting.
+
+One DP-SGD step (Abadi et al., 2016) with Opacus's clip factor, equations (D1)-(D3) of
+``docs/derivations.md`` (section "DP-SGD"):
+
+* (D1) κ_n = min(1, C / (‖∇ℓ_n‖ + 10⁻⁶)), with ‖∇ℓ_n‖ from (P3), nothing materialised;
+* (D2) Σ_n κ_n ∇ℓ_n is the gradient of Σ_n κ_n ℓ_n: one more backward pass with row
+  weights κ_n (ghost clipping), so no per-example gradient is ever formed;
+* (D3) g̃ = (Σ_n κ_n ∇ℓ_n + σC ξ) / B, ξ ~ N(0, I), B the number of real rows.
+
+σ = 0 with C = ∞ gives κ_n = 1 and no noise: exactly the plain mean gradient (the same
+backward with row weights 1/N, bit for bit).  Row weights act as a padding mask only: rows with
+w_n > 0 are real and each counts once (DP needs every example's contribution bounded by C,
+which arbitrary weights would break).
+
+The noise key is explicit: ``step(params, opt_state, X, Y, key=k)``.  :func:`dp_epsilon`
+reports the privacy spent with Google's ``dp-accounting`` package (optional extra ``dp``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+from jax.typing import ArrayLike
+
+from mlds_jax import core, validation
+from mlds_jax.extensions.per_example import (
+    check_row_weights,
+    per_example_deltas,
+    row_mask,
+)
+from mlds_jax.layers import Params
+from mlds_jax.losses import get_loss
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DPSGD",
+    "clip_factors",
+    "dp_epsilon",
+    "dp_value_and_grads",
+    "make_dp_train_step",
+]
+
+#: Opacus's guard against division by a zero norm, in κ_n = min(1, C / (‖∇ℓ_n‖ + ε)).
+CLIP_EPS = 1e-6
+#: The privacy accountants :func:`dp_epsilon` offers (both from ``dp-accounting``).
+ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSGD:
+    """DP-SGD settings: clip every example's gradient to norm ≤ C, add N(0, σ²C²) noise.
+
+    Attributes:
+      l2_clip: C > 0; ``math.inf`` turns clipping off (then σ must be 0).
+      noise_multiplier: σ ≥ 0, finite: the noise std relative to C.
+
+    Frozen and hashable, so it can be a static argument of ``jax.jit``.
+    """
+
+    l2_clip: float
+    noise_multiplier: float
+
+    def __post_init__(self):
+        for name in ("l2_clip", "noise_multiplier"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"DPSGD.{name} must be a real number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        C, sigma = self.l2_clip, self.noise_multiplier
+        if math.isnan(C) or C <= 0:
+            raise ValueError(f"DPSGD.l2_clip must be > 0 (math.inf for no clipping), got {C}")
+        if not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"DPSGD.noise_multiplier must be finite and >= 0, got {sigma}")
+        if sigma > 0 and math.isinf(C):
+            raise ValueError(
+                "DPSGD with noise_multiplier > 0 needs a finite l2_clip: the noise "
+                "std is noise_multiplier * l2_clip"
+            )
+
+
+def clip_factors(norms: Array, l2_clip: float) -> Array:
+    r"""κ_n = min(1, C / (‖∇ℓ_n‖ + 10⁻⁶)), Opacus's clip factor, equation (D1); (N,).
+
+    ‖κ_n ∇ℓ_n‖ ≤ C for every n; C = ∞ gives κ_n = 1.
+    """
+    return jnp.minimum(1.0, l2_clip / (norms + CLIP_EPS)).astype(norms.dtype)  # (D1)
+
+
+def dp_value_and_grads(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    dp: DPSGD,
+    key: Array,
+    row_weights: Array | None = None,
+) -> tuple[Array, Params]:
+    r"""The loss and the DP-SGD gradient g̃, equations (D1)-(D3), by ghost clipping.
+
+    .. math:: \tilde g = \frac{1}{B}\Big(\sum_n \kappa_n \nabla\ell_n + \sigma C\,\xi\Big),
+              \qquad \kappa_n = \min\Big(1, \frac{C}{\|\nabla\ell_n\| + 10^{-6}}\Big)
+
+    Pass 1: the per-example δ̂ (P1) and norms (P3).  Pass 2: the core's backward with row
+    weights κ_n m_n / B (D2), whose ∂L/∂W is Σ_n κ_n ∇ℓ_n / B; then the noise σC ξ / B
+    (D3), one independent draw per parameter entry.
+
+    Pure and unchecked (prepared inputs, as :mod:`mlds_jax.core`): jit it with ``loss`` and
+    ``dp`` static.
+
+    Args:
+      params: L layers.
+      X: inputs, (N, n_in).  Y: prepared targets, (N, K).
+      loss: loss name.
+      dp: :class:`DPSGD` settings.
+      key: a ``jax.random`` key for the noise.
+      row_weights: optional (N,); rows with w_n > 0 are real (each counts once), zero rows are
+        padding.  B = the number of real rows (N when None).
+
+    Returns:
+      (L, g̃): L = (1/B) Σ_n m_n ℓ_n, the plain (unclipped, noise-free) mean loss over the real
+      rows, for monitoring only (it is not privatised); g̃ like params.
+    """
+    n = X.shape[0]
+    cache = core.forward_cache(params, X)
+    mask = row_mask(row_weights, n, X.dtype)
+    B = jnp.asarray(n, X.dtype) if row_weights is None else jnp.sum(mask)
+    if math.isinf(dp.l2_clip):
+        kappa = mask  # κ_n = min(1, ∞) = 1: pass 1 is not needed
+    else:
+        deltas = per_example_deltas(params, cache, Y, loss, mask)  # (P1)
+        sq = sum(
+            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
+            for A, d in zip(cache.As[:-1], deltas, strict=True)
+        )  # (P3)
+        kappa = clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask  # (D1)
+    # the plain loss, averaged over the real rows (weights m/B; None: the core's 1/N)
+    value = core.loss_value(cache, Y, loss, None if row_weights is None else mask / B)
+    grads = core.backward(params, cache, Y, loss, row_weights=kappa / B).grads  # (D2)
+    if dp.noise_multiplier == 0:
+        return value, grads
+    leaves, treedef = jax.tree_util.tree_flatten(grads)
+    keys = jax.random.split(key, len(leaves))
+    std = dp.noise_multiplier * dp.l2_clip
+    noisy = [
+        g + (std / B) * jax.random.normal(k, g.shape, g.dtype)  # (D3)
+        for g, k in zip(leaves, keys, strict=True)
+    ]
+    return value, jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+class DPTrainStep:
+    """A compiled DP-SGD step: ``step(params, opt_state, X, Y, *, key, row_weights=None)
+    -> (params, opt_state, metrics)``; ``metrics["loss"]`` is the plain loss before the update.
+
+    ``step.jitted(params, opt_state, X, Y, key, row_weights)`` skips the input checks.
+    """
+
+    def __init__(self, optimizer: optax.GradientTransformation, loss: str, dp: DPSGD):
+        self.optimizer, self.loss, self.dp = optimizer, loss, dp
+
+        def step_core(params, opt_state, X, Y, key, row_weights=None):
+            value, grads = dp_value_and_grads(params, X, Y, loss, dp, key, row_weights)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, {"loss": value}
+
+        self.jitted: Callable[..., Any] = jax.jit(step_core)
+
+    def __call__(
+        self,
+        params: Params,
+        opt_state: Any,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        key: Array,
+        row_weights: ArrayLike | None = None,
+    ):
+        X, Y = validation.check_batch(params, X, Y, self.loss)
+        validation.check_key(key)
+        w = check_row_weights(row_weights, X.shape[0], X.dtype)
+        return self.jitted(params, opt_state, X, Y, key, w)
+
+    def __repr__(self) -> str:
+        return f"DPTrainStep(loss={self.loss!r}, dp={self.dp})"
+
+
+def make_dp_train_step(
+    optimizer: optax.GradientTransformation, loss: str, dp: DPSGD
+) -> DPTrainStep:
+    """Build a jit-compiled DP-SGD training step, equations (D1)-(D3).
+
+    Args:
+      optimizer: any ``optax.GradientTransformation``; DP-SGD proper is ``optax.sgd(α)``.
+      loss: loss name.
+      dp: :class:`DPSGD` (clip norm C, noise multiplier σ).
+
+    Returns:
+      ``step(params, opt_state, X, Y, *, key)`` -> (params, opt_state, {"loss": L}); the key
+      is required (keyword-only) and the same key gives the same step.
+
+    Example:
+      >>> step = mj.make_dp_train_step(optax.sgd(0.1), "cross_entropy", mj.DPSGD(1.0, 1.1))
+      >>> params, opt_state, metrics = step(params, opt_state, X, y, key=jax.random.key(0))
+    """
+    get_loss(loss)
+    if not isinstance(dp, DPSGD):
+        raise TypeError(f"dp must be an mlds_jax.DPSGD, got {type(dp).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); "
+            f"got {type(optimizer).__name__}"
+        )
+    return DPTrainStep(optimizer, loss, dp)
+
+
+def dp_epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    accountant: str = "rdp",
+) -> float:
+    r"""ε spent by ``steps`` DP-SGD steps at a given δ: the Poisson-subsampled Gaussian mechanism.
+
+    Uses Google's ``dp-accounting`` package (``pip install 'mlds-jax[dp]'``): by default its
+    Rényi-DP accountant (``dp_accounting.rdp.RdpAccountant``, as Opacus and TF Privacy report),
+    or with ``accountant="pld"`` its privacy-loss-distribution accountant
+    (``dp_accounting.pld.PLDAccountant``), which is tighter.  Each step is a
+    ``PoissonSampledDpEvent(sample_rate, GaussianDpEvent(noise_multiplier))``.
+
+    Args:
+      noise_multiplier: σ > 0.
+      sample_rate: q = batch size / data set size, in (0, 1].
+      steps: number of steps, ≥ 1.
+      delta: δ in (0, 1).
+      accountant: "rdp" or "pld".
+
+    Returns:
+      ε (a float; ``inf`` if the accountant finds no finite bound).
+    """
+    sigma = validation.positive_float(noise_multiplier, "noise_multiplier")
+    q = validation.positive_float(sample_rate, "sample_rate")
+    if q > 1:
+        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
+    steps = validation.positive_int(steps, "steps")
+    d = validation.positive_float(delta, "delta")
+    if d >= 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {list(ACCOUNTANTS)}, got {accountant!r}")
+    try:
+        import dp_accounting
+    except ImportError as exc:
+        raise ImportError(
+            "dp_epsilon needs Google's dp-accounting package: "
+            "pip install 'mlds-jax[dp]' (or pip install dp-accounting)"
+        ) from exc
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    if accountant == "rdp":
+        acct = dp_accounting.rdp.RdpAccountant()
+    else:
+        acct = dp_accounting.pld.PLDAccountant()
+    acct.compose(event, steps)
+    return float(acct.get_epsilon(d))
