@@ -42,6 +42,17 @@ from mlds_jax.descent import (
     quadratic_example,
     sign_gradient_descent,
 )
+from mlds_jax.extensions.curvature import (
+    diag_ggn,
+    ggn_vp,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hvp,
+    network_exact_step_size,
+    network_max_stable_step_size,
+    sharpness,
+)
+from mlds_jax.extensions.kfac import kfac_factors
 from mlds_jax.initialization import INITIALIZERS, init_mlp
 from mlds_jax.layers import Dense, Params, layer_sizes
 from mlds_jax.losses import DEFAULT_LOSS, LOSSES, Loss, matched_delta
@@ -92,15 +103,21 @@ __all__ = [
     "default_loss",
     "dense_backward",
     "dense_forward",
+    "diag_ggn",
     "evaluate",
     "fit",
     "forward",
     "forward_cache",
+    "ggn_vp",
     "gradient_descent",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hvp",
     "identity",
     "identity_prime",
     "identity_prime2",
     "init_mlp",
+    "kfac_factors",
     "layer_sizes",
     "leaky_relu",
     "leaky_relu_prime",
@@ -113,6 +130,8 @@ __all__ = [
     "manual_grads",
     "matched_delta",
     "max_stable_step_size",
+    "network_exact_step_size",
+    "network_max_stable_step_size",
     "one_hot",
     "output_delta",
     "pad_rows",
@@ -124,6 +143,7 @@ __all__ = [
     "relu_prime2",
     "save",
     "save_checkpoint",
+    "sharpness",
     "sigmoid",
     "sigmoid_prime",
     "sigmoid_prime2",
