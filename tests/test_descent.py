@@ -400,8 +400,9 @@ def test_exact_line_search_step_is_gtg_over_gthg() -> None:
 
 def test_exact_and_optimal_fixed_step_beat_the_lecture_steps() -> None:
     """Iterations to ||g|| < 1e-8 on the lecture's quadratic.  Fixed eta contracts the error
-    by max|1 − eta λ| per step: 0.816 (eta = 0.1), 0.633 (0.2), (κ−1)/(κ+1) = 0.632 for
-    eta* = 2/(λ_min + λ_max) = 0.2 (S4): the lecture's 0.2 is almost optimal."""
+    by max|1 − eta λ| per step: 0.816 for eta = 0.1, and (κ−1)/(κ+1) = √10/5 = 0.632 for
+    eta* = 2/(λ_min + λ_max) = 2/10 (S4): the lecture's 0.2 *is* the optimal fixed step (up to
+    the rounding of 2/(λ_min + λ_max) in floating point)."""
     with jax.enable_x64(True):
         x0 = jnp.asarray(X0, jnp.float64)
         run = {name: gradient_descent(quadratic_example, x0, tol_f=0.0, tol_grad=1e-8, **kw)

@@ -598,8 +598,8 @@ def network_max_stable_step_size(params: Params, X: ArrayLike, Y: ArrayLike, los
     r"""2 / λ_max of the Hessian: the largest stable fixed step of full-batch gradient descent.
 
     Near params the loss is locally quadratic; one step multiplies the error along an
-    eigenvector of H by 1 − ηλ, so a fixed step is stable iff η < 2/λ_max (the network form of
-    :func:`mlds_jax.max_stable_step_size`).  λ_max by :func:`hessian_top_eigenvalue`.
+    eigenvector of H by 1 − ηλ, so a fixed step is stable iff η < 2/λ_max (S2) (the network form
+    of :func:`mlds_jax.max_stable_step_size`).  λ_max by :func:`hessian_top_eigenvalue`.
 
     Args:
       params, X, Y, loss: as :func:`hvp`.
