@@ -44,12 +44,14 @@ LOSS = "cross_entropy"
 
 def problem(sizes: list[int], batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    params = mj.init_mlp(jax.random.key(seed), sizes, hidden="relu", output="softmax",
-                         dtype=jnp.float32)
+    params = mj.init_mlp(
+        jax.random.key(seed), sizes, hidden="relu", output="softmax", dtype=jnp.float32
+    )
     X = jnp.asarray(rng.standard_normal((batch, sizes[0])), jnp.float32)
     Y = jax.nn.one_hot(rng.integers(0, sizes[-1], batch), sizes[-1], dtype=jnp.float32)
     v = jax.tree_util.tree_map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params
+    )
     return params, X, Y, v
 
 
@@ -57,8 +59,9 @@ def contenders(params, X, Y, v) -> dict[str, Callable[[], object]]:
     w = jnp.full((X.shape[0],), 1.0 / X.shape[0], jnp.float32)
     key = jax.random.key(1)
     vag = jax.jit(lambda p: mj.core.value_and_grads(p, X, Y, LOSS))
-    jvp_grad = jax.jit(lambda p, t: jax.jvp(
-        jax.grad(lambda q: mj.core.batch_loss(q, X, Y, LOSS)), (p,), (t,))[1])
+    jvp_grad = jax.jit(
+        lambda p, t: jax.jvp(jax.grad(lambda q: mj.core.batch_loss(q, X, Y, LOSS)), (p,), (t,))[1]
+    )
     return {
         "value_and_grads (baseline)": lambda: vag(params),
         "hvp (R-op)": lambda: curvature.hvp_core(params, X, Y, LOSS, v, w),
@@ -66,8 +69,9 @@ def contenders(params, X, Y, v) -> dict[str, Callable[[], object]]:
         "ggn_vp": lambda: curvature.ggn_vp_core(params, X, Y, LOSS, v, w),
         "diag_ggn exact": lambda: curvature.diag_ggn_core(params, X, Y, LOSS, w),
         "Lanczos, 1 step": lambda: curvature.lanczos_core(params, X, Y, LOSS, key, w, 1, 1e-30),
-        "Lanczos, 10 steps / 10": lambda: curvature.lanczos_core(params, X, Y, LOSS, key, w, 10,
-                                                                 1e-30),
+        "Lanczos, 10 steps / 10": lambda: curvature.lanczos_core(
+            params, X, Y, LOSS, key, w, 10, 1e-30
+        ),
     }
 
 
@@ -77,7 +81,7 @@ def measure(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, floa
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
             jax.block_until_ready(fns[n]())
@@ -96,8 +100,11 @@ def table(batch: int, med: dict[str, float], K: int) -> str:
         "Lanczos, 1 step": f"≈ 1 hvp ({med['Lanczos, 1 step'] / hvp:.2f}× hvp)",
         "Lanczos, 10 steps / 10": f"≈ 1 hvp ({med['Lanczos, 10 steps / 10'] / hvp:.2f}× hvp)",
     }
-    lines = [f"\n### batch {batch}\n", "| contender | median (ms) | × baseline | target |",
-             "|---|---:|---:|---|"]
+    lines = [
+        f"\n### batch {batch}\n",
+        "| contender | median (ms) | × baseline | target |",
+        "|---|---:|---:|---|",
+    ]
     for n, t in med.items():
         lines.append(f"| {n} | {1e3 * t:.2f} | {t / base:.2f} | {targets.get(n, '')} |")
     return "\n".join(lines)
@@ -110,8 +117,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.size == "tiny" else 15)
     sizes = SIZES[args.size]
-    print(f"# curvature benchmark: sizes {sizes}, float32, {LOSS}, {rounds} rounds, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(
+        f"# curvature benchmark: sizes {sizes}, float32, {LOSS}, {rounds} rounds, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}"
+    )
     results = {}
     for batch in BATCHES[args.size]:
         med = measure(contenders(*problem(sizes, batch)), rounds)

@@ -61,8 +61,10 @@ f, x0 = mj.quadratic_example, jnp.asarray([3.0, 3.0])
 eta_max = mj.max_stable_step_size(f, x0)
 below = mj.gradient_descent(f, x0, step_size=0.98 * eta_max, max_iter=3000)
 above = mj.gradient_descent(f, x0, step_size=1.02 * eta_max, max_iter=3000)
-print(f"2/lambda_max = {eta_max:.4f}; eta = 0.98x: {below.reason} after {below.n_iter} steps; "
-      f"eta = 1.02x: {above.reason} after {above.n_iter} steps")
+print(
+    f"2/lambda_max = {eta_max:.4f}; eta = 0.98x: {below.reason} after {below.n_iter} steps; "
+    f"eta = 1.02x: {above.reason} after {above.n_iter} steps"
+)
 assert below.converged and not above.converged
 
 # %% [markdown]
@@ -93,14 +95,17 @@ for eta in ETAS:
     losses, sharp, at = [], [], []
     for k in range(STEPS):
         if k % EVERY == 0:
-            sharp.append(mj.sharpness(params, X, Y, LOSS, key=key, num_iters=LANCZOS_ITERS,
-                                      tol=LANCZOS_TOL))
+            sharp.append(
+                mj.sharpness(params, X, Y, LOSS, key=key, num_iters=LANCZOS_ITERS, tol=LANCZOS_TOL)
+            )
             at.append(k)
         params, loss = gd_step(params, jnp.float32(eta))
         losses.append(float(loss))
     runs[eta] = {"loss": np.array(losses), "sharpness": np.array(sharp), "at": np.array(at)}
-    print(f"eta = {eta}: 2/eta = {2 / eta:.3f}; sharpness from {sharp[0]:.3f} to {sharp[-1]:.3f} "
-          f"(max {max(sharp):.3f}); loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    print(
+        f"eta = {eta}: 2/eta = {2 / eta:.3f}; sharpness from {sharp[0]:.3f} to {sharp[-1]:.3f} "
+        f"(max {max(sharp):.3f}); loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    )
 
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -135,14 +140,16 @@ for eta, r in runs.items():
     below = int(np.argmax(ratio < 0.95))  # the end of the initial transient
     hit = below + np.nonzero(ratio[below:] >= 0.95)[0]
     first = int(r["at"][hit[0]]) if hit.size else None
-    after = ratio[hit[0]:] if hit.size else np.array([])
+    after = ratio[hit[0] :] if hit.size else np.array([])
     summary[eta] = (first, after)
     if first is None:
         print(f"eta = {eta}: sharpness stays below 2/eta (max {ratio.max():.3f} of it)")
     else:
-        print(f"eta = {eta}: reaches 0.95 * 2/eta at step {first}; from then on "
-              f"sharpness*eta/2 in [{after.min():.3f}, {after.max():.3f}] for the remaining "
-              f"{STEPS - first} steps")
+        print(
+            f"eta = {eta}: reaches 0.95 * 2/eta at step {first}; from then on "
+            f"sharpness*eta/2 in [{after.min():.3f}, {after.max():.3f}] for the remaining "
+            f"{STEPS - first} steps"
+        )
 
 # small step: a stable run; the sharpness stays at or below half of 2/eta = 4 and the loss
 # falls monotonically

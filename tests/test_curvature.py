@@ -189,24 +189,31 @@ def test_hessian_trace_unbiased(net):
     params, X, Y, f, flat, unravel = net
     tr_ref = float(jnp.trace(jax.hessian(f)(flat)))
     Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
-    est, per_probe = curvature.hessian_trace_core(params, Xp, Yp, "cross_entropy",
-                                                  jax.random.key(5), 2000)
+    est, per_probe = curvature.hessian_trace_core(
+        params, Xp, Yp, "cross_entropy", jax.random.key(5), 2000
+    )
     se = float(np.std(per_probe)) / np.sqrt(2000)
     assert abs(float(est) - tr_ref) <= 5 * se
     small = mj.hessian_trace(params, X, Y, "cross_entropy", key=jax.random.key(5), samples=3)
     assert np.isfinite(float(small))
 
 
-@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"),
-                                         ("sigmoid", "binary_cross_entropy"),
-                                         ("tanh", "half_squared_error")])
+@pytest.mark.parametrize(
+    "output,loss",
+    [
+        ("softmax", "cross_entropy"),
+        ("sigmoid", "binary_cross_entropy"),
+        ("tanh", "half_squared_error"),
+    ],
+)
 def test_mc_diag_ggn_unbiased(output, loss):
     params, X, Y, w = problem("tanh", output, loss, 4, seed=7)
     exact = ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w))[0]
     R = 4000
     keys = jax.random.split(jax.random.key(3), R)
-    draws = jax.vmap(lambda k: ravel_pytree(
-        curvature.diag_ggn_core(params, X, Y, loss, w, k, 1))[0])(keys)
+    draws = jax.vmap(
+        lambda k: ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w, k, 1))[0]
+    )(keys)
     mean, se = jnp.mean(draws, axis=0), jnp.std(draws, axis=0) / np.sqrt(R)
     assert bool(jnp.all(jnp.abs(mean - exact) <= 5 * se + 1e-12))
     one = mj.diag_ggn(params, X, Y, loss, row_weights=w, mc_samples=2, key=jax.random.key(0))
@@ -220,8 +227,13 @@ def test_network_max_stable_step_size_closed_form():
     N, d, K = 7, 3, 2
     X = rng.standard_normal((N, d)) + 0.5
     Y = rng.standard_normal((N, K))
-    params = (mj.Dense(W=jnp.asarray(rng.standard_normal((d, K))),
-                       b=jnp.asarray(rng.standard_normal(K)), activation="identity"),)
+    params = (
+        mj.Dense(
+            W=jnp.asarray(rng.standard_normal((d, K))),
+            b=jnp.asarray(rng.standard_normal(K)),
+            activation="identity",
+        ),
+    )
     Xt = np.hstack([X, np.ones((N, 1))])
     M = Xt.T @ Xt / N
     eta = 2 / np.linalg.eigvalsh(M)[-1]
@@ -263,7 +275,6 @@ def test_bad_direction_and_arguments(net):
     with pytest.raises(TypeError, match="key must be a jax.random key"):
         mj.hessian_trace(params, X, Y, "cross_entropy", key=0)
     with pytest.raises(ValueError, match="num_iters must be >= 1"):
-        mj.hessian_top_eigenvalue(params, X, Y, "cross_entropy", key=jax.random.key(0),
-                                  num_iters=0)
+        mj.hessian_top_eigenvalue(params, X, Y, "cross_entropy", key=jax.random.key(0), num_iters=0)
     with pytest.raises(ValueError, match="class labels must lie"):
         mj.hvp(params, X, np.full(6, 7), "cross_entropy", v)

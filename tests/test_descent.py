@@ -446,7 +446,8 @@ def test_schedule_callable_and_optax() -> None:
                            tol_grad=0.0)
     expected = np.array([float(sched(k)) for k in range(30)])
     np.testing.assert_allclose(res.step_sizes, expected, rtol=1e-6)
-    res2 = gradient_descent(quadratic_example, _x0(), step_size=lambda k: 0.2 / (1.0 + k.astype(jnp.float32)),
+    res2 = gradient_descent(quadratic_example, _x0(),
+                            step_size=lambda k: 0.2 / (1.0 + k.astype(jnp.float32)),
                             max_iter=4, tol_f=0.0, tol_grad=0.0)
     np.testing.assert_allclose(res2.step_sizes, 0.2 / (1.0 + np.arange(4)), rtol=1e-6)
     g = np.asarray(jax.grad(quadratic_example)(jnp.asarray(res2.path[0])))

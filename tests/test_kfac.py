@@ -31,13 +31,16 @@ def layer_blocks(params):
     return out
 
 
-@pytest.mark.parametrize("hidden,output,loss", [
-    ("tanh", "softmax", "cross_entropy"),
-    ("sigmoid", "sigmoid", "binary_cross_entropy"),
-    ("softplus", "sigmoid", "mse"),
-    ("relu", "softmax", "mse"),
-    ("leaky_relu", "identity", "half_squared_error"),
-])
+@pytest.mark.parametrize(
+    "hidden,output,loss",
+    [
+        ("tanh", "softmax", "cross_entropy"),
+        ("sigmoid", "sigmoid", "binary_cross_entropy"),
+        ("softplus", "sigmoid", "mse"),
+        ("relu", "softmax", "mse"),
+        ("leaky_relu", "identity", "half_squared_error"),
+    ],
+)
 def test_one_example_kron_is_the_exact_ggn_block(hidden, output, loss):
     params, X, Y, w = problem(hidden, output, loss, 1, seed=3)
     G = np.asarray(ref_ggn(params, X, Y, loss, w))
@@ -70,6 +73,7 @@ def test_empirical_factor_is_mean_outer_product_of_per_example_gradients():
     factors = mj.kfac_factors(params, X, Y, "binary_cross_entropy", kind="empirical")
     cache = mj.forward_cache(params, X)
     for l in range(1, len(params) + 1):
+
         def ell(z, y, l=l):  # ℓ_n as a function of z_n^(l), from the reference formulas
             a = ref_forward_from(params, l, z[None])[0]  # ŷ_n; BCE written from ŷ
             return -jnp.sum(y * jnp.log(a) + (1 - y) * jnp.log(1 - a))
@@ -84,7 +88,8 @@ def test_mc_factors_unbiased(output, loss):
     exact = kfac.kfac_factors_core(params, X, Y, loss, w, "exact")
     R = 3000
     draws = jax.vmap(lambda k: kfac.kfac_factors_core(params, X, Y, loss, w, "mc", k, 1))(
-        jax.random.split(jax.random.key(2), R))
+        jax.random.split(jax.random.key(2), R)
+    )
     for (_, G_e), (A_d, G_d), (A_e, _) in zip(exact, draws, exact, strict=True):
         np.testing.assert_allclose(A_d[0], A_e, **TOL)  # the input factor is not sampled
         mean, se = jnp.mean(G_d, axis=0), jnp.std(G_d, axis=0) / np.sqrt(R)
@@ -100,5 +105,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="only used with"):
         mj.kfac_factors(params, X, Y, "cross_entropy", key=jax.random.key(0))
     with pytest.raises(ValueError, match="mc_samples must be >= 1"):
-        mj.kfac_factors(params, X, Y, "cross_entropy", kind="mc", key=jax.random.key(0),
-                        mc_samples=0)
+        mj.kfac_factors(
+            params, X, Y, "cross_entropy", kind="mc", key=jax.random.key(0), mc_samples=0
+        )

@@ -85,8 +85,10 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array:
         return jnp.full((n_rows,), 1.0 / n_rows, dtype=dtype)
     w = validation.numeric_array(row_weights, "row_weights")
     if w.ndim != 1 or w.shape[0] != n_rows:
-        raise ValueError(f"row_weights must have shape ({n_rows},) (one weight per row of X), "
-                         f"got {tuple(w.shape)}")
+        raise ValueError(
+            f"row_weights must have shape ({n_rows},) (one weight per row of X), "
+            f"got {tuple(w.shape)}"
+        )
     if validation.is_concrete(w):
         arr = np.asarray(w, dtype=np.float64)
         validation.check_finite(arr, "row_weights")
@@ -102,23 +104,31 @@ def check_direction(params: Params, v, name: str = "v") -> Params:
     """v has exactly the structure of params (Dense layers, same activations), each leaf the
     same shape and dtype, and finite entries.  Returns v."""
     if not isinstance(v, (tuple, list)) or len(v) != len(params):
-        raise TypeError(f"{name} must be a tuple of {len(params)} Dense layers shaped like "
-                        f"params, got {type(v).__name__}"
-                        + (f" of length {len(v)}" if isinstance(v, (tuple, list)) else ""))
+        raise TypeError(
+            f"{name} must be a tuple of {len(params)} Dense layers shaped like "
+            f"params, got {type(v).__name__}"
+            + (f" of length {len(v)}" if isinstance(v, (tuple, list)) else "")
+        )
     for i, (layer, d) in enumerate(zip(params, v, strict=True)):
         if not isinstance(d, Dense):
             raise TypeError(f"{name}[{i}] must be a Dense layer, got {type(d).__name__}")
         if d.activation != layer.activation:
-            raise ValueError(f"{name}[{i}] has activation {d.activation!r} but params[{i}] has "
-                             f"{layer.activation!r}")
+            raise ValueError(
+                f"{name}[{i}] has activation {d.activation!r} but params[{i}] has "
+                f"{layer.activation!r}"
+            )
         for leaf in ("W", "b"):
             a, b = getattr(d, leaf), getattr(layer, leaf)
             if getattr(a, "shape", None) != b.shape:
-                raise ValueError(f"{name}[{i}].{leaf} has shape {getattr(a, 'shape', None)} but "
-                                 f"params[{i}].{leaf} has shape {b.shape}")
+                raise ValueError(
+                    f"{name}[{i}].{leaf} has shape {getattr(a, 'shape', None)} but "
+                    f"params[{i}].{leaf} has shape {b.shape}"
+                )
             if getattr(a, "dtype", None) != b.dtype:
-                raise TypeError(f"{name}[{i}].{leaf} has dtype {getattr(a, 'dtype', None)} but "
-                                f"params[{i}].{leaf} has dtype {b.dtype}")
+                raise TypeError(
+                    f"{name}[{i}].{leaf} has dtype {getattr(a, 'dtype', None)} but "
+                    f"params[{i}].{leaf} has dtype {b.dtype}"
+                )
     leaves = jax.tree_util.tree_leaves(v)
     if all(map(validation.is_concrete, leaves)):
         for i, d in enumerate(v):
@@ -157,8 +167,10 @@ def output_hessian_scale(loss: str, K: int) -> float:
         return 2.0 / K  # (H6)
     if loss == "half_squared_error":
         return 1.0  # (H6)
-    raise ValueError(f"loss {loss!r} has no constant output Hessian in ŷ; it is taken at the "
-                     f"logits with its matched output activation")
+    raise ValueError(
+        f"loss {loss!r} has no constant output Hessian in ŷ; it is taken at the "
+        f"logits with its matched output activation"
+    )
 
 
 def _forward_tangent(params: Params, cache: core.ForwardCache, v: Params) -> tuple[list, list]:
@@ -228,16 +240,18 @@ def _curvature_vp(params, X, Y, loss, v, w, *, ggn: bool) -> Params:
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
-def hvp_core(params: Params, X: Array, Y: Array, loss: str, v: Params,
-             row_weights: Array | None = None) -> Params:
+def hvp_core(
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
     """H v by the R-operator (H1)-(H4), unchecked; inputs prepared as for :mod:`mlds_jax.core`."""
     w = _weights(X, row_weights)
     return _curvature_vp(params, X, Y, loss, v, w, ggn=False)
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
-def ggn_vp_core(params: Params, X: Array, Y: Array, loss: str, v: Params,
-                row_weights: Array | None = None) -> Params:
+def ggn_vp_core(
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
     """G v = Jᵀ H_out J v (H7), unchecked."""
     w = _weights(X, row_weights)
     return _curvature_vp(params, X, Y, loss, v, w, ggn=True)
@@ -249,8 +263,15 @@ def _weights(X: Array, row_weights: Array | None) -> Array:
     return row_weights.astype(X.dtype)
 
 
-def hvp(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, v: Params, *,
-        row_weights: ArrayLike | None = None) -> Params:
+def hvp(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    v: Params,
+    *,
+    row_weights: ArrayLike | None = None,
+) -> Params:
     r"""Hessian-vector product H v of the batch loss L = Σ_n w_n ℓ_n, by hand (R-operator).
 
     Forward tangent pass (H1): Ż^(l) = Ȧ^(l−1) W^(l) + A^(l−1) V^(l) + v_b^(l), Ȧ^(l) = f'(Z^(l))
@@ -282,8 +303,15 @@ def hvp(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, v: Params, *,
     return hvp_core(params, X, Y, loss, v, w)
 
 
-def ggn_vp(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, v: Params, *,
-           row_weights: ArrayLike | None = None) -> Params:
+def ggn_vp(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    v: Params,
+    *,
+    row_weights: ArrayLike | None = None,
+) -> Params:
     r"""Generalised Gauss-Newton vector product G v = Σ_n w_n J_nᵀ H_n J_n v (H7).
 
     The R-operator of :func:`hvp` without the f'' terms, the δVᵀ terms and Ȧᵀδ: the forward
@@ -321,8 +349,9 @@ def output_sqrt_factor(cache: core.ForwardCache, loss: str, act: str, w: Array) 
     return jnp.sqrt(w)[:, None, None] * S
 
 
-def sampled_output_factor(cache: core.ForwardCache, loss: str, act: str, w: Array,
-                          key: Array, mc_samples: int) -> Array:
+def sampled_output_factor(
+    cache: core.ForwardCache, loss: str, act: str, w: Array, key: Array, mc_samples: int
+) -> Array:
     r"""Monte Carlo √w_n S̃_n, (N, K, M): columns ĝ_m/√M with E[ĝ ĝᵀ] = H_n (H9).
 
     Targets are sampled from the model: softmax-CE y ~ Cat(p), ĝ = p − e_y; sigmoid-BCE
@@ -360,15 +389,22 @@ def backprop_factor(params: Params, cache: core.ForwardCache, S: Array) -> list[
     for l in range(L, 1, -1):
         prev = params[l - 2]
         dA = B[l - 1] @ params[l - 1].W.T
-        B[l - 2] = jax.vmap(lambda d, Z=cache.Zs[l - 2], f=prev.activation:
-                            ACTIVATIONS[f].backward(d, Z))(dA)
+        B[l - 2] = jax.vmap(
+            lambda d, Z=cache.Zs[l - 2], f=prev.activation: ACTIVATIONS[f].backward(d, Z)
+        )(dA)
     return B
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "mc_samples"))
-def diag_ggn_core(params: Params, X: Array, Y: Array, loss: str,
-                  row_weights: Array | None = None, key: Array | None = None,
-                  mc_samples: int = 0) -> Params:
+def diag_ggn_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array | None = None,
+    key: Array | None = None,
+    mc_samples: int = 0,
+) -> Params:
     r"""diag(G) like params (H10), unchecked; ``mc_samples = 0`` is exact, else Monte Carlo."""
     del Y  # the GGN does not depend on the targets
     w = _weights(X, row_weights)
@@ -383,14 +419,26 @@ def diag_ggn_core(params: Params, X: Array, Y: Array, loss: str,
     for l, layer in enumerate(params, start=1):
         Bsq = jnp.sum(B[l - 1] ** 2, axis=0)  # Σ_c (B^(l)_{c,n,j})², (N, d_l)
         A_prev = cache.As[l - 1]
-        out.append(Dense(W=(A_prev**2).T @ Bsq, b=Bsq.sum(axis=0),  # (H10)
-                         activation=layer.activation))
+        out.append(
+            Dense(
+                W=(A_prev**2).T @ Bsq,
+                b=Bsq.sum(axis=0),  # (H10)
+                activation=layer.activation,
+            )
+        )
     return tuple(out) if isinstance(params, tuple) else out
 
 
-def diag_ggn(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-             row_weights: ArrayLike | None = None, mc_samples: int | None = None,
-             key: Array | None = None) -> Params:
+def diag_ggn(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    row_weights: ArrayLike | None = None,
+    mc_samples: int | None = None,
+    key: Array | None = None,
+) -> Params:
     r"""The diagonal of the generalised Gauss-Newton matrix, like params (H8)-(H10).
 
     Exact (default): each example's output-Hessian square root S_n (H8), scaled by √w_n, is
@@ -416,8 +464,10 @@ def diag_ggn(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
     X, Y, w = _check_common(params, X, Y, loss, row_weights)
     if mc_samples is None:
         if key is not None:
-            raise ValueError("key is only used with mc_samples; pass mc_samples=M for the "
-                             "Monte Carlo estimate or drop key for the exact diagonal")
+            raise ValueError(
+                "key is only used with mc_samples; pass mc_samples=M for the "
+                "Monte Carlo estimate or drop key for the exact diagonal"
+            )
         return diag_ggn_core(params, X, Y, loss, w)
     m = validation.positive_int(mc_samples, "mc_samples")
     if key is None:
@@ -428,9 +478,16 @@ def diag_ggn(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
 
 # --- eigenvalues, trace, step sizes ---------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("loss", "num_iters"))
-def lanczos_core(params: Params, X: Array, Y: Array, loss: str, key: Array,
-                 row_weights: Array | None = None, num_iters: int = 100,
-                 tol: float = 1e-7) -> tuple[Array, Array, Array]:
+def lanczos_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    key: Array,
+    row_weights: Array | None = None,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+) -> tuple[Array, Array, Array]:
     r"""Lanczos with full reorthogonalisation on ``hvp_core`` (H11), unchecked.
 
     Runs at most m = min(num_iters, P) steps and stops once the top Ritz pair (θ, y) has
@@ -461,8 +518,16 @@ def lanczos_core(params: Params, X: Array, Y: Array, loss: str, key: Array,
         idx = jnp.arange(m)
         valid = idx < k
         b_valid = jnp.where(idx < k - 1, beta, 0.0)
-        low = jnp.min(jnp.where(valid, alpha - jnp.abs(b_valid)
-                                - jnp.abs(jnp.roll(b_valid, 1).at[0].set(0.0)), jnp.inf)) - 1.0
+        low = (
+            jnp.min(
+                jnp.where(
+                    valid,
+                    alpha - jnp.abs(b_valid) - jnp.abs(jnp.roll(b_valid, 1).at[0].set(0.0)),
+                    jnp.inf,
+                )
+            )
+            - 1.0
+        )
         diag = jnp.where(valid, alpha, low)
         T = jnp.diag(diag) + jnp.diag(b_valid[:-1], 1) + jnp.diag(b_valid[:-1], -1)
         vals, vecs = jnp.linalg.eigh(T)
@@ -493,7 +558,8 @@ def lanczos_core(params: Params, X: Array, Y: Array, loss: str, key: Array,
         return k + 1, Q, alpha, beta, done
 
     k, Q, alpha, beta, _ = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), Q, alpha, beta, jnp.asarray(False)))
+        cond, body, (jnp.asarray(0), Q, alpha, beta, jnp.asarray(False))
+    )
     theta, s = ritz(alpha, beta, k)
     y = Q[:m].T @ s
     y = y / jnp.linalg.norm(y)
@@ -506,9 +572,17 @@ def _check_eig_args(num_iters, tol):
     return n, t
 
 
-def hessian_top_eigenvalue(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-                           key: Array, num_iters: int = 100, tol: float = 1e-7,
-                           row_weights: ArrayLike | None = None) -> tuple[Array, Params]:
+def hessian_top_eigenvalue(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> tuple[Array, Params]:
     r"""The algebraically largest eigenvalue λ_max of the Hessian and its eigenvector (H11).
 
     Lanczos iteration on :func:`hvp` with full reorthogonalisation, started from a random
@@ -539,22 +613,38 @@ def hessian_top_eigenvalue(params: Params, X: ArrayLike, Y: ArrayLike, loss: str
     return theta, unravel(y)
 
 
-def sharpness(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *, key: Array,
-              num_iters: int = 100, tol: float = 1e-7,
-              row_weights: ArrayLike | None = None) -> float:
+def sharpness(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> float:
     """λ_max of the Hessian as a Python float: the "sharpness" of Cohen et al. (2021) (H11).
 
     The helper ``fit(..., track_sharpness=k, sharpness_data=(X_s, Y_s))`` calls every k-th
     epoch to fill ``history["sharpness"]``; compare it with 2/η.
     """
-    lam, _ = hessian_top_eigenvalue(params, X, Y, loss, key=key, num_iters=num_iters, tol=tol,
-                                    row_weights=row_weights)
+    lam, _ = hessian_top_eigenvalue(
+        params, X, Y, loss, key=key, num_iters=num_iters, tol=tol, row_weights=row_weights
+    )
     return float(lam)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "samples"))
-def hessian_trace_core(params: Params, X: Array, Y: Array, loss: str, key: Array,
-                       samples: int, row_weights: Array | None = None) -> tuple[Array, Array]:
+def hessian_trace_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    key: Array,
+    samples: int,
+    row_weights: Array | None = None,
+) -> tuple[Array, Array]:
     r"""Hutchinson's estimate (H12), unchecked: (mean of vᵀHv, each probe's vᵀHv (samples,))."""
     w = _weights(X, row_weights)
     flat, unravel = ravel_pytree(params)
@@ -568,9 +658,16 @@ def hessian_trace_core(params: Params, X: Array, Y: Array, loss: str, key: Array
     return jnp.mean(per_probe), per_probe
 
 
-def hessian_trace(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-                  key: Array, samples: int = 100,
-                  row_weights: ArrayLike | None = None) -> Array:
+def hessian_trace(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    samples: int = 100,
+    row_weights: ArrayLike | None = None,
+) -> Array:
     r"""Hutchinson estimate of tr(H) with Rademacher probes (H12).
 
     tr(H) ≈ (1/S) Σ_s v_sᵀ H v_s, v_s with independent ±1 entries (E[v vᵀ] = I, so each term
@@ -591,10 +688,17 @@ def hessian_trace(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
     return hessian_trace_core(params, X, Y, loss, key, s, w)[0]
 
 
-def network_max_stable_step_size(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-                                 key: Array | None = None, num_iters: int = 100,
-                                 tol: float = 1e-7,
-                                 row_weights: ArrayLike | None = None) -> float:
+def network_max_stable_step_size(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array | None = None,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> float:
     r"""2 / λ_max of the Hessian: the largest stable fixed step of full-batch gradient descent.
 
     Near params the loss is locally quadratic; one step multiplies the error along an
@@ -616,29 +720,35 @@ def network_max_stable_step_size(params: Params, X: ArrayLike, Y: ArrayLike, los
     """
     if key is None:
         key = jax.random.key(0)
-    lam = sharpness(params, X, Y, loss, key=key, num_iters=num_iters, tol=tol,
-                    row_weights=row_weights)
+    lam = sharpness(
+        params, X, Y, loss, key=key, num_iters=num_iters, tol=tol, row_weights=row_weights
+    )
     if not lam > 0.0:
-        raise ValueError(f"largest Hessian eigenvalue is {lam} <= 0: no fixed step size is "
-                         f"stable there")
+        raise ValueError(
+            f"largest Hessian eigenvalue is {lam} <= 0: no fixed step size is stable there"
+        )
     return 2.0 / lam
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
-def network_exact_step_size_core(params: Params, X: Array, Y: Array, loss: str,
-                                 row_weights: Array | None = None) -> Array:
+def network_exact_step_size_core(
+    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
+) -> Array:
     r"""η = gᵀg / gᵀHg along −g (S1), unchecked; g by the hand-derived backward."""
     w = _weights(X, row_weights)
     _, g = core.value_and_grads(params, X, Y, loss, row_weights=w)
     Hg = hvp_core(params, X, Y, loss, g, w)
     gg = sum(jnp.vdot(a, a) for a in jax.tree_util.tree_leaves(g))
-    gHg = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(g),
-                                             jax.tree_util.tree_leaves(Hg), strict=True))
+    gHg = sum(
+        jnp.vdot(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(Hg), strict=True)
+    )
     return gg / gHg  # (S1)
 
 
-def network_exact_step_size(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-                            row_weights: ArrayLike | None = None) -> float:
+def network_exact_step_size(
+    params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *, row_weights: ArrayLike | None = None
+) -> float:
     r"""The exact line-search step along −g for the local quadratic model: η = gᵀg / gᵀHg (S1).
 
     Minimises L(θ − η g) ≈ L − η gᵀg + ½η² gᵀHg over η; g by the manual backward, Hg by
@@ -654,6 +764,8 @@ def network_exact_step_size(params: Params, X: ArrayLike, Y: ArrayLike, loss: st
     X, Y, w = _check_common(params, X, Y, loss, row_weights)
     eta = float(network_exact_step_size_core(params, X, Y, loss, w))
     if not (math.isfinite(eta) and eta > 0.0):
-        raise ValueError(f"the exact step gᵀg/gᵀHg is {eta}: the curvature along the "
-                         f"gradient is not positive (or the gradient is zero)")
+        raise ValueError(
+            f"the exact step gᵀg/gᵀHg is {eta}: the curvature along the "
+            f"gradient is not positive (or the gradient is zero)"
+        )
     return eta

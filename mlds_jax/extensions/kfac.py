@@ -45,9 +45,16 @@ KFAC_KINDS = ("exact", "mc", "empirical")
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "kind", "mc_samples"))
-def kfac_factors_core(params: Params, X: Array, Y: Array, loss: str, row_weights: Array,
-                      kind: str = "exact", key: Array | None = None,
-                      mc_samples: int = 1) -> tuple[tuple[Array, Array], ...]:
+def kfac_factors_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array,
+    kind: str = "exact",
+    key: Array | None = None,
+    mc_samples: int = 1,
+) -> tuple[tuple[Array, Array], ...]:
     """Per layer (A_factor (d_in+1, d_in+1), G_factor (d_out, d_out)) (H13), (H14), unchecked."""
     w = row_weights.astype(X.dtype)
     cache = core.forward_cache(params, X)
@@ -78,9 +85,17 @@ def kfac_factors_core(params: Params, X: Array, Y: Array, loss: str, row_weights
     return tuple(out)
 
 
-def kfac_factors(params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *,
-                 kind: str = "exact", key: Array | None = None, mc_samples: int = 1,
-                 row_weights: ArrayLike | None = None) -> tuple[tuple[Array, Array], ...]:
+def kfac_factors(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    kind: str = "exact",
+    key: Array | None = None,
+    mc_samples: int = 1,
+    row_weights: ArrayLike | None = None,
+) -> tuple[tuple[Array, Array], ...]:
     r"""Kronecker factors (A_factor, G_factor) of every layer's GGN block (H13), (H14).
 
     Args:
