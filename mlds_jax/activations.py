@@ -222,8 +222,9 @@ class Activation:
     elementwise: bool = True
 
 
-def _elementwise(name: str, fn: Callable, prime: Callable, prime2: Callable,
-                 backward: Callable | None = None) -> Activation:
+def _elementwise(
+    name: str, fn: Callable, prime: Callable, prime2: Callable, backward: Callable | None = None
+) -> Activation:
     # dL/dZ = dL/dA ⊙ f'(Z), equation (B5)
     def times_prime(dA: Array, Z: Array) -> Array:
         return dA * prime(Z)

@@ -84,25 +84,39 @@ class GradCheckReport:
         return max(leaf.max_rel_autodiff for leaf in self.leaves)
 
     def __str__(self) -> str:
-        head = (f"gradient check: loss={self.loss!r} dtype={self.dtype} "
-                f"L={self.loss_value:.6g}\n")
+        head = f"gradient check: loss={self.loss!r} dtype={self.dtype} L={self.loss_value:.6g}\n"
         cols = ("leaf", "shape", "|man-auto|", "rel", "|man-fd|", "rel", "fd n", "ok")
         rows = [cols] + [
-            (leaf.name, "x".join(map(str, leaf.shape)), f"{leaf.max_abs_autodiff:.2e}",
-             f"{leaf.max_rel_autodiff:.2e}", f"{leaf.max_abs_fd:.2e}",
-             f"{leaf.max_rel_fd:.2e}", str(leaf.n_fd), "yes" if leaf.ok else "NO")
+            (
+                leaf.name,
+                "x".join(map(str, leaf.shape)),
+                f"{leaf.max_abs_autodiff:.2e}",
+                f"{leaf.max_rel_autodiff:.2e}",
+                f"{leaf.max_abs_fd:.2e}",
+                f"{leaf.max_rel_fd:.2e}",
+                str(leaf.n_fd),
+                "yes" if leaf.ok else "NO",
+            )
             for leaf in self.leaves
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        verdict = (f"PASS: manual gradients match jax.grad (rtol {self.rtol_autodiff:g}) and "
-                   f"central differences (rtol {self.rtol_fd:g})" if self.ok else
-                   "FAIL: some leaves disagree (rows marked NO)")
+        verdict = (
+            f"PASS: manual gradients match jax.grad (rtol {self.rtol_autodiff:g}) and "
+            f"central differences (rtol {self.rtol_fd:g})"
+            if self.ok
+            else "FAIL: some leaves disagree (rows marked NO)"
+        )
         return head + "\n".join(lines) + "\n" + verdict
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "dtype": self.dtype, "loss_value": self.loss_value,
-                "ok": self.ok, "leaves": [dataclasses.asdict(leaf) for leaf in self.leaves]}
+        return {
+            "loss": self.loss,
+            "dtype": self.dtype,
+            "loss_value": self.loss_value,
+            "ok": self.ok,
+            "leaves": [dataclasses.asdict(leaf) for leaf in self.leaves],
+        }
 
 
 def _leaf_names(params: Params) -> list[str]:
@@ -163,10 +177,10 @@ def check_grads(
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
         # already validated above: only the casts remain
         X64 = jnp.asarray(np.asarray(X), jnp.float64)
-        Y64 = validation.prepare_targets(np.asarray(Y), loss, params[-1].W.shape[1],
-                                         X64.shape[0], jnp.float64)
-        value, manual = jax.jit(
-            lambda p: core.value_and_grads(p, X64, Y64, loss, fused=fused))(p64)
+        Y64 = validation.prepare_targets(
+            np.asarray(Y), loss, params[-1].W.shape[1], X64.shape[0], jnp.float64
+        )
+        value, manual = jax.jit(lambda p: core.value_and_grads(p, X64, Y64, loss, fused=fused))(p64)
         auto = jax.jit(jax.grad(lambda p: core.batch_loss(p, X64, Y64, loss)))(p64)
         loss_fn = jax.jit(lambda p: core.batch_loss(p, X64, Y64, loss))
         leaves_p, treedef = jax.tree_util.tree_flatten(p64)
@@ -179,8 +193,11 @@ def check_grads(
             abs_a = float(np.max(np.abs(m - a))) if m.size else 0.0
             scale_a = float(np.max(np.abs(a))) if a.size else 0.0
             n = m.size
-            idx = (np.arange(n) if n <= max_fd_entries
-                   else np.sort(rng.choice(n, size=max_fd_entries, replace=False)))
+            idx = (
+                np.arange(n)
+                if n <= max_fd_entries
+                else np.sort(rng.choice(n, size=max_fd_entries, replace=False))
+            )
             fd = np.empty(idx.size)
             base = np.asarray(leaves_p[k])
             for j, flat in enumerate(idx):
@@ -195,9 +212,19 @@ def check_grads(
             m_sel = m.reshape(-1)[idx]
             abs_fd = float(np.max(np.abs(m_sel - fd))) if idx.size else 0.0
             scale_fd = float(np.max(np.abs(fd))) if idx.size else 0.0
-            ok = (abs_a <= rtol_autodiff * max(scale_a, 1e-3)
-                  and abs_fd <= rtol_fd * max(scale_fd, 1e-3))
-            rows.append(LeafCheck(name, tuple(m.shape), abs_a, _rel(abs_a, scale_a), abs_fd,
-                                  _rel(abs_fd, scale_fd), int(idx.size), bool(ok)))
-        return GradCheckReport(loss, "float64", float(value), tuple(rows), rtol_autodiff,
-                               rtol_fd)
+            ok = abs_a <= rtol_autodiff * max(scale_a, 1e-3) and abs_fd <= rtol_fd * max(
+                scale_fd, 1e-3
+            )
+            rows.append(
+                LeafCheck(
+                    name,
+                    tuple(m.shape),
+                    abs_a,
+                    _rel(abs_a, scale_a),
+                    abs_fd,
+                    _rel(abs_fd, scale_fd),
+                    int(idx.size),
+                    bool(ok),
+                )
+            )
+        return GradCheckReport(loss, "float64", float(value), tuple(rows), rtol_autodiff, rtol_fd)

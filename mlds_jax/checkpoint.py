@@ -95,8 +95,9 @@ def _leaf_key(i: int, name: str) -> str:
 
 
 def _canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=True).encode("ascii")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True
+    ).encode("ascii")
 
 
 def _content_digest(header: Mapping[str, Any], leaves: list[tuple[str, np.ndarray]]) -> str:
@@ -188,12 +189,15 @@ def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> tuple[list, 
         for name in ("W", "b"):
             leaf = getattr(layer, name)
             if isinstance(leaf, Tracer):
-                raise TypeError(f"params[{i}].{name} is a JAX tracer: save concrete params, "
-                                f"outside jit/grad")
+                raise TypeError(
+                    f"params[{i}].{name} is a JAX tracer: save concrete params, outside jit/grad"
+                )
             arr = np.asarray(leaf)
             if arr.dtype.name not in _DTYPES:
-                raise TypeError(f"params[{i}].{name} has dtype {arr.dtype}; checkpoints hold "
-                                f"{list(_DTYPES)} (cast with .astype)")
+                raise TypeError(
+                    f"params[{i}].{name} has dtype {arr.dtype}; checkpoints hold "
+                    f"{list(_DTYPES)} (cast with .astype)"
+                )
             if not allow_nonfinite:
                 bad = ~np.isfinite(arr)
                 if bad.any():
@@ -201,7 +205,8 @@ def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> tuple[list, 
                     raise ValueError(
                         f"refusing to save checkpoint {target}: params[{i}].{name} has "
                         f"{int(bad.sum())} non-finite value(s), first {arr[idx]} at index "
-                        f"{idx}; pass allow_nonfinite=True to save it anyway")
+                        f"{idx}; pass allow_nonfinite=True to save it anyway"
+                    )
             dtypes.add(arr.dtype.name)
             little = np.dtype(arr.dtype.name).newbyteorder("<")
             leaves.append((_leaf_key(i, name), np.ascontiguousarray(arr, dtype=little)))
@@ -226,11 +231,15 @@ def atomic_write(target: str, data: bytes) -> None:
     file (if any) is untouched and the temporary file is removed."""
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
-        raise FileNotFoundError(errno.ENOENT, f"cannot save checkpoint {target}: directory "
-                                f"{parent} does not exist", target)
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot save checkpoint {target}: directory {parent} does not exist",
+            target,
+        )
     if os.path.isdir(target):
-        raise IsADirectoryError(errno.EISDIR, f"cannot save checkpoint {target}: it is a "
-                                f"directory", target)
+        raise IsADirectoryError(
+            errno.EISDIR, f"cannot save checkpoint {target}: it is a directory", target
+        )
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     base = os.path.basename(target)
     for _ in range(100):
@@ -241,14 +250,25 @@ def atomic_write(target: str, data: bytes) -> None:
         except FileExistsError:
             continue
         except PermissionError as exc:
-            raise PermissionError(exc.errno, f"cannot save checkpoint {target}: directory "
-                                  f"{parent} is not writable ({exc.strerror})", target) from exc
+            raise PermissionError(
+                exc.errno,
+                f"cannot save checkpoint {target}: directory "
+                f"{parent} is not writable ({exc.strerror})",
+                target,
+            ) from exc
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot save checkpoint {target}: could not create a "
-                          f"temporary file in {parent} ({exc.strerror})", target) from exc
+            raise OSError(
+                exc.errno,
+                f"cannot save checkpoint {target}: could not create a "
+                f"temporary file in {parent} ({exc.strerror})",
+                target,
+            ) from exc
     else:  # pragma: no cover - 100 random-name collisions
-        raise FileExistsError(errno.EEXIST, f"cannot save checkpoint {target}: no free "
-                              f"temporary file name in {parent}", target)
+        raise FileExistsError(
+            errno.EEXIST,
+            f"cannot save checkpoint {target}: no free temporary file name in {parent}",
+            target,
+        )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -328,24 +348,36 @@ def _check_header(header: Any) -> None:
         raise _CkError(f"{corrupt}is not a JSON object")
     fmt = header.get("format")
     if fmt != FORMAT_NAME:
-        raise _CkError(f"is not an mlds_jax checkpoint: header format is {fmt!r}, expected "
-                       f"{FORMAT_NAME!r}")
+        raise _CkError(
+            f"is not an mlds_jax checkpoint: header format is {fmt!r}, expected {FORMAT_NAME!r}"
+        )
     version = header.get("format_version")
     if not _is_int(version):
         raise _CkError(f"{corrupt}format_version is {version!r}, not an int")
     if version > FORMAT_VERSION:
-        raise _CkError(f"has format version {version}, newer than this mlds_jax reads "
-                       f"({FORMAT_VERSION}); upgrade mlds_jax")
+        raise _CkError(
+            f"has format version {version}, newer than this mlds_jax reads "
+            f"({FORMAT_VERSION}); upgrade mlds_jax"
+        )
     if version < 1:
         raise _CkError(f"has unsupported format version {version}")
-    for field, kind in (("library_version", str), ("n_layers", int), ("layer_sizes", list),
-                        ("activations", list), ("dtype", str), ("byteorder", str),
-                        ("leaves", list), ("metadata", dict), ("sha256", str)):
+    for field, kind in (
+        ("library_version", str),
+        ("n_layers", int),
+        ("layer_sizes", list),
+        ("activations", list),
+        ("dtype", str),
+        ("byteorder", str),
+        ("leaves", list),
+        ("metadata", dict),
+        ("sha256", str),
+    ):
         if field not in header:
             raise _CkError(f"{corrupt}lacks the field {field!r}")
         if not isinstance(header[field], kind) or isinstance(header[field], bool):
-            raise _CkError(f"{corrupt}field {field!r} should be {kind.__name__}, got "
-                           f"{header[field]!r}")
+            raise _CkError(
+                f"{corrupt}field {field!r} should be {kind.__name__}, got {header[field]!r}"
+            )
     n_layers, sizes, acts = header["n_layers"], header["layer_sizes"], header["activations"]
     if n_layers < 1:
         raise _CkError(f"{corrupt}has n_layers = {n_layers}")
@@ -355,11 +387,14 @@ def _check_header(header: Any) -> None:
         raise _CkError(f"{corrupt}activations {acts!r} is not {n_layers} names")
     for i, act in enumerate(acts):
         if act not in ACTIVATIONS:
-            raise _CkError(f"is invalid: layer {i} has unknown activation {act!r}; valid: "
-                           f"{list(ACTIVATIONS)}")
+            raise _CkError(
+                f"is invalid: layer {i} has unknown activation {act!r}; valid: {list(ACTIVATIONS)}"
+            )
         if i < n_layers - 1 and act not in HIDDEN_ACTIVATIONS:
-            raise _CkError(f"is invalid: hidden layer {i} has activation {act!r}, allowed only "
-                           f"on the output layer")
+            raise _CkError(
+                f"is invalid: hidden layer {i} has activation {act!r}, allowed only "
+                f"on the output layer"
+            )
     if header["dtype"] not in _DTYPES:
         raise _CkError(f"is invalid: dtype {header['dtype']!r} is not one of {list(_DTYPES)}")
     if header["byteorder"] != "little":
@@ -368,16 +403,21 @@ def _check_header(header: Any) -> None:
     if len(leaves) != 2 * n_layers:
         raise _CkError(f"{corrupt}lists {len(leaves)} leaves for {n_layers} layers")
     for i in range(n_layers):
-        expected = ((_leaf_key(i, "W"), [sizes[i], sizes[i + 1]]),
-                    (_leaf_key(i, "b"), [sizes[i + 1]]))
-        for entry, (key, shape) in zip(leaves[2 * i:2 * i + 2], expected, strict=True):
+        expected = (
+            (_leaf_key(i, "W"), [sizes[i], sizes[i + 1]]),
+            (_leaf_key(i, "b"), [sizes[i + 1]]),
+        )
+        for entry, (key, shape) in zip(leaves[2 * i : 2 * i + 2], expected, strict=True):
             if not isinstance(entry, dict) or entry.get("key") != key:
-                raise _CkError(f"{corrupt}leaf list is out of order: expected {key!r}, got "
-                               f"{entry!r}")
+                raise _CkError(
+                    f"{corrupt}leaf list is out of order: expected {key!r}, got {entry!r}"
+                )
             if entry.get("shape") != shape:
-                raise _CkError(f"is invalid: header gives {key} the shape {entry.get('shape')!r}"
-                               f" but layer_sizes {sizes} need {shape} (shapes must chain: W_i "
-                               f"fan_out == W_(i+1) fan_in, b_i == fan_out)")
+                raise _CkError(
+                    f"is invalid: header gives {key} the shape {entry.get('shape')!r}"
+                    f" but layer_sizes {sizes} need {shape} (shapes must chain: W_i "
+                    f"fan_out == W_(i+1) fan_in, b_i == fan_out)"
+                )
     digest = header["sha256"]
     if len(digest) != _DIGEST_LEN or any(c not in "0123456789abcdef" for c in digest):
         raise _CkError(f"{corrupt}sha256 {digest!r} is not a hex digest")
@@ -389,10 +429,12 @@ def _entry(npz, key: str) -> np.ndarray:
         return npz[key]
     except Exception as exc:
         if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
-            raise _CkError(f"is invalid: entry {key!r} holds pickled Python objects, which are "
-                           f"never loaded") from None
-        raise _CkError(f"is corrupt: entry {key!r} is unreadable ({type(exc).__name__}: "
-                       f"{exc})") from None
+            raise _CkError(
+                f"is invalid: entry {key!r} holds pickled Python objects, which are never loaded"
+            ) from None
+        raise _CkError(
+            f"is corrupt: entry {key!r} is unreadable ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _read_header(npz) -> dict:
@@ -414,44 +456,54 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
         raise _CkError("is empty (0 bytes): not an mlds_jax checkpoint")
     if not raw.startswith(_ZIP_MAGIC):
         if raw.startswith(b"\x93NUMPY"):
-            raise _CkError("is not an mlds_jax checkpoint: it is a single .npy array, not a "
-                           ".npz archive")
-        raise _CkError("is not an mlds_jax checkpoint: not a .npz (zip) archive (other files, "
-                       "pickles included, are never loaded)")
-    tail = raw[-(len(_SIGNATURE) + _DIGEST_LEN):]
+            raise _CkError(
+                "is not an mlds_jax checkpoint: it is a single .npy array, not a .npz archive"
+            )
+        raise _CkError(
+            "is not an mlds_jax checkpoint: not a .npz (zip) archive (other files, "
+            "pickles included, are never loaded)"
+        )
+    tail = raw[-(len(_SIGNATURE) + _DIGEST_LEN) :]
     signed = len(raw) > len(tail) and tail.startswith(_SIGNATURE)
     if signed:
         body, digest = raw[:-_DIGEST_LEN], raw[-_DIGEST_LEN:]
         if hashlib.sha256(body).hexdigest().encode("ascii") != digest:
-            raise _CkError("is corrupt: checksum mismatch (its bytes changed after it was "
-                           "saved)")
+            raise _CkError("is corrupt: checksum mismatch (its bytes changed after it was saved)")
     try:
         npz = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as exc:
-        raise _CkError(f"is corrupt or truncated: not a readable .npz archive "
-                       f"({type(exc).__name__}: {exc})") from None
+        raise _CkError(
+            f"is corrupt or truncated: not a readable .npz archive ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise _CkError("is not an mlds_jax checkpoint: not a .npz archive")
     with npz:
         if _HEADER_KEY not in npz.files:
-            raise _CkError(f"is not an mlds_jax checkpoint: no {_HEADER_KEY!r} entry (a plain "
-                           f".npz?); entries: {sorted(npz.files)[:10]}")
+            raise _CkError(
+                f"is not an mlds_jax checkpoint: no {_HEADER_KEY!r} entry (a plain "
+                f".npz?); entries: {sorted(npz.files)[:10]}"
+            )
         header = _read_header(npz)
         _check_header(header)
         if not signed:
-            raise _CkError("is corrupt: the archive checksum is missing (truncated, or "
-                           "re-packed by another tool)")
+            raise _CkError(
+                "is corrupt: the archive checksum is missing (truncated, or "
+                "re-packed by another tool)"
+            )
         sizes = header["layer_sizes"]  # validated ints; the leaf shapes were checked against it
         expected = []
         for i in range(header["n_layers"]):
-            expected += [(_leaf_key(i, "W"), (sizes[i], sizes[i + 1])),
-                         (_leaf_key(i, "b"), (sizes[i + 1],))]
+            expected += [
+                (_leaf_key(i, "W"), (sizes[i], sizes[i + 1])),
+                (_leaf_key(i, "b"), (sizes[i + 1],)),
+            ]
         keys = {key for key, _ in expected} | {_HEADER_KEY}
         if set(npz.files) != keys:
             missing = sorted(keys - set(npz.files))
             extra = sorted(set(npz.files) - keys)
             problems = ([f"missing entries {missing}"] if missing else []) + (
-                [f"unexpected entries {extra}"] if extra else [])
+                [f"unexpected entries {extra}"] if extra else []
+            )
             raise _CkError(f"is corrupt: {', '.join(problems)}")
         dtype = np.dtype(header["dtype"]).newbyteorder("<")
         leaves = []
@@ -459,27 +511,33 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
             nbytes = math.prod(shape) * dtype.itemsize
             size = npz.zip.getinfo(key + ".npy").file_size  # type: ignore[union-attr]
             if not nbytes < size <= nbytes + _NPY_HEADER_SLACK:
-                raise _CkError(f"is corrupt: entry {key} is {size} bytes, but a {shape} "
-                               f"{dtype.name} array needs {nbytes} plus a small header")
+                raise _CkError(
+                    f"is corrupt: entry {key} is {size} bytes, but a {shape} "
+                    f"{dtype.name} array needs {nbytes} plus a small header"
+                )
             arr = _entry(npz, key)
             if arr.dtype.hasobject or arr.dtype != dtype:
-                raise _CkError(f"is invalid: {key} has dtype {arr.dtype}, header says "
-                               f"{header['dtype']}")
+                raise _CkError(
+                    f"is invalid: {key} has dtype {arr.dtype}, header says {header['dtype']}"
+                )
             if arr.shape != shape:
                 raise _CkError(f"is invalid: {key} has shape {arr.shape}, header says {shape}")
             leaves.append((key, arr))
     if _content_digest(header, leaves) != header["sha256"]:
-        raise _CkError("is corrupt: checksum mismatch (header and arrays disagree with the "
-                       "stored sha256)")
+        raise _CkError(
+            "is corrupt: checksum mismatch (header and arrays disagree with the stored sha256)"
+        )
     return header, leaves
 
 
 @overload
-def load(path: str | os.PathLike, *, return_metadata: Literal[False] = False,
-         dtype=None) -> Params: ...
+def load(
+    path: str | os.PathLike, *, return_metadata: Literal[False] = False, dtype=None
+) -> Params: ...
 @overload
-def load(path: str | os.PathLike, *, return_metadata: Literal[True],
-         dtype=None) -> tuple[Params, dict[str, Any]]: ...
+def load(
+    path: str | os.PathLike, *, return_metadata: Literal[True], dtype=None
+) -> tuple[Params, dict[str, Any]]: ...
 def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
     """Read a checkpoint written by :func:`save` and rebuild the params.
 
@@ -514,15 +572,18 @@ def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
     except _CkError as exc:
         raise ValueError(f"checkpoint {target} {exc}") from None
     except Exception as exc:  # anything numpy/zipfile raise on malformed input
-        raise ValueError(f"checkpoint {target} is corrupt or not an mlds_jax checkpoint "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"checkpoint {target} is corrupt or not an mlds_jax checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
     out = np.dtype(header["dtype"]) if dtype is None else validation.float_dtype(dtype)
     if out == np.float64 and not _x64_enabled():
         raise ValueError(
             f"checkpoint {target}: loading float64 parameters needs JAX's x64 mode, which is "
             f"off; enable it (jax.config.update('jax_enable_x64', True)) or load with "
-            f"dtype=np.float32")
+            f"dtype=np.float32"
+        )
     arrays = [jnp.asarray(arr.astype(out)) for _, arr in leaves]
     params = tuple(
         Dense(W=arrays[2 * i], b=arrays[2 * i + 1], activation=act)

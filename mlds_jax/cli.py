@@ -41,7 +41,8 @@ def _int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 128,64, got {text!r}") from None
+            f"expected comma-separated integers like 128,64, got {text!r}"
+        ) from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
     return values
@@ -82,70 +83,137 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    t = sub.add_parser("train", help="train an MLP on a bundled data set (default: digits)",
-                       description="Train an MLP with hand-derived gradients and report its "
-                       "test score.  With no options: digits, 64-128-64-10 relu/softmax, adam.")
-    t.add_argument("--dataset", default="digits", choices=sorted(DATASETS),
-                   help="bundled or generated data set (default: digits)")
-    t.add_argument("--hidden-sizes", type=_int_list, default=[128, 64], metavar="H1,H2",
-                   help="hidden layer widths (default: 128,64)")
-    t.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS,
-                   help="hidden activation (default: relu)")
-    t.add_argument("--loss", default=None, choices=sorted(LOSSES),
-                   help="loss (default: the data set's: cross_entropy, binary_cross_entropy "
-                   "or mse)")
-    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
-                   help="optax optimizer (default: adam)")
-    t.add_argument("--lr", type=_positive(float), default=None,
-                   help="learning rate (default: sgd 0.1, momentum 0.05, adam 0.001)")
+    t = sub.add_parser(
+        "train",
+        help="train an MLP on a bundled data set (default: digits)",
+        description="Train an MLP with hand-derived gradients and report its "
+        "test score.  With no options: digits, 64-128-64-10 relu/softmax, adam.",
+    )
+    t.add_argument(
+        "--dataset",
+        default="digits",
+        choices=sorted(DATASETS),
+        help="bundled or generated data set (default: digits)",
+    )
+    t.add_argument(
+        "--hidden-sizes",
+        type=_int_list,
+        default=[128, 64],
+        metavar="H1,H2",
+        help="hidden layer widths (default: 128,64)",
+    )
+    t.add_argument(
+        "--activation",
+        default="relu",
+        choices=HIDDEN_ACTIVATIONS,
+        help="hidden activation (default: relu)",
+    )
+    t.add_argument(
+        "--loss",
+        default=None,
+        choices=sorted(LOSSES),
+        help="loss (default: the data set's: cross_entropy, binary_cross_entropy or mse)",
+    )
+    t.add_argument(
+        "--optimizer", default="adam", choices=OPTIMIZERS, help="optax optimizer (default: adam)"
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive(float),
+        default=None,
+        help="learning rate (default: sgd 0.1, momentum 0.05, adam 0.001)",
+    )
     t.add_argument("--epochs", type=_positive(int), default=30, help="epochs (default: 30)")
-    t.add_argument("--batch-size", type=_positive(int), default=32,
-                   help="minibatch size (default: 32)")
-    t.add_argument("--grads", default="manual", choices=("manual", "autodiff"),
-                   help="gradient source (default: manual, the hand-derived backprop)")
+    t.add_argument(
+        "--batch-size", type=_positive(int), default=32, help="minibatch size (default: 32)"
+    )
+    t.add_argument(
+        "--grads",
+        default="manual",
+        choices=("manual", "autodiff"),
+        help="gradient source (default: manual, the hand-derived backprop)",
+    )
     t.add_argument("--seed", type=_seed, default=0, help="seed for init, split and shuffles")
     t.add_argument("--test-size", type=float, default=0.2, help="test fraction (default: 0.2)")
-    t.add_argument("--early-stopping", type=_positive(int), default=None, metavar="PATIENCE",
-                   help="stop when the test-split loss stalls for PATIENCE epochs")
-    t.add_argument("--out", default=None, metavar="DIR",
-                   help="write model.npz, history.json, history.csv and curves.png here")
-    t.add_argument("--data-parallel", action="store_true",
-                   help="shard every minibatch over all local devices (jax.sharding mesh)")
+    t.add_argument(
+        "--early-stopping",
+        type=_positive(int),
+        default=None,
+        metavar="PATIENCE",
+        help="stop when the test-split loss stalls for PATIENCE epochs",
+    )
+    t.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write model.npz, history.json, history.csv and curves.png here",
+    )
+    t.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="shard every minibatch over all local devices (jax.sharding mesh)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch log")
     _add_cache_flag(t)
 
-    g = sub.add_parser("gradcheck", help="manual vs jax.grad vs finite differences",
-                       description="Compare hand-derived gradients with jax.grad and central "
-                       "differences in float64, per leaf.  Exit status 1 if any leaf fails.")
-    g.add_argument("--sizes", type=_int_list, default=[5, 7, 4, 3], metavar="N0,...,NL",
-                   help="layer sizes including input and output (default: 5,7,4,3)")
+    g = sub.add_parser(
+        "gradcheck",
+        help="manual vs jax.grad vs finite differences",
+        description="Compare hand-derived gradients with jax.grad and central "
+        "differences in float64, per leaf.  Exit status 1 if any leaf fails.",
+    )
+    g.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=[5, 7, 4, 3],
+        metavar="N0,...,NL",
+        help="layer sizes including input and output (default: 5,7,4,3)",
+    )
     g.add_argument("--activation", default="sigmoid", choices=HIDDEN_ACTIVATIONS)
     g.add_argument("--output", default="softmax", choices=OUTPUT_ACTIVATIONS)
-    g.add_argument("--loss", default=None, choices=sorted(LOSSES),
-                   help="default: cross_entropy for softmax, binary_cross_entropy for sigmoid, "
-                   "else half_squared_error")
+    g.add_argument(
+        "--loss",
+        default=None,
+        choices=sorted(LOSSES),
+        help="default: cross_entropy for softmax, binary_cross_entropy for sigmoid, "
+        "else half_squared_error",
+    )
     g.add_argument("--batch", type=_positive(int), default=8, help="rows of random data")
-    g.add_argument("--general", action="store_true",
-                   help="check the general chain-rule output δ instead of the fused one")
+    g.add_argument(
+        "--general",
+        action="store_true",
+        help="check the general chain-rule output δ instead of the fused one",
+    )
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--json", action="store_true", help="print the report as JSON")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a data set's test split")
     e.add_argument("--checkpoint", required=True, metavar="PATH")
-    e.add_argument("--dataset", default=None, choices=sorted(DATASETS),
-                   help="default: the data set recorded in the checkpoint")
+    e.add_argument(
+        "--dataset",
+        default=None,
+        choices=sorted(DATASETS),
+        help="default: the data set recorded in the checkpoint",
+    )
     e.add_argument("--loss", default=None, choices=sorted(LOSSES))
-    e.add_argument("--seed", type=_seed, default=None,
-                   help="split seed (default: the one recorded in the checkpoint)")
+    e.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        help="split seed (default: the one recorded in the checkpoint)",
+    )
     e.add_argument("--test-size", type=float, default=None)
     _add_cache_flag(e)
     return parser
 
 
 def _add_cache_flag(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--no-compilation-cache", action="store_true",
-                     help="do not read or write the persistent compilation cache "
-                     "($MLDS_JAX_CACHE_DIR, default ~/.cache/mlds-jax/jax)")
+    sub.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not read or write the persistent compilation cache "
+        "($MLDS_JAX_CACHE_DIR, default ~/.cache/mlds-jax/jax)",
+    )
 
 
 def _enable_cache(args) -> None:
@@ -184,11 +252,11 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
     from mlds_jax.checkpoint import atomic_write
 
     payload = {"summary": summary, "history": {k: list(v) for k, v in history.items()}}
-    atomic_write(os.path.join(out, "history.json"),
-                        json.dumps(payload, indent=2).encode())
+    atomic_write(os.path.join(out, "history.json"), json.dumps(payload, indent=2).encode())
     keys = list(history)
-    rows = [["epoch", *keys]] + [[i + 1, *(history[k][i] for k in keys)]
-                                 for i in range(len(history.get("loss", [])))]
+    rows = [["epoch", *keys]] + [
+        [i + 1, *(history[k][i] for k in keys)] for i in range(len(history.get("loss", [])))
+    ]
     import io
 
     buf = io.StringIO()
@@ -200,8 +268,9 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     try:
         import matplotlib
     except ModuleNotFoundError:
-        raise ImportError("writing curves.png needs matplotlib: pip install "
-                          "'mlds-jax[plot]'") from None
+        raise ImportError(
+            "writing curves.png needs matplotlib: pip install 'mlds-jax[plot]'"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -268,30 +337,58 @@ def cmd_train(args) -> int:
     Y_train, Y_test = ds.targets("train"), ds.targets("test")
     device = jax.devices()[0]
     mesh = mj.data_parallel_mesh(jax.local_devices()) if args.data_parallel else None
-    where = (f"{len(jax.local_devices())} {device.platform.upper()} devices (data parallel)"
-             if mesh is not None else f"{device.platform.upper()} ({device.device_kind})")
-    print(f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train)} train / {len(ds.X_test)} "
-          f"test rows), MLP {'-'.join(map(str, sizes))} {args.activation}/{output}, loss {loss}, "
-          f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
-          f"on {where}", flush=True)
+    where = (
+        f"{len(jax.local_devices())} {device.platform.upper()} devices (data parallel)"
+        if mesh is not None
+        else f"{device.platform.upper()} ({device.device_kind})"
+    )
+    print(
+        f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train)} train / {len(ds.X_test)} "
+        f"test rows), MLP {'-'.join(map(str, sizes))} {args.activation}/{output}, loss {loss}, "
+        f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
+        f"on {where}",
+        flush=True,
+    )
     interactive = not args.no_progress and sys.stderr.isatty()
     log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
     t0 = time.perf_counter()
     params, history = mj.fit(
-        params, ds.X_train, Y_train, loss=loss, optimizer=_optimizer(args.optimizer, lr),
-        epochs=args.epochs, batch_size=args.batch_size, key=key_fit,
-        validation_data=(ds.X_test, Y_test), grads=args.grads,
-        early_stopping=args.early_stopping, progress=interactive, on_epoch_end=log, mesh=mesh)
+        params,
+        ds.X_train,
+        Y_train,
+        loss=loss,
+        optimizer=_optimizer(args.optimizer, lr),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=key_fit,
+        validation_data=(ds.X_test, Y_test),
+        grads=args.grads,
+        early_stopping=args.early_stopping,
+        progress=interactive,
+        on_epoch_end=log,
+        mesh=mesh,
+    )
     seconds = time.perf_counter() - t0
     scores = mj.evaluate(params, ds.X_test, Y_test, loss)
     n_epochs = len(history.get("loss", []))
-    summary = {"dataset": ds.name, "sizes": sizes, "activation": args.activation,
-               "output": output, "loss": loss, "optimizer": args.optimizer, "lr": lr,
-               "batch_size": args.batch_size, "grads": args.grads, "seed": args.seed,
-               "test_size": args.test_size, "epochs_run": n_epochs,
-               "data_parallel_devices": len(jax.local_devices()) if mesh is not None else 1,
-               "stop_reason": history.stop_reason, "train_seconds": round(seconds, 3),
-               **{f"test_{k}": v for k, v in scores.items()}}
+    summary = {
+        "dataset": ds.name,
+        "sizes": sizes,
+        "activation": args.activation,
+        "output": output,
+        "loss": loss,
+        "optimizer": args.optimizer,
+        "lr": lr,
+        "batch_size": args.batch_size,
+        "grads": args.grads,
+        "seed": args.seed,
+        "test_size": args.test_size,
+        "epochs_run": n_epochs,
+        "data_parallel_devices": len(jax.local_devices()) if mesh is not None else 1,
+        "stop_reason": history.stop_reason,
+        "train_seconds": round(seconds, 3),
+        **{f"test_{k}": v for k, v in scores.items()},
+    }
     shown = "  ".join(f"test {k} {v:.4f}" for k, v in scores.items())
     print(f"trained {n_epochs} epochs in {seconds:.1f} s ({history.stop_reason}); {shown}")
     if out:
@@ -312,8 +409,9 @@ def cmd_gradcheck(args) -> int:
     loss = args.loss or default_loss_for(args.output)
     if len(args.sizes) < 2:
         raise UsageError("--sizes needs at least two sizes (input and output)")
-    params = mj.init_mlp(jax.random.key(args.seed), args.sizes, hidden=args.activation,
-                         output=args.output)
+    params = mj.init_mlp(
+        jax.random.key(args.seed), args.sizes, hidden=args.activation, output=args.output
+    )
     rng = np.random.default_rng(args.seed)
     X = rng.normal(size=(args.batch, args.sizes[0]))
     k = args.sizes[-1]
@@ -344,8 +442,10 @@ def cmd_evaluate(args) -> int:
     loss = args.loss or meta.get("loss") or ds.default_loss
     scores = mj.evaluate(params, ds.X_test, ds.targets("test"), loss)
     sizes = "-".join(map(str, mj.layer_sizes(params)))
-    print(f"{args.checkpoint}: MLP {sizes} on {name} test split ({len(ds.X_test)} rows): "
-          + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    print(
+        f"{args.checkpoint}: MLP {sizes} on {name} test split ({len(ds.X_test)} rows): "
+        + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    )
     return 0
 
 

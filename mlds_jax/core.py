@@ -119,14 +119,14 @@ def loss_terms(cache: ForwardCache, Y: Array, loss: str) -> Array:
     return get_loss(loss).terms(cache.Zs[-1], cache.As[-1], Y)
 
 
-def loss_value(cache: ForwardCache, Y: Array, loss: str,
-               row_weights: Array | None = None) -> Array:
+def loss_value(cache: ForwardCache, Y: Array, loss: str, row_weights: Array | None = None) -> Array:
     """L = Σ_n w_n ℓ_n (L1) from a forward cache; scalar."""
     return get_loss(loss).value(cache.Zs[-1], cache.As[-1], Y, row_weights)
 
 
-def batch_loss(params: Params, X: Array, Y: Array, loss: str,
-               row_weights: Array | None = None) -> Array:
+def batch_loss(
+    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
+) -> Array:
     """L(params) = Σ_n w_n ℓ_n: the function ``jax.grad`` differentiates; scalar."""
     return loss_value(forward_cache(params, X), Y, loss, row_weights)
 
@@ -239,8 +239,9 @@ def backward(
     delta: dict[int, Array] = {}
     dW: dict[int, Array] = {}
     db: dict[int, Array] = {}
-    delta[L] = output_delta(cache, Y, loss, layer(L).activation, fused=fused,
-                            row_weights=row_weights)
+    delta[L] = output_delta(
+        cache, Y, loss, layer(L).activation, fused=fused, row_weights=row_weights
+    )
     for l in range(L, 0, -1):
         dW[l], db[l], dA_prev = layer_backward(delta[l], A[l - 1], layer(l).W)  # (B2)-(B4)
         if l > 1:
@@ -271,10 +272,18 @@ def value_grads_output(
     if method == "manual":
         cache = forward_cache(params, X)
         value = loss_value(cache, Y, loss, row_weights)
-        grads = backward(params, cache, Y, loss, fused=fused, row_weights=row_weights,
-                         layer_backward=layer_backward).grads
+        grads = backward(
+            params,
+            cache,
+            Y,
+            loss,
+            fused=fused,
+            row_weights=row_weights,
+            layer_backward=layer_backward,
+        ).grads
         return value, grads, cache.As[-1]
     if method == "autodiff":
+
         def value_and_output(p):
             cache = forward_cache(p, X)
             return loss_value(cache, Y, loss, row_weights), cache.As[-1]
@@ -295,7 +304,7 @@ def value_and_grads(
     fused: bool = True,
 ) -> tuple[Array, Params]:
     """(L, ∂L/∂params) by the hand-derived backward (``"manual"``) or ``jax.grad``."""
-    value, grads, _ = value_grads_output(params, X, Y, loss, row_weights=row_weights,
-                                         method=method, fused=fused)
+    value, grads, _ = value_grads_output(
+        params, X, Y, loss, row_weights=row_weights, method=method, fused=fused
+    )
     return value, grads
-

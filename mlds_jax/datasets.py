@@ -138,10 +138,12 @@ def _moons() -> _Raw:
 def _blobs() -> _Raw:
     from sklearn.datasets import make_blobs
 
-    blobs = make_blobs(n_samples=1000, centers=3, n_features=2, cluster_std=1.5,
-                       random_state=_GENERATOR_SEED)
-    return _Raw(np.asarray(blobs[0], np.float64), np.asarray(blobs[1]), ("0", "1", "2"),
-                ("x1", "x2"))
+    blobs = make_blobs(
+        n_samples=1000, centers=3, n_features=2, cluster_std=1.5, random_state=_GENERATOR_SEED
+    )
+    return _Raw(
+        np.asarray(blobs[0], np.float64), np.asarray(blobs[1]), ("0", "1", "2"), ("x1", "x2")
+    )
 
 
 def _xor() -> _Raw:
@@ -159,37 +161,109 @@ def _regression() -> _Raw:
 
 
 _LOADERS: dict[str, tuple[Callable[[], _Raw], DatasetInfo]] = {
-    "digits": (_digits, DatasetInfo(
-        "digits", "multiclass", 1797, 64, 10,
-        "8x8 images of handwritten digits 0-9, pixel values 0-16 (sklearn load_digits)")),
-    "breast_cancer": (_breast_cancer, DatasetInfo(
-        "breast_cancer", "binary", 569, 30, 1,
-        "Wisconsin diagnostic breast cancer, 0 = malignant, 1 = benign "
-        "(sklearn load_breast_cancer)")),
-    "diabetes": (_diabetes, DatasetInfo(
-        "diabetes", "regression", 442, 10, 1,
-        "disease progression after one year from 10 baseline variables, unscaled "
-        "(sklearn load_diabetes(scaled=False))")),
-    "iris": (_iris, DatasetInfo(
-        "iris", "multiclass", 150, 4, 3,
-        "Fisher's iris flowers, 3 species from 4 measurements (sklearn load_iris)")),
-    "wine": (_wine, DatasetInfo(
-        "wine", "multiclass", 178, 13, 3,
-        "wine cultivars from 13 chemical measurements (sklearn load_wine)")),
-    "moons": (_moons, DatasetInfo(
-        "moons", "binary", 1000, 2, 1,
-        "two interleaving half circles, noise=0.2 (sklearn make_moons, random_state=0)")),
-    "blobs": (_blobs, DatasetInfo(
-        "blobs", "multiclass", 1000, 2, 3,
-        "three isotropic Gaussian clusters in 2-D, cluster_std=1.5 "
-        "(sklearn make_blobs, random_state=0)")),
-    "xor": (_xor, DatasetInfo(
-        "xor", "binary", 1000, 2, 1,
-        "uniform points in [-1, 1]^2, label 1 where x1 and x2 have opposite signs "
-        "(not linearly separable)")),
-    "regression": (_regression, DatasetInfo(
-        "regression", "regression", 1000, 1, 1,
-        "y = sin(3x) + 0.1*N(0, 1), x ~ U(-1.5, 1.5): a noisy 1-D nonlinear curve")),
+    "digits": (
+        _digits,
+        DatasetInfo(
+            "digits",
+            "multiclass",
+            1797,
+            64,
+            10,
+            "8x8 images of handwritten digits 0-9, pixel values 0-16 (sklearn load_digits)",
+        ),
+    ),
+    "breast_cancer": (
+        _breast_cancer,
+        DatasetInfo(
+            "breast_cancer",
+            "binary",
+            569,
+            30,
+            1,
+            "Wisconsin diagnostic breast cancer, 0 = malignant, 1 = benign "
+            "(sklearn load_breast_cancer)",
+        ),
+    ),
+    "diabetes": (
+        _diabetes,
+        DatasetInfo(
+            "diabetes",
+            "regression",
+            442,
+            10,
+            1,
+            "disease progression after one year from 10 baseline variables, unscaled "
+            "(sklearn load_diabetes(scaled=False))",
+        ),
+    ),
+    "iris": (
+        _iris,
+        DatasetInfo(
+            "iris",
+            "multiclass",
+            150,
+            4,
+            3,
+            "Fisher's iris flowers, 3 species from 4 measurements (sklearn load_iris)",
+        ),
+    ),
+    "wine": (
+        _wine,
+        DatasetInfo(
+            "wine",
+            "multiclass",
+            178,
+            13,
+            3,
+            "wine cultivars from 13 chemical measurements (sklearn load_wine)",
+        ),
+    ),
+    "moons": (
+        _moons,
+        DatasetInfo(
+            "moons",
+            "binary",
+            1000,
+            2,
+            1,
+            "two interleaving half circles, noise=0.2 (sklearn make_moons, random_state=0)",
+        ),
+    ),
+    "blobs": (
+        _blobs,
+        DatasetInfo(
+            "blobs",
+            "multiclass",
+            1000,
+            2,
+            3,
+            "three isotropic Gaussian clusters in 2-D, cluster_std=1.5 "
+            "(sklearn make_blobs, random_state=0)",
+        ),
+    ),
+    "xor": (
+        _xor,
+        DatasetInfo(
+            "xor",
+            "binary",
+            1000,
+            2,
+            1,
+            "uniform points in [-1, 1]^2, label 1 where x1 and x2 have opposite signs "
+            "(not linearly separable)",
+        ),
+    ),
+    "regression": (
+        _regression,
+        DatasetInfo(
+            "regression",
+            "regression",
+            1000,
+            1,
+            1,
+            "y = sin(3x) + 0.1*N(0, 1), x ~ U(-1.5, 1.5): a noisy 1-D nonlinear curve",
+        ),
+    ),
 }
 
 #: Registry of the available data sets: name -> :class:`DatasetInfo` (task, shape, source).
@@ -204,7 +278,8 @@ def _float_dtype(dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(
-            f"dtype must be a floating dtype (e.g. np.float32), got {dtype!r}") from None
+            f"dtype must be a floating dtype (e.g. np.float32), got {dtype!r}"
+        ) from None
     if not np.issubdtype(dt, np.floating):
         raise TypeError(f"dtype must be a floating dtype (e.g. np.float32), got {dt}")
     return dt
@@ -212,8 +287,9 @@ def _float_dtype(dtype) -> np.dtype:
 
 def _as_2d_float(X, name: str) -> np.ndarray:
     arr = np.asarray(X)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or np.issubdtype(arr.dtype, np.bool_)):
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
@@ -222,8 +298,9 @@ def _as_2d_float(X, name: str) -> np.ndarray:
     bad = ~np.isfinite(arr.astype(np.float64, copy=False))
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s); first "
-                         f"{arr[idx]} at index {idx}")
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s); first {arr[idx]} at index {idx}"
+        )
     return arr
 
 
@@ -258,8 +335,7 @@ def standardize(X_train, X_test=None):
     if X_test is not None:
         Xte = _as_2d_float(X_test, "X_test")
         if Xte.shape[1] != Xtr.shape[1]:
-            raise ValueError(f"X_test has {Xte.shape[1]} features but X_train has "
-                             f"{Xtr.shape[1]}")
+            raise ValueError(f"X_test has {Xte.shape[1]} features but X_train has {Xtr.shape[1]}")
         Xte_s = ((Xte.astype(np.float64) - mean[None, :]) / std[None, :]).astype(out)
     return Xtr_s, Xte_s, mean.astype(out), std.astype(out)
 
@@ -297,20 +373,25 @@ def one_hot(labels, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarr
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D (n,), got shape {y.shape}")
-    if (np.issubdtype(y.dtype, np.bool_) or not np.issubdtype(y.dtype, np.number)
-            or np.issubdtype(y.dtype, np.complexfloating)):
+    if (
+        np.issubdtype(y.dtype, np.bool_)
+        or not np.issubdtype(y.dtype, np.number)
+        or np.issubdtype(y.dtype, np.complexfloating)
+    ):
         raise TypeError(f"labels must be integers, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         with np.errstate(invalid="ignore"):
             frac = np.nonzero(~np.isfinite(y) | (y != np.round(y)))[0]
         if frac.size:
             raise ValueError(
-                f"label {y[frac[0]].item()!r} at index {int(frac[0])} is not an integer")
+                f"label {y[frac[0]].item()!r} at index {int(frac[0])} is not an integer"
+            )
     bad = np.nonzero((y < 0) | (y >= num_classes))[0]
     if bad.size:
         raise ValueError(
             f"label {y[bad[0]].item()!r} at index {int(bad[0])} is out of range "
-            f"[0, {num_classes}) ({bad.size} bad label(s))")
+            f"[0, {num_classes}) ({bad.size} bad label(s))"
+        )
     out = np.zeros((y.shape[0], num_classes), dtype=dt)
     out[np.arange(y.shape[0]), y.astype(np.intp)] = 1
     return out
@@ -365,9 +446,11 @@ class Dataset:
     test_size: float = 0.2
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, task={self.task!r}, train={self.X_train.shape}, "
-                f"test={self.X_test.shape}, n_outputs={self.n_outputs}, "
-                f"dtype={self.X_train.dtype}, standardized={self.standardized})")
+        return (
+            f"Dataset({self.name!r}, task={self.task!r}, train={self.X_train.shape}, "
+            f"test={self.X_test.shape}, n_outputs={self.n_outputs}, "
+            f"dtype={self.X_train.dtype}, standardized={self.standardized})"
+        )
 
     @property
     def dtype(self) -> np.dtype:
@@ -389,8 +472,11 @@ class Dataset:
     def _onehot(self, split: str) -> np.ndarray:
         if self.task == "regression":
             raise ValueError(f"data set {self.name!r} is a regression task: no one-hot labels")
-        return one_hot(self._split(split)[1], self.n_outputs if self.task == "multiclass"
-                       else 2, dtype=self.dtype)
+        return one_hot(
+            self._split(split)[1],
+            self.n_outputs if self.task == "multiclass" else 2,
+            dtype=self.dtype,
+        )
 
     @property
     def Y_train_onehot(self) -> np.ndarray:
@@ -432,8 +518,9 @@ class Dataset:
           The same shape as ``y``.
         """
         if self.task != "regression" or self.y_std is None or self.y_mean is None:
-            raise ValueError(f"data set {self.name!r} is a {self.task} task: its labels are "
-                             f"not standardised")
+            raise ValueError(
+                f"data set {self.name!r} is a {self.task} task: its labels are not standardised"
+            )
         y = np.asarray(y)
         if y.ndim == 1:
             return y * self.y_std[0] + self.y_mean[0]
@@ -444,8 +531,7 @@ class Dataset:
 
 def _check_name(name) -> str:
     if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, one of {sorted(DATASETS)}; "
-                        f"got {name!r}")
+        raise TypeError(f"dataset name must be a string, one of {sorted(DATASETS)}; got {name!r}")
     key = name.strip().lower().replace("-", "_")
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
@@ -506,8 +592,10 @@ def load_dataset(
     try:
         import sklearn  # noqa: F401  (the loaders and the split come from scikit-learn)
     except ModuleNotFoundError:
-        raise ImportError("load_dataset needs scikit-learn, whose wheel ships the data sets: "
-                          "pip install 'mlds-jax[data]'") from None
+        raise ImportError(
+            "load_dataset needs scikit-learn, whose wheel ships the data sets: "
+            "pip install 'mlds-jax[data]'"
+        ) from None
     raw = loader()
     task = info.task
 
@@ -516,11 +604,17 @@ def load_dataset(
     classification = task != "regression"
     idx = np.arange(raw.X.shape[0])
     try:
-        tr, te = train_test_split(idx, test_size=ts, random_state=seed, shuffle=True,
-                                  stratify=raw.y if classification else None)
+        tr, te = train_test_split(
+            idx,
+            test_size=ts,
+            random_state=seed,
+            shuffle=True,
+            stratify=raw.y if classification else None,
+        )
     except ValueError as exc:
-        raise ValueError(f"cannot split {key!r} ({raw.X.shape[0]} rows) with "
-                         f"test_size={test_size!r}: {exc}") from None
+        raise ValueError(
+            f"cannot split {key!r} ({raw.X.shape[0]} rows) with test_size={test_size!r}: {exc}"
+        ) from None
 
     Xtr, Xte = raw.X[tr], raw.X[te]
     d = raw.X.shape[1]

@@ -1,21 +1,25 @@
-"""Fixed-step gradient descent, run on device with ``jax.lax.while_loop``.
+"""Gradient descent with a fixed step, a schedule or a line search, run on device with
+``jax.lax.while_loop``.
 
 Source: ``lecture-forward-backward-training.md``, sections "The Approach of Gradient Descent"
 and "Gradient descent convergence criteria".
 
 To minimise a differentiable scalar function ``f`` of a float vector ``x`` the lecture iterates
 
-    x^{k+1} = x^k - eta^k * grad f(x^k)
+    x^{k+1} = x^k - eta^k * grad f(x^k)   (G1)
 
-with a fixed step size ``eta^k = eta`` and stops when
+with a step size ``eta^k`` chosen by one of the lecture's "many solutions to choosing step size":
+a fixed ``eta``, a schedule ``eta^k = schedule(k)`` (any callable of the step count, e.g. an optax
+schedule), the exact line search along ``-g`` for the local quadratic model,
+``eta^k = g^T g / g^T H g`` (S1), or Armijo backtracking (S3); it stops when
 
-    |f(x^{k+1}) - f(x^k)| < eps_1      OR      ||grad f(x^k)|| < eps_2.
+    |f(x^{k+1}) - f(x^k)| < eps_1      OR      ||grad f(x^k)|| < eps_2.   (G2)
 
 It also gives a "trivial algorithm" for one variable, ``x^{k+1} = x^k - sign(f'(x^k)) * step``,
 offered here as ``method="sign"`` (applied elementwise, so it works in n dimensions too) and as
 :func:`sign_gradient_descent`. "How big must the steps be?" is answered by
 :func:`max_stable_step_size`: near a point where the Hessian ``H`` is positive definite, a fixed
-step converges locally iff ``eta < 2 / lambda_max(H)``.
+step converges locally iff ``eta < 2 / lambda_max(H)`` (G4).
 
 Contracts
 ---------
@@ -56,6 +60,9 @@ __all__ = [
 ]
 
 Method = Literal["gradient", "sign"]
+LineSearch = Literal["armijo", "exact"]
+StepSize = float | Callable[[jax.Array], jax.Array]
+_LINE_SEARCHES = (None, "armijo", "exact")
 
 #: A step is rejected as divergent when ``|f(x_{k+1})| > _DIVERGENCE_FACTOR * (1 + |f(x0)|)``.
 _DIVERGENCE_FACTOR = 1e12
@@ -79,6 +86,7 @@ class GradientDescentResult:
         f_path: numpy array ``(n_iter + 1,)`` with ``f_path[i] = f(path[i])``.
         grad_norm: ``||grad f(x)||_2`` as a Python float.
         reason: ``"tol_f"`` | ``"tol_grad"`` | ``"max_iter"`` | ``"diverged"``.
+        step_sizes: numpy array ``(n_iter,)``, the ``eta^k`` of each accepted step.
     """
 
     x: jax.Array
@@ -89,6 +97,7 @@ class GradientDescentResult:
     f_path: np.ndarray
     grad_norm: float
     reason: str
+    step_sizes: np.ndarray | None = None
 
 
 def quadratic_example(x: jax.Array) -> jax.Array:
@@ -126,8 +135,9 @@ def _as_float_vector(x0: object, name: str = "x0") -> jax.Array:
     try:
         arr = jnp.asarray(x0)
     except (TypeError, ValueError):  # None, strings, ragged lists: JAX's message omits the name
-        raise TypeError(f"{name} must be a floating-point vector, got {type(x0).__name__}: "
-                        f"{x0!r}") from None
+        raise TypeError(
+            f"{name} must be a floating-point vector, got {type(x0).__name__}: {x0!r}"
+        ) from None
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(
             f"{name} must be a floating-point vector, got dtype {arr.dtype}; "
@@ -178,12 +188,30 @@ def _check_tolerance(value: object, name: str) -> float:
     return v
 
 
-def _check_max_iter(max_iter: object) -> int:
+def _check_max_iter(max_iter: object, name: str = "max_iter") -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
-        raise TypeError(f"max_iter must be an int, got {max_iter!r}")
+        raise TypeError(f"{name} must be an int, got {max_iter!r}")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        raise ValueError(f"{name} must be >= 1, got {max_iter}")
     return int(max_iter)
+
+
+def _check_unit_interval(value: object, name: str) -> float:
+    v = _check_positive(value, name)
+    if v >= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return v
+
+
+def _schedule_value(schedule: Callable) -> float:
+    """``schedule(0)`` evaluated eagerly: it must be a real scalar."""
+    try:
+        value = schedule(jnp.asarray(0, jnp.int32))
+    except Exception as err:  # a schedule that cannot take the step count
+        raise TypeError(f"step_size is callable but step_size(k) failed for k = 0: {err}") from err
+    if jnp.shape(value) != ():
+        raise ValueError(f"step_size(k) must return a scalar, got shape {jnp.shape(value)}")
+    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +224,41 @@ def _direction(g: jax.Array, method: Method) -> jax.Array:
     return jnp.sign(g) if method == "sign" else g
 
 
-@partial(jax.jit, static_argnames=("f", "method", "max_iter"))
+def _step_size(
+    f: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    fx: jax.Array,
+    g: jax.Array,
+    eta0: jax.Array,
+    line_search: LineSearch | None,
+    armijo: tuple[jax.Array, jax.Array, int],
+) -> jax.Array:
+    """``eta^k``: ``eta0`` (fixed or scheduled), or a line search along ``-g`` started there."""
+    if line_search == "exact":
+        # eta = g^T g / g^T H g, with H g = d/dt grad f(x + t g) at t = 0   (S1)
+        Hg = jax.jvp(jax.grad(f), (x,), (g,))[1]
+        gHg = jnp.dot(g, Hg)
+        positive = gHg > 0
+        return jnp.where(positive, jnp.dot(g, g) / jnp.where(positive, gHg, 1), eta0)
+    if line_search == "armijo":
+        c, shrink, max_backtracks = armijo
+        gg = jnp.dot(g, g)
+
+        def too_long(state):  # not f(x - eta g) <= f(x) - c eta ||g||^2   (S3); NaN is too long
+            eta, i = state
+            return ~(f(x - eta * g) <= fx - c * eta * gg) & (i < max_backtracks)
+
+        eta, _ = jax.lax.while_loop(
+            too_long, lambda s: (s[0] * shrink, s[1] + 1), (eta0, jnp.asarray(0, jnp.int32))
+        )
+        return eta
+    return eta0
+
+
+@partial(
+    jax.jit,
+    static_argnames=("f", "method", "max_iter", "schedule", "line_search", "max_backtracks"),
+)
 def _descent_loop(
     f: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
@@ -204,9 +266,14 @@ def _descent_loop(
     tol_f: jax.Array,
     tol_grad: jax.Array,
     f_bound: jax.Array,
+    armijo_c: jax.Array,
+    armijo_shrink: jax.Array,
     *,
     method: Method,
     max_iter: int,
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    line_search: LineSearch | None = None,
+    max_backtracks: int = 30,
 ) -> tuple[jax.Array, ...]:
     """Run the descent; returns ``(k, x, f(x), grad(x), path_buffer, f_buffer, reason_code)``.
 
@@ -219,16 +286,28 @@ def _descent_loop(
     f0, g0 = value_and_grad(x0)
     path = jnp.zeros((max_iter + 1, x0.shape[0]), dtype).at[0].set(x0)
     f_path = jnp.zeros((max_iter + 1,), dtype).at[0].set(f0)
-    init = (jnp.asarray(0, jnp.int32), x0, f0, g0, path, f_path, jnp.asarray(_RUNNING, jnp.int32))
+    etas = jnp.zeros((max_iter,), dtype)
+    init = (
+        jnp.asarray(0, jnp.int32),
+        x0,
+        f0,
+        g0,
+        path,
+        f_path,
+        etas,
+        jnp.asarray(_RUNNING, jnp.int32),
+    )
 
     def cond(state: tuple[jax.Array, ...]) -> jax.Array:
         return state[-1] == _RUNNING
 
     def body(state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        k, x, fx, g, path, f_path, _ = state
+        k, x, fx, g, path, f_path, etas, _ = state
         stop_grad = jnp.linalg.norm(g) < tol_grad
         stop_iter = k >= max_iter
-        x_new = x - step_size * _direction(g, method)
+        eta0 = step_size if schedule is None else jnp.asarray(schedule(k), dtype)
+        eta = _step_size(f, x, fx, g, eta0, line_search, (armijo_c, armijo_shrink, max_backtracks))
+        x_new = x - eta * _direction(g, method)
         f_new, g_new = value_and_grad(x_new)
         finite = jnp.all(jnp.isfinite(x_new)) & jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new))
         diverged = ~finite | (jnp.abs(f_new) > f_bound)
@@ -243,6 +322,7 @@ def _descent_loop(
             ),
         ).astype(jnp.int32)
         accept = ~(stop_grad | stop_iter | diverged)
+        etas = jnp.where(accept, etas.at[jnp.minimum(k, max_iter - 1)].set(eta), etas)
         x = jnp.where(accept, x_new, x)
         fx = jnp.where(accept, f_new, fx)
         g = jnp.where(accept, g_new, g)
@@ -250,7 +330,7 @@ def _descent_loop(
         # When the step is rejected these writes repeat x^k at row k, which is harmless.
         path = jax.lax.dynamic_update_slice(path, x[None, :], (k, jnp.zeros_like(k)))
         f_path = jax.lax.dynamic_update_slice(f_path, fx[None], (k,))
-        return k, x, fx, g, path, f_path, code
+        return k, x, fx, g, path, f_path, etas, code
 
     return jax.lax.while_loop(cond, body, init)
 
@@ -258,19 +338,39 @@ def _descent_loop(
 def gradient_descent(
     f: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
-    step_size: float = 0.1,
+    step_size: StepSize = 0.1,
     tol_f: float = 1e-10,
     tol_grad: float = 1e-8,
     max_iter: int = 10_000,
     *,
     method: Method = "gradient",
+    line_search: LineSearch | None = None,
+    armijo_c: float = 1e-4,
+    armijo_shrink: float = 0.5,
+    max_backtracks: int = 30,
 ) -> GradientDescentResult:
-    """Minimise ``f`` by fixed-step gradient descent (lecture: "The Approach of Gradient Descent").
+    """Minimise ``f`` by gradient descent (lecture: "The Approach of Gradient Descent").
 
-    Update rule (``eta`` = ``step_size``, fixed for all ``k``)::
+    Update rule::
 
-        method="gradient":  x^{k+1} = x^k - eta * grad f(x^k)
-        method="sign":      x^{k+1} = x^k - eta * sign(grad f(x^k))   (elementwise)
+        method="gradient":  x^{k+1} = x^k - eta^k * grad f(x^k)
+        method="sign":      x^{k+1} = x^k - eta^k * sign(grad f(x^k))   (elementwise)
+
+    The lecture's "many solutions to choosing step size eta^k":
+
+    * ``step_size`` a float: fixed ``eta^k = eta``;
+    * ``step_size`` a callable of the step count ``k`` (an int32 array), e.g. an optax schedule
+      such as ``optax.exponential_decay(0.2, 10, 0.5)``: ``eta^k = step_size(k)``, traced
+      inside the loop (it must be a JAX-traceable function);
+    * ``line_search="exact"``: ``eta^k = g^T g / g^T H g`` with ``g = grad f(x^k)`` and ``H g``
+      from ``jax.jvp(jax.grad(f))`` (S1): the minimiser of the local quadratic model along
+      ``-g``, exact for a quadratic ``f``.  Where ``g^T H g <= 0`` (no minimum along ``-g``)
+      the step falls back to ``step_size``'s ``eta^k``;
+    * ``line_search="armijo"``: backtracking from ``eta^k`` of ``step_size``: ``eta <- armijo_shrink
+      * eta`` until ``f(x - eta g) <= f(x) - armijo_c * eta * ||g||^2`` (S3), at most
+      ``max_backtracks`` times.
+
+    Line searches search along ``-g`` and need ``method="gradient"``.
 
     Stop rules ("Gradient descent convergence criteria", lecture-forward-backward-training.md),
     checked in this order at every iterate ``x^k``:
@@ -290,15 +390,20 @@ def gradient_descent(
     Args:
         f: differentiable scalar function, ``(n,) -> ()``, traceable by JAX.
         x0: starting point, non-empty 1-D float array of shape ``(n,)``; sets the dtype.
-        step_size: fixed step ``eta > 0``.
+        step_size: fixed step ``eta > 0``, or a callable ``k -> eta^k`` (an optax schedule);
+            with a line search, the (fallback or initial) step.
         tol_f: ``eps_1 >= 0`` for ``|f(x^{k+1}) - f(x^k)|``.
         tol_grad: ``eps_2 >= 0`` for ``||grad f(x^k)||``.
         max_iter: maximum number of steps, ``>= 1``; the path buffer has ``max_iter + 1`` rows.
         method: ``"gradient"`` (default) or ``"sign"`` (the lecture's trivial algorithm).
+        line_search: ``None`` (default), ``"exact"`` or ``"armijo"``.
+        armijo_c: sufficient-decrease constant ``c`` in (0, 1) of the Armijo rule (S3).
+        armijo_shrink: backtracking factor ``rho`` in (0, 1).
+        max_backtracks: the most halvings (shrinks) per step, ``>= 1``.
 
     Returns:
-        :class:`GradientDescentResult` with ``path`` of shape ``(n_iter + 1, n)`` and ``f_path``
-        of shape ``(n_iter + 1,)``.
+        :class:`GradientDescentResult` with ``path`` of shape ``(n_iter + 1, n)``, ``f_path``
+        of shape ``(n_iter + 1,)`` and ``step_sizes`` of shape ``(n_iter,)``.
 
     Raises:
         TypeError: ``f`` not callable, ``x0`` not floating point, ``max_iter`` not an int.
@@ -316,25 +421,45 @@ def gradient_descent(
     _check_callable(f)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if line_search not in _LINE_SEARCHES:
+        raise ValueError(f"line_search must be one of {_LINE_SEARCHES}, got {line_search!r}")
+    if line_search is not None and method != "gradient":
+        raise ValueError(
+            f"line_search={line_search!r} searches along -grad f and needs "
+            f'method="gradient", got method={method!r}'
+        )
+    c = _check_unit_interval(armijo_c, "armijo_c")
+    rho = _check_unit_interval(armijo_shrink, "armijo_shrink")
+    n_back = _check_max_iter(max_backtracks, "max_backtracks")
     x0_arr = _as_float_vector(x0)
-    eta = _check_positive(step_size, "step_size")
+    schedule = None
+    if callable(step_size):
+        schedule = step_size
+        _check_positive(_schedule_value(schedule), "step_size(0)")
+        eta = 1.0  # unused
+    else:
+        eta = _check_positive(step_size, "step_size")
     eps_f = _check_tolerance(tol_f, "tol_f")
     eps_g = _check_tolerance(tol_grad, "tol_grad")
     n_max = _check_max_iter(max_iter)
     f0 = _check_scalar_value(f, x0_arr, "x0")
 
     dtype = x0_arr.dtype
-    k, x, fx, g, path, f_path, code = _descent_loop(
+    k, x, fx, g, path, f_path, etas, code = _descent_loop(
         f,
         x0_arr,
         jnp.asarray(eta, dtype),
         jnp.asarray(eps_f, dtype),
         jnp.asarray(eps_g, dtype),
         # capped at the dtype's max: 1e12 overflows float16 (a cast warning, an inf bound)
-        jnp.asarray(min(_DIVERGENCE_FACTOR * (1.0 + abs(f0)), float(jnp.finfo(dtype).max)),
-                    dtype),
+        jnp.asarray(min(_DIVERGENCE_FACTOR * (1.0 + abs(f0)), float(jnp.finfo(dtype).max)), dtype),
+        jnp.asarray(c, dtype),
+        jnp.asarray(rho, dtype),
         method=method,
         max_iter=n_max,
+        schedule=schedule,
+        line_search=line_search,
+        max_backtracks=n_back,
     )
     n_iter = int(k)
     reason = _REASONS[int(code)]
@@ -347,6 +472,7 @@ def gradient_descent(
         f_path=np.asarray(f_path)[: n_iter + 1],
         grad_norm=float(jnp.linalg.norm(g)),
         reason=reason,
+        step_sizes=np.asarray(etas)[:n_iter],
     )
 
 
@@ -358,7 +484,7 @@ def sign_gradient_descent(
     tol_grad: float = 1e-8,
     max_iter: int = 10_000,
 ) -> GradientDescentResult:
-    """The lecture's "trivial algorithm": ``x^{k+1} = x^k - sign(f'(x^k)) * step``.
+    """The lecture's "trivial algorithm": ``x^{k+1} = x^k - sign(f'(x^k)) * step``.  Equation (G3).
 
     Same contract, shapes and stop rules as :func:`gradient_descent` with ``method="sign"``; the
     sign is taken elementwise, so ``x0`` may have any length ``n`` (the lecture uses ``n = 1``).
@@ -383,8 +509,8 @@ def max_stable_step_size(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> f
     Lecture question "how big must the steps be?": near ``x`` the model ``f`` is quadratic with
     Hessian ``H``, and one step multiplies the error along each eigenvector of ``H`` (eigenvalue
     ``lambda``) by ``1 - eta * lambda``. The iteration contracts iff ``|1 - eta*lambda| < 1`` for
-    all ``lambda``, i.e. ``0 < eta < 2 / lambda_max`` (requires ``lambda > 0``). The fastest
-    fixed step for a quadratic is ``2 / (lambda_min + lambda_max)``.
+    all ``lambda``, i.e. ``0 < eta < 2 / lambda_max`` (requires ``lambda > 0``), equation (S2).
+    The fastest fixed step for a quadratic is ``2 / (lambda_min + lambda_max)`` (S4).
 
     Args:
         f: twice-differentiable scalar function, ``(n,) -> ()``.

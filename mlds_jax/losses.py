@@ -258,6 +258,7 @@ class Loss:
     @property
     def fused(self) -> dict[str, Callable[..., Array]]:
         """Output activation name -> (A, Y, row_weights=None) -> the batch δ = w ⊙ δ̂ (L7)."""
+
         def batch(fn):
             return lambda A, Y, row_weights=None: scale_rows(fn(A, Y), row_weights)
 
@@ -267,14 +268,28 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     # identity output: dℓ/dz = dℓ/dŷ · 1, so the fused δ̂ is the general one (L6)
     "mse": Loss("mse", mse_terms, mse_term_dA, {"identity": mse_term_dA}),
-    "half_squared_error": Loss("half_squared_error", half_squared_error_terms,
-                               half_squared_error_term_dA, {"identity": matched_term_delta}),
-    "binary_cross_entropy": Loss("binary_cross_entropy", bce_terms, bce_term_dA,
-                                 {"sigmoid": matched_term_delta}, outputs=("sigmoid",),
-                                 targets="probability"),
-    "cross_entropy": Loss("cross_entropy", cross_entropy_terms, cross_entropy_term_dA,
-                          {"softmax": matched_term_delta}, outputs=("softmax",),
-                          targets="class"),
+    "half_squared_error": Loss(
+        "half_squared_error",
+        half_squared_error_terms,
+        half_squared_error_term_dA,
+        {"identity": matched_term_delta},
+    ),
+    "binary_cross_entropy": Loss(
+        "binary_cross_entropy",
+        bce_terms,
+        bce_term_dA,
+        {"sigmoid": matched_term_delta},
+        outputs=("sigmoid",),
+        targets="probability",
+    ),
+    "cross_entropy": Loss(
+        "cross_entropy",
+        cross_entropy_terms,
+        cross_entropy_term_dA,
+        {"softmax": matched_term_delta},
+        outputs=("softmax",),
+        targets="class",
+    ),
 }
 
 #: The loss each output activation is trained with unless told otherwise: the one place this

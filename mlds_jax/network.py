@@ -93,8 +93,14 @@ def prepare_targets(params: Params, Y: ArrayLike, loss: str) -> Array:
     validation.check_loss_output(params, loss)
     Y = validation.numeric_array(Y, "Y")
     n_rows = Y.shape[0] if Y.ndim else 0  # a 0-d Y is rejected by the shape check
-    return validation.prepare_targets(Y, loss, params[-1].W.shape[1], n_rows,
-                                      params[0].W.dtype, output_activation=params[-1].activation)
+    return validation.prepare_targets(
+        Y,
+        loss,
+        params[-1].W.shape[1],
+        n_rows,
+        params[0].W.dtype,
+        output_activation=params[-1].activation,
+    )
 
 
 def predict(params: Params, X: ArrayLike) -> Array:
@@ -143,4 +149,5 @@ def check_loss_finite(value, params: Params, X: Array) -> None:
     raise ValueError(
         f"the loss is {float(value)} although params, X and Y are finite: the computation "
         f"overflowed {params[0].W.dtype} (max |Z| per layer: {peaks}); rescale X or use "
-        f"float64 parameters")
+        f"float64 parameters"
+    )

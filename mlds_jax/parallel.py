@@ -36,8 +36,10 @@ def data_parallel_mesh(devices=None) -> Mesh:
         raise ValueError("data_parallel_mesh needs at least one device, got none")
     for d in devices:
         if not isinstance(d, jax.Device):
-            raise TypeError(f"devices must be jax.Device objects (e.g. jax.devices()), got "
-                            f"{type(d).__name__} {d!r}")
+            raise TypeError(
+                f"devices must be jax.Device objects (e.g. jax.devices()), got "
+                f"{type(d).__name__} {d!r}"
+            )
     return jax.make_mesh((len(devices),), (BATCH_AXIS,), devices=devices)
 
 
@@ -48,12 +50,12 @@ def check_mesh(mesh) -> Mesh:
     inputs and lets XLA propagate shardings, so it re-wraps the same devices as Auto axes.
     """
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (jax.make_mesh(...)), got "
-                        f"{type(mesh).__name__}")
+        raise TypeError(
+            f"mesh must be a jax.sharding.Mesh (jax.make_mesh(...)), got {type(mesh).__name__}"
+        )
     if BATCH_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh needs an axis named {BATCH_AXIS!r}; it has {mesh.axis_names}")
-    return Mesh(mesh.devices, mesh.axis_names,
-                axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
 def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
@@ -84,8 +86,9 @@ def pad_rows(X: Array, Y: Array, multiple: int) -> tuple[Array, Array, Array]:
         raise ValueError(f"multiple must be >= 1 (the device count), got {multiple}")
     for name, a in (("X", X), ("Y", Y)):
         if getattr(a, "ndim", None) != 2:
-            raise ValueError(f"pad_rows needs 2-D {name} (N, columns), got shape "
-                             f"{getattr(a, 'shape', None)}")
+            raise ValueError(
+                f"pad_rows needs 2-D {name} (N, columns), got shape {getattr(a, 'shape', None)}"
+            )
     if not jnp.issubdtype(X.dtype, jnp.floating):  # the row weights 1/N take X's dtype
         raise TypeError(f"pad_rows needs floating-point X, got {X.dtype}")
     if X.shape[0] != Y.shape[0]:

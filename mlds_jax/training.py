@@ -103,10 +103,18 @@ def _layout_dense_backward(delta: Array, A_prev: Array, W: Array):
 
 def _value_grads_aux(grads: str, fused: bool) -> Callable:
     """(params, X, Y, loss, row_weights) -> (value, Ŷ, grads), manual or autodiff."""
+
     def vga(p, X, Y, loss, rw):
-        value, g, Y_hat = core.value_grads_output(p, X, Y, loss, row_weights=rw, method=grads,
-                                                  fused=fused,
-                                                  layer_backward=_layout_dense_backward)
+        value, g, Y_hat = core.value_grads_output(
+            p,
+            X,
+            Y,
+            loss,
+            row_weights=rw,
+            method=grads,
+            fused=fused,
+            layer_backward=_layout_dense_backward,
+        )
         return value, Y_hat, g
 
     return vga
@@ -152,8 +160,9 @@ class TrainStep:
       mesh: the data-parallel mesh, or None.
     """
 
-    def __init__(self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool,
-                 mesh=None):
+    def __init__(
+        self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool, mesh=None
+    ):
         self.optimizer, self.loss, self.grads = optimizer, loss, grads
         self.check_inputs = check_inputs
         self.trace_count = 0
@@ -170,8 +179,9 @@ class TrainStep:
         else:
             rep, rows = parallel.shardings(self.mesh)
             self._shardings = rep, rows
-            self.jitted = jax.jit(traced, in_shardings=(rep, rep, rows, rows, rows),
-                                  out_shardings=(rep, rep, rep))
+            self.jitted = jax.jit(
+                traced, in_shardings=(rep, rep, rows, rows, rows), out_shardings=(rep, rep, rep)
+            )
 
     def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike):
         if self.check_inputs:
@@ -191,11 +201,14 @@ class TrainStep:
         treedef = jax.tree_util.tree_structure(params)
         if treedef not in self._state_structures:  # traced once per params structure
             self._state_structures[treedef] = jax.tree_util.tree_structure(
-                jax.eval_shape(self.optimizer.init, params))
+                jax.eval_shape(self.optimizer.init, params)
+            )
         if jax.tree_util.tree_structure(opt_state) != self._state_structures[treedef]:
-            raise TypeError(f"opt_state does not match this step's optimizer and params: "
-                            f"pass optimizer.init(params) of the same optimizer; got "
-                            f"{type(opt_state).__name__}")
+            raise TypeError(
+                f"opt_state does not match this step's optimizer and params: "
+                f"pass optimizer.init(params) of the same optimizer; got "
+                f"{type(opt_state).__name__}"
+            )
 
     def __repr__(self) -> str:
         return f"TrainStep(loss={self.loss!r}, grads={self.grads!r}, mesh={self.mesh})"
@@ -461,22 +474,40 @@ def _fingerprint(obj: Any, seen: frozenset = frozenset(), depth: int = 0) -> Any
     if isinstance(obj, (type, np.dtype, types.ModuleType, types.CodeType)):
         return ("obj", obj)
     if isinstance(obj, types.FunctionType):
-        cells = tuple(_fingerprint(c.cell_contents, seen, depth + 1) if _cell_full(c) else "empty"
-                      for c in (obj.__closure__ or ()))
-        return ("fn", obj.__code__, _fingerprint(obj.__defaults__, seen, depth + 1),
-                _fingerprint(obj.__kwdefaults__, seen, depth + 1), cells)
+        cells = tuple(
+            _fingerprint(c.cell_contents, seen, depth + 1) if _cell_full(c) else "empty"
+            for c in (obj.__closure__ or ())
+        )
+        return (
+            "fn",
+            obj.__code__,
+            _fingerprint(obj.__defaults__, seen, depth + 1),
+            _fingerprint(obj.__kwdefaults__, seen, depth + 1),
+            cells,
+        )
     if isinstance(obj, types.MethodType):
-        return ("method", _fingerprint(obj.__func__, seen, depth + 1),
-                _fingerprint(obj.__self__, seen, depth + 1))
+        return (
+            "method",
+            _fingerprint(obj.__func__, seen, depth + 1),
+            _fingerprint(obj.__self__, seen, depth + 1),
+        )
     if isinstance(obj, functools.partial):
-        return ("partial", _fingerprint(obj.func, seen, depth + 1),
-                _fingerprint(obj.args, seen, depth + 1),
-                _fingerprint(obj.keywords, seen, depth + 1))
+        return (
+            "partial",
+            _fingerprint(obj.func, seen, depth + 1),
+            _fingerprint(obj.args, seen, depth + 1),
+            _fingerprint(obj.keywords, seen, depth + 1),
+        )
     if isinstance(obj, (tuple, list)):  # NamedTuples (optax's transformations) included
         return (t, tuple(_fingerprint(v, seen, depth + 1) for v in obj))
     if isinstance(obj, dict):
-        return (t, tuple((_fingerprint(k, seen, depth + 1), _fingerprint(v, seen, depth + 1))
-                         for k, v in obj.items()))
+        return (
+            t,
+            tuple(
+                (_fingerprint(k, seen, depth + 1), _fingerprint(v, seen, depth + 1))
+                for k, v in obj.items()
+            ),
+        )
     if isinstance(obj, (np.generic,)):
         return ("np", obj.dtype, obj.item())
     return ("id", id(obj))
@@ -550,7 +581,8 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
 
         sums0 = jnp.zeros((n_train,), X.dtype)
         (params, opt_state, sums), _ = jax.lax.scan(
-            body, (params, opt_state, sums0), (idx, weights, counts))
+            body, (params, opt_state, sums0), (idx, weights, counts)
+        )
         values = [sums / jnp.sum(counts)]  # size-weighted mean over the minibatches
         if has_val:  # padding rows weigh 0: the mean over the real validation rows
             cache = core.forward_cache(params, Xv)
@@ -653,14 +685,16 @@ def fit(
     if has_val:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a tuple (X_val, Y_val)")
-        Xv, Yv, n_val = _checked_bucketed(params, *validation_data, loss,
-                                          x_name="validation X", y_name="validation Y")
+        Xv, Yv, n_val = _checked_bucketed(
+            params, *validation_data, loss, x_name="validation X", y_name="validation Y"
+        )
         n_val = Xv.shape[0] if n_val is None else n_val
     else:
         Xv = Yv = None
     if on_epoch_end is not None and not callable(on_epoch_end):
-        raise TypeError(f"on_epoch_end must be callable(epoch, metrics), got "
-                        f"{type(on_epoch_end).__name__}")
+        raise TypeError(
+            f"on_epoch_end must be callable(epoch, metrics), got {type(on_epoch_end).__name__}"
+        )
     if isinstance(early_stopping, bool):
         raise TypeError("early_stopping must be None, an int patience or an EarlyStopping")
     if isinstance(early_stopping, (int, np.integer)):
@@ -689,7 +723,8 @@ def fit(
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
         params, opt_state, X, Y, Xv, Yv, wv = jax.device_put(
-            (params, opt_state, X, Y, Xv, Yv, wv), rep)
+            (params, opt_state, X, Y, Xv, Yv, wv), rep
+        )
         put = functools.partial(jax.device_put, device=rep)
     weights, counts = put(plan.weights), put(plan.counts)
     history = History()
@@ -705,8 +740,9 @@ def fit(
         for e in range(epochs):
             t0 = time.perf_counter()
             idx = put(_epoch_indices(plan, key_words, e))
-            new_params, new_state, values = epoch_fn(params, opt_state, idx, weights, counts,
-                                                     X, Y, Xv, Yv, wv)
+            new_params, new_state, values = epoch_fn(
+                params, opt_state, idx, weights, counts, X, Y, Xv, Yv, wv
+            )
             values = np.asarray(values).tolist()  # the epoch's one device-to-host read
             metrics = dict(zip(names, values[:-1], strict=True))
             finite = values[-1] == 1 and all(map(math.isfinite, metrics.values()))

@@ -55,8 +55,10 @@ def reject_tracers(function: str, *values) -> None:
     """A TypeError for functions that cannot run under ``jax.jit``/``grad``/``vmap``."""
     leaves = jax.tree_util.tree_leaves(values)
     if any(isinstance(x, Tracer) for x in leaves):
-        raise TypeError(f"{function} runs a Python loop on concrete arrays and cannot be "
-                        f"traced by jax.jit, jax.grad or jax.vmap; call it outside them")
+        raise TypeError(
+            f"{function} runs a Python loop on concrete arrays and cannot be "
+            f"traced by jax.jit, jax.grad or jax.vmap; call it outside them"
+        )
 
 
 def positive_int(value, name: str, *, minimum: int = 1) -> int:
@@ -107,9 +109,7 @@ def check_sizes(sizes: Sequence[int]) -> list[int]:
     except TypeError:
         raise TypeError(f"sizes must be a sequence of ints, got {sizes!r}") from None
     if len(sizes) < 2:
-        raise ValueError(
-            f"sizes needs at least two layer sizes [n_in, ..., n_out], got {sizes!r}"
-        )
+        raise ValueError(f"sizes needs at least two layer sizes [n_in, ..., n_out], got {sizes!r}")
     for i, s in enumerate(sizes):
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
             raise TypeError(f"sizes[{i}] must be an int, got {s!r}")
@@ -150,8 +150,10 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(j) for j in np.argwhere(bad)[0])
-        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
-                         f"first {arr[idx]} at index {idx}")
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+            f"first {arr[idx]} at index {idx}"
+        )
 
 
 def check_representable(arr: np.ndarray, dtype, name: str) -> None:
@@ -162,9 +164,11 @@ def check_representable(arr: np.ndarray, dtype, name: str) -> None:
         return  # two reductions on the happy path, no copy
     bad = np.abs(arr) > fmax
     idx = tuple(int(j) for j in np.argwhere(bad)[0])
-    raise ValueError(f"{name} has {int(bad.sum())} value(s) too large for the parameters' "
-                     f"dtype {jnp.dtype(dtype).name} (max {fmax:.4g}); first {arr[idx]} at "
-                     f"index {idx}; rescale {name} or use a wider dtype")
+    raise ValueError(
+        f"{name} has {int(bad.sum())} value(s) too large for the parameters' "
+        f"dtype {jnp.dtype(dtype).name} (max {fmax:.4g}); first {arr[idx]} at "
+        f"index {idx}; rescale {name} or use a wider dtype"
+    )
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -181,29 +185,40 @@ def check_params(params) -> None:
             raise TypeError(f"params[{i}] must be a Dense layer, got {type(layer).__name__}")
         W, b = layer.W, layer.b
         if getattr(W, "ndim", None) != 2:
-            raise ValueError(f"params[{i}].W must be 2-D (fan_in, fan_out), got shape "
-                             f"{getattr(W, 'shape', None)}")
+            raise ValueError(
+                f"params[{i}].W must be 2-D (fan_in, fan_out), got shape "
+                f"{getattr(W, 'shape', None)}"
+            )
         if getattr(b, "shape", None) != (W.shape[1],):
-            raise ValueError(f"params[{i}].b must have shape ({W.shape[1]},), got "
-                             f"{getattr(b, 'shape', None)}")
+            raise ValueError(
+                f"params[{i}].b must have shape ({W.shape[1]},), got {getattr(b, 'shape', None)}"
+            )
         if layer.activation not in ACTIVATIONS:
-            raise ValueError(f"params[{i}] has unknown activation {layer.activation!r}; "
-                             f"valid: {list(ACTIVATIONS)}")
+            raise ValueError(
+                f"params[{i}] has unknown activation {layer.activation!r}; "
+                f"valid: {list(ACTIVATIONS)}"
+            )
         if i < len(params) - 1 and layer.activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"params[{i}] is a hidden layer with activation "
-                             f"{layer.activation!r}; hidden layers take {list(HIDDEN_ACTIVATIONS)}")
+            raise ValueError(
+                f"params[{i}] is a hidden layer with activation "
+                f"{layer.activation!r}; hidden layers take {list(HIDDEN_ACTIVATIONS)}"
+            )
         if i > 0 and params[i - 1].W.shape[1] != W.shape[0]:
-            raise ValueError(f"params[{i}].W has fan_in {W.shape[0]} but params[{i - 1}] has "
-                             f"fan_out {params[i - 1].W.shape[1]}")
+            raise ValueError(
+                f"params[{i}].W has fan_in {W.shape[0]} but params[{i - 1}] has "
+                f"fan_out {params[i - 1].W.shape[1]}"
+            )
         if not jnp.issubdtype(W.dtype, jnp.floating):
             raise TypeError(f"params[{i}].W must be floating point, got {W.dtype}")
         # one dtype for every leaf: mixing them would be promoted (or, under strict
         # promotion, fail inside XLA) instead of computing in the documented params dtype
         for name, leaf in (("W", W), ("b", b)):
             if leaf.dtype != dtype:
-                raise TypeError(f"all parameters must share one dtype: params[{i}].{name} is "
-                                f"{leaf.dtype} but params[0].W is {dtype}; cast them with "
-                                f".astype")
+                raise TypeError(
+                    f"all parameters must share one dtype: params[{i}].{name} is "
+                    f"{leaf.dtype} but params[0].W is {dtype}; cast them with "
+                    f".astype"
+                )
 
 
 @jax.jit
@@ -227,8 +242,9 @@ def check_params_finite(params: Params) -> None:
             bad = ~np.isfinite(arr)
             if bad.any():
                 idx = tuple(int(j) for j in np.argwhere(bad)[0])
-                raise ValueError(f"params[{i}].{name} has a non-finite value "
-                                 f"{arr[idx]} at index {idx}")
+                raise ValueError(
+                    f"params[{i}].{name} has a non-finite value {arr[idx]} at index {idx}"
+                )
 
 
 def check_loss_output(params: Params, loss_name: str) -> None:
@@ -236,8 +252,10 @@ def check_loss_output(params: Params, loss_name: str) -> None:
     loss = get_loss(loss_name)
     out = params[-1].activation
     if loss.outputs is not None and out not in loss.outputs:
-        raise ValueError(f"loss {loss_name!r} needs an output activation in "
-                         f"{list(loss.outputs)}, but the output layer uses {out!r}")
+        raise ValueError(
+            f"loss {loss_name!r} needs an output activation in "
+            f"{list(loss.outputs)}, but the output layer uses {out!r}"
+        )
 
 
 def check_model(params: Params, loss_name: str) -> None:
@@ -253,12 +271,16 @@ def check_X(params: Params, X, name: str = "X"):
     """X is 2-D with the first layer's fan_in columns; returned in the params' dtype."""
     X = numeric_array(X, name)
     if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, n_features), got shape {tuple(X.shape)}"
-                         + ("; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""))
+        raise ValueError(
+            f"{name} must be 2-D (N, n_features), got shape {tuple(X.shape)}"
+            + ("; for one sample use X.reshape(1, -1)" if X.ndim == 1 else "")
+        )
     n_in = params[0].W.shape[0]
     if X.shape[1] != n_in:
-        raise ValueError(f"{name} has {X.shape[1]} features but the first layer expects "
-                         f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}")
+        raise ValueError(
+            f"{name} has {X.shape[1]} features but the first layer expects "
+            f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}"
+        )
     if is_concrete(X):
         arr = host_floats(X)
         check_finite(arr, name)
@@ -267,8 +289,15 @@ def check_X(params: Params, X, name: str = "X"):
     return jnp.asarray(X).astype(params[0].W.dtype)
 
 
-def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str = "Y",
-                    output_activation: str | None = None):
+def prepare_targets(
+    Y,
+    loss_name: str,
+    n_out: int,
+    n_rows: int,
+    dtype,
+    name: str = "Y",
+    output_activation: str | None = None,
+):
     """Validate Y for a loss and return it as (N, n_out) in ``dtype``.
 
     Integer labels (N,) for "cross_entropy" become one-hot rows.  ``output_activation``
@@ -292,42 +321,55 @@ def prepare_targets(Y, loss_name: str, n_out: int, n_rows: int, dtype, name: str
             if not jnp.issubdtype(y.dtype, jnp.integer):
                 frac = np.nonzero(y != np.round(y))[0]
                 if frac.size:
-                    raise ValueError(f"{name} holds class labels but {name}[{frac[0]}] = "
-                                     f"{y[frac[0]]} is not an integer")
+                    raise ValueError(
+                        f"{name} holds class labels but {name}[{frac[0]}] = "
+                        f"{y[frac[0]]} is not an integer"
+                    )
             bad = np.nonzero((y < 0) | (y >= n_out))[0]
             if bad.size:
                 raise ValueError(
                     f"class labels must lie in [0, {n_out}) for a network with {n_out} outputs; "
-                    f"{name}[{bad[0]}] = {y[bad[0]]} ({bad.size} label(s) out of range)")
+                    f"{name}[{bad[0]}] = {y[bad[0]]} ({bad.size} label(s) out of range)"
+                )
         elif not jnp.issubdtype(Y.dtype, jnp.integer):
             raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
         return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
     if Y.ndim == 1:
         if n_out != 1:
             hint = ""
-            if (output_activation not in (None, "softmax", "sigmoid")
-                    and jnp.issubdtype(Y.dtype, jnp.integer)):
-                hint = (f"; if {name} holds class labels, build the network with "
-                        f"output='softmax' (loss 'cross_entropy') or output='sigmoid'")
-            raise ValueError(f"{name} has shape {tuple(Y.shape)} but the network has {n_out} "
-                             f"outputs; pass {name} of shape ({n_rows}, {n_out}){hint}")
+            if output_activation not in (None, "softmax", "sigmoid") and jnp.issubdtype(
+                Y.dtype, jnp.integer
+            ):
+                hint = (
+                    f"; if {name} holds class labels, build the network with "
+                    f"output='softmax' (loss 'cross_entropy') or output='sigmoid'"
+                )
+            raise ValueError(
+                f"{name} has shape {tuple(Y.shape)} but the network has {n_out} "
+                f"outputs; pass {name} of shape ({n_rows}, {n_out}){hint}"
+            )
         Y = Y.reshape(-1, 1)
     if Y.shape[1] != n_out:
-        raise ValueError(f"{name} has {Y.shape[1]} columns but the network has {n_out} "
-                         f"output(s) for loss {loss_name!r}")
+        raise ValueError(
+            f"{name} has {Y.shape[1]} columns but the network has {n_out} "
+            f"output(s) for loss {loss_name!r}"
+        )
     if concrete and loss.targets in ("probability", "class"):
         y = np.asarray(Y, dtype=np.float64)
         bad = np.argwhere((y < 0) | (y > 1))
         if bad.size:
             idx = tuple(int(j) for j in bad[0])
-            raise ValueError(f"{loss_name} targets must lie in [0, 1]; {name}{list(idx)} = "
-                             f"{y[idx]}")
+            raise ValueError(
+                f"{loss_name} targets must lie in [0, 1]; {name}{list(idx)} = {y[idx]}"
+            )
         if loss.targets == "class":
             sums = y.sum(axis=1)
             off = np.nonzero(np.abs(sums - 1) > 1e-6 * max(1, n_out))[0]
             if off.size:
-                raise ValueError(f"cross_entropy needs one-hot (or probability) rows summing "
-                                 f"to 1; row {off[0]} of {name} sums to {sums[off[0]]}")
+                raise ValueError(
+                    f"cross_entropy needs one-hot (or probability) rows summing "
+                    f"to 1; row {off[0]} of {name} sums to {sums[off[0]]}"
+                )
     if concrete:
         check_representable(np.asarray(Y, dtype=np.float64), dtype, name)
     return jnp.asarray(Y).astype(dtype)
@@ -338,8 +380,15 @@ def check_data(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_nam
     X = check_X(params, X, x_name)
     if X.shape[0] == 0:
         raise ValueError(f"{x_name} is empty (0 rows)")
-    Y = prepare_targets(Y, loss_name, params[-1].W.shape[1], X.shape[0], params[0].W.dtype,
-                        y_name, output_activation=params[-1].activation)
+    Y = prepare_targets(
+        Y,
+        loss_name,
+        params[-1].W.shape[1],
+        X.shape[0],
+        params[0].W.dtype,
+        y_name,
+        output_activation=params[-1].activation,
+    )
     return X, Y
 
 

@@ -256,3 +256,68 @@ print(f"sign descent: n_iter = {sign_run.n_iter}, reason = {sign_run.reason}, "
       f"x = {np.asarray(sign_run.x)}, f = {sign_run.f:.4f}")
 print("last iterates:\n", np.asarray(sign_run.path[-4:]))
 assert sign_run.reason == "tol_f" and sign_run.f > 0.1
+
+# %% [markdown]
+# ## 7. "Many solutions to choosing step size $\eta^k$"
+#
+# `mj.gradient_descent` takes `step_size=` as a float, an optax schedule or any callable of $k$,
+# and `line_search="exact"` or `"armijo"`:
+#
+# * **exact line search** along $-g$: minimise the local quadratic model
+#   $f(x - \eta g) \approx f(x) - \eta\, g^Tg + \tfrac12\eta^2 g^THg$, so
+#   $\eta^k = g^Tg / g^THg$ (equation (S1) of `docs/derivations.md`), with $Hg$ from
+#   `jax.jvp(jax.grad(f))`; exact here since $f$ is quadratic;
+# * the **optimal fixed step** $\eta^* = 2/(\lambda_{\min} + \lambda_{\max})$ (S4), which is 0.2 here;
+# * **Armijo backtracking** (S3): start at $\eta_0$ and halve until
+#   $f(x - \eta g) \le f(x) - c\,\eta\,\lVert g\rVert^2$; started at $\eta_0 = 1$ (four times past
+#   $2/\lambda_{\max}$) it still converges;
+# * a **schedule**, $\eta^k = 0.24 \cdot 0.9^{k/10}$ (optax `exponential_decay`).
+#
+# Same tolerance for all, $\lVert\nabla f\rVert < 10^{-8}$:
+
+# %%
+import optax
+
+rules = {
+    "fixed 0.1": dict(step_size=0.1),
+    "fixed 0.2": dict(step_size=0.2),
+    "optimal 2/(lmin+lmax)": dict(step_size=eta_opt),
+    "exact line search": dict(line_search="exact"),
+    "armijo from 1.0": dict(step_size=1.0, line_search="armijo", armijo_c=1e-4,
+                            armijo_shrink=0.5),
+    "schedule 0.24*0.9^(k/10)": dict(step_size=optax.exponential_decay(0.24, 10, 0.9)),
+}
+compare = {name: mj.gradient_descent(f, x0, tol_f=0.0, tol_grad=TOL_GRAD, max_iter=MAX_ITER, **kw)
+           for name, kw in rules.items()}
+print(f"{'rule':>26} {'n_iter':>7} {'reason':>9}  first step sizes")
+for name, r in compare.items():
+    print(f"{name:>26} {r.n_iter:7d} {r.reason:>9}  {np.asarray(r.step_sizes[:4]).round(4)}")
+
+n = {name: r.n_iter for name, r in compare.items()}
+assert all(r.converged for r in compare.values())
+assert n["exact line search"] < n["optimal 2/(lmin+lmax)"] <= n["fixed 0.2"] < n["fixed 0.1"]
+assert abs(n["optimal 2/(lmin+lmax)"] - n["fixed 0.2"]) <= 1  # 0.2 *is* the optimal fixed step
+# exact steps are gTg/gTHg: between 1/lambda_max and 1/lambda_min
+steps = compare["exact line search"].step_sizes
+assert np.all((steps >= 1 / lam_np[1] - 1e-12) & (steps <= 1 / lam_np[0] + 1e-12))
+
+# %% [markdown]
+# The exact line search wins: it picks a new $\eta^k$ each step (alternating between 0.125
+# and 0.5 here, both allowed because each is chosen for the current gradient), while every
+# fixed step is bounded by the worst direction (Armijo from 1.0 happens to halve to the same
+# two values, 1/8 and 1/2). The same rule works for a network, with the
+# hand-derived Hessian-vector product `mj.hvp` in place of `jax.jvp(jax.grad(f))`:
+# `mj.network_exact_step_size(params, X, Y, loss)` returns $g^Tg/g^THg$ and
+# `mj.network_max_stable_step_size(params, X, Y, loss)` returns $2/\lambda_{\max}$ (Lanczos on
+# `mj.hvp`). Notebook 07 follows $\lambda_{\max}$ during training.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+for name, r in compare.items():
+    ax.semilogy(np.arange(r.n_iter + 1), np.maximum(r.f_path, 1e-30), "-", label=name)
+ax.set_xlabel("iteration $k$")
+ax.set_ylabel("$f(x^k)$")
+ax.set_ylim(1e-20, 1e3)
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+plt.show()

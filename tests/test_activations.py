@@ -82,6 +82,18 @@ def test_prime_matches_jax_grad(name):
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
+def test_prime2_matches_grad_of_grad(name):
+    """f''(Z) == jax.grad(jax.grad(f)) entry by entry, float64, equation (A8).  _Z() keeps the
+    entries off the relu/leaky_relu kink, where f'' is 0 on both sides."""
+    Z = _Z()
+    assert not bool(jnp.any(Z == 0))
+    act = ACTIVATIONS[name]
+    scalar_f = lambda z: act.fn(z)  # noqa: E731
+    expected = jax.vmap(jax.vmap(jax.grad(jax.grad(scalar_f))))(Z)
+    assert_trees_close(act.prime2(Z), expected)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
 def test_prime_matches_numpy_formula(name):
     Z = _Z()
     np.testing.assert_allclose(

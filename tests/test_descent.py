@@ -429,3 +429,100 @@ def test_bad_descent_arguments(x0, step, exc, regex):
 def test_bad_descent_tolerance_strings():
     with pytest.raises(TypeError, match=r"tol_f must be a real number, got '1e-3'"):
         mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_f="1e-3")
+# ---------------------------------------------------------------------------------------------
+# Step-size rules: schedules, exact line search (S1), Armijo (S3), the optimal fixed step (S4)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_exact_line_search_step_is_gtg_over_gthg() -> None:
+    with jax.enable_x64(True):
+        x0 = jnp.asarray(X0, jnp.float64)
+        res = gradient_descent(quadratic_example, x0, line_search="exact", tol_f=0.0,
+                               tol_grad=1e-10)
+        assert res.converged and res.reason == "tol_grad"
+        # each step by hand: g = H x, eta = g.g / g.H g with the hand-written HESSIAN
+        for k in range(res.n_iter):
+            g = HESSIAN @ res.path[k]
+            assert res.step_sizes[k] == pytest.approx(g @ g / (g @ HESSIAN @ g), rel=1e-12)
+            np.testing.assert_allclose(res.path[k + 1], res.path[k] - res.step_sizes[k] * g,
+                                       rtol=1e-12, atol=1e-14)
+        # steepest descent with exact steps on a quadratic: successive gradients orthogonal
+        g0, g1 = HESSIAN @ res.path[0], HESSIAN @ res.path[1]
+        assert abs(g0 @ g1) < 1e-10 * (g0 @ g0)
+
+
+def test_exact_and_optimal_fixed_step_beat_the_lecture_steps() -> None:
+    """Iterations to ||g|| < 1e-8 on the lecture's quadratic.  Fixed eta contracts the error
+    by max|1 − eta λ| per step: 0.816 for eta = 0.1, and (κ−1)/(κ+1) = √10/5 = 0.632 for
+    eta* = 2/(λ_min + λ_max) = 2/10 (S4): the lecture's 0.2 *is* the optimal fixed step (up to
+    the rounding of 2/(λ_min + λ_max) in floating point)."""
+    with jax.enable_x64(True):
+        x0 = jnp.asarray(X0, jnp.float64)
+        run = {name: gradient_descent(quadratic_example, x0, tol_f=0.0, tol_grad=1e-8, **kw)
+               for name, kw in {"0.1": {"step_size": 0.1}, "0.2": {"step_size": 0.2},
+                                "optimal": {"step_size": 2 / (LAM_MIN + LAM_MAX)},
+                                "exact": {"line_search": "exact"}}.items()}
+        n = {k: r.n_iter for k, r in run.items()}
+        assert all(r.converged for r in run.values())
+        assert n["exact"] < n["optimal"] <= n["0.2"] < n["0.1"]
+        # the contraction factors predict the ratio of iteration counts
+        assert n["0.1"] / n["optimal"] == pytest.approx(
+            math.log(0.632) / math.log(1 - 0.1 * LAM_MIN), rel=0.1)
+
+
+def test_armijo_backtracks_from_an_unstable_step() -> None:
+    """From eta0 = 1 (> 2/λ_max = 0.245, divergent when fixed) Armijo halves until the
+    sufficient-decrease condition holds (S3): every accepted step satisfies it."""
+    with jax.enable_x64(True):
+        x0 = jnp.asarray(X0, jnp.float64)
+        res = gradient_descent(quadratic_example, x0, step_size=1.0, line_search="armijo",
+                               armijo_c=0.5, armijo_shrink=0.5, tol_f=0.0, tol_grad=1e-8)
+        assert res.converged
+        for k in range(res.n_iter):
+            g = HESSIAN @ res.path[k]
+            eta = res.step_sizes[k]
+            assert math.log2(1.0 / eta) == pytest.approx(round(math.log2(1.0 / eta)))
+            assert res.f_path[k + 1] <= res.f_path[k] - 0.5 * eta * (g @ g) + 1e-15
+            # and the previous (twice longer) step would have failed the test
+            if eta < 1.0:
+                x_long = res.path[k] - 2 * eta * g
+                f_long = float(quadratic_example(jnp.asarray(x_long)))
+                assert f_long > res.f_path[k] - 0.5 * 2 * eta * (g @ g)
+    fixed = gradient_descent(quadratic_example, _x0(), step_size=1.0, max_iter=200)
+    assert not fixed.converged
+
+
+def test_schedule_callable_and_optax() -> None:
+    optax = pytest.importorskip("optax")
+    sched = optax.exponential_decay(0.2, transition_steps=5, decay_rate=0.5)
+    res = gradient_descent(quadratic_example, _x0(), step_size=sched, max_iter=30, tol_f=0.0,
+                           tol_grad=0.0)
+    expected = np.array([float(sched(k)) for k in range(30)])
+    np.testing.assert_allclose(res.step_sizes, expected, rtol=1e-6)
+    res2 = gradient_descent(quadratic_example, _x0(),
+                            step_size=lambda k: 0.2 / (1.0 + k.astype(jnp.float32)),
+                            max_iter=4, tol_f=0.0, tol_grad=0.0)
+    np.testing.assert_allclose(res2.step_sizes, 0.2 / (1.0 + np.arange(4)), rtol=1e-6)
+    g = np.asarray(jax.grad(quadratic_example)(jnp.asarray(res2.path[0])))
+    np.testing.assert_allclose(res2.path[1], res2.path[0] - 0.2 * g, rtol=1e-6)
+
+
+def test_fixed_step_records_its_step_sizes() -> None:
+    res = gradient_descent(quadratic_example, _x0(), step_size=0.1, max_iter=5, tol_f=0.0,
+                           tol_grad=0.0)
+    np.testing.assert_allclose(res.step_sizes, np.full(5, 0.1), rtol=1e-6)
+
+
+def test_bad_step_size_rules() -> None:
+    with pytest.raises(ValueError, match="line_search must be one of"):
+        gradient_descent(quadratic_example, _x0(), line_search="wolfe")
+    with pytest.raises(ValueError, match='needs method="gradient"'):
+        gradient_descent(quadratic_example, _x0(), line_search="exact", method="sign")
+    with pytest.raises(ValueError, match=r"armijo_c must lie in \(0, 1\)"):
+        gradient_descent(quadratic_example, _x0(), line_search="armijo", armijo_c=1.5)
+    with pytest.raises(ValueError, match=r"armijo_shrink must be a finite number > 0"):
+        gradient_descent(quadratic_example, _x0(), line_search="armijo", armijo_shrink=0.0)
+    with pytest.raises(ValueError, match=r"step_size\(0\) must be a finite number > 0"):
+        gradient_descent(quadratic_example, _x0(), step_size=lambda k: jnp.asarray(-0.1))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        gradient_descent(quadratic_example, _x0(), step_size=lambda k: jnp.ones(2))

@@ -3,9 +3,22 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 
 * :mod:`~mlds_jax.extensions.per_example`: per-example gradients, norms, Gram matrix, moments;
 * :mod:`~mlds_jax.extensions.dp`: DP-SGD by ghost clipping and its privacy accounting;
-* :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP.
+* :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP;
+* :mod:`~mlds_jax.extensions.curvature`: Hessian- and GGN-vector products by the R-operator,
+  the diagonal GGN, the top Hessian eigenvalue (Lanczos), the Hutchinson trace, step sizes;
+* :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block.
 """
 
+from mlds_jax.extensions.curvature import (
+    diag_ggn,
+    ggn_vp,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hvp,
+    network_exact_step_size,
+    network_max_stable_step_size,
+    sharpness,
+)
 from mlds_jax.extensions.dp import (
     DPSGD,
     DPTrainStep,
@@ -14,6 +27,7 @@ from mlds_jax.extensions.dp import (
     dp_value_and_grads,
     make_dp_train_step,
 )
+from mlds_jax.extensions.kfac import kfac_factors
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
 from mlds_jax.extensions.per_example import (
     GradientMoments,
@@ -32,18 +46,27 @@ __all__ = [
     "DPTrainStep",
     "GradientMoments",
     "clip_factors",
+    "diag_ggn",
     "dp_epsilon",
     "dp_value_and_grads",
+    "ggn_vp",
     "gradient_gram",
     "gradient_gram_core",
     "gradient_moments",
     "gradient_moments_core",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hvp",
+    "kfac_factors",
     "make_dp_train_step",
     "mlp",
     "mlp_backward",
     "mlp_core",
+    "network_exact_step_size",
+    "network_max_stable_step_size",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
     "per_example_grads",
     "per_example_grads_core",
+    "sharpness",
 ]

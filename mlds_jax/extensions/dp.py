@@ -1,3 +1,5 @@
+# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
+# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""DP-SGD with ghost clipping on the hand-derived backward, and its privacy accounting.
 
 One DP-SGD step (Abadi et al., 2016) with Opacus's clip factor, equations (D1)-(D3) of

@@ -1,3 +1,5 @@
+# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
+# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""``mlp(params, X)``: the forward pass as a ``jax.custom_vjp`` whose VJP is the hand-derived one.
 
 Any JAX program that differentiates through :func:`mlp` in reverse mode (``jax.grad``,

@@ -1,3 +1,5 @@
+# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
+# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""Per-example gradients, their norms, Gram matrix and moments, from one backward pass.
 
 The hand-derived backward holds, for every layer l and every row n, the layer input

@@ -1,0 +1,773 @@
+# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
+# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
+r"""Curvature by hand: Hessian- and GGN-vector products, the diagonal GGN, the top Hessian
+eigenvalue, the Hessian trace and the largest stable step size of full-batch gradient descent.
+
+Everything runs the hand-derived forward and backward passes of :mod:`mlds_jax.core` a second
+time on tangents (the R-operator), equations (H1)-(H12) of ``docs/derivations.md``; nothing
+here calls ``jax.jvp`` or ``jax.grad`` of the loss.
+
+Symbols (batch-major, layers l = 1..L, A^(0) = X): Z^(l) = A^(l−1) W^(l) + b^(l),
+A^(l) = f_l(Z^(l)); L = Σ_n w_n ℓ_n with row weights w (N,) (default 1/N); a direction
+v = (V^(l), v_b^(l)) has the structure of params; Ż, Ȧ, δ̇ are the tangents of Z, A, δ along v.
+
+Conventions:
+
+* **Where the GGN is taken.** For the two log-losses (sigmoid + binary cross-entropy, softmax
+  + cross-entropy) the output activation belongs to the loss and the GGN is Jᵀ H_z J with J the
+  Jacobian of the logits Z^(L) and H_z the Hessian of ℓ_n in z_n (H5).  For every other pair
+  (identity/sigmoid/tanh/relu/softmax + mse or half squared error) it is Jᵀ H_ŷ J with J the
+  Jacobian of Ŷ = A^(L) (so J contains the output activation's f') and H_ŷ the constant
+  Hessian of ℓ_n in ŷ_n (H6): the output activation's f'' is dropped, as BackPACK does.
+* **Row weights** enter as w_n H_n per example (the 1/N of the mean inside), so the GGN and the
+  Hessian are those of L = Σ_n w_n ℓ_n.
+* **Square-root factors** S_n (K × C) with S_n S_nᵀ = H_n, scaled by √w_n, are propagated like δ
+  (H8); the exact diagonal GGN and the KFLR factors of :mod:`mlds_jax.extensions.kfac` read them.
+
+Each public function validates once (:func:`mlds_jax.validation.check_batch`, directions
+checked against the structure, shapes and dtypes of params), then calls a jitted, unchecked
+``*_core`` function, also public.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
+
+from mlds_jax import core, validation
+from mlds_jax.activations import ACTIVATIONS
+from mlds_jax.layers import Dense, Params
+from mlds_jax.losses import get_loss
+
+__all__ = [
+    "LOGIT_PAIRS",
+    "activation_jvp",
+    "backprop_factor",
+    "check_direction",
+    "check_row_weights",
+    "diag_ggn",
+    "diag_ggn_core",
+    "ggn_vp",
+    "ggn_vp_core",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hessian_trace_core",
+    "hvp",
+    "hvp_core",
+    "lanczos_core",
+    "network_exact_step_size",
+    "network_exact_step_size_core",
+    "network_max_stable_step_size",
+    "output_hessian_scale",
+    "output_sqrt_factor",
+    "sampled_output_factor",
+    "sharpness",
+]
+
+#: (output activation, loss) pairs whose GGN is taken at the logits Z^(L) (H5).
+LOGIT_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("sigmoid", "binary_cross_entropy"), ("softmax", "cross_entropy")}
+)
+
+
+# --- validation -----------------------------------------------------------------------------
+def check_row_weights(row_weights, n_rows: int, dtype) -> Array:
+    """Row weights w (N,): finite, ≥ 0, not all zero; returned in ``dtype``.
+
+    ``None`` gives w_n = 1/N (the mean loss).
+    """
+    if row_weights is None:
+        return jnp.full((n_rows,), 1.0 / n_rows, dtype=dtype)
+    w = validation.numeric_array(row_weights, "row_weights")
+    if w.ndim != 1 or w.shape[0] != n_rows:
+        raise ValueError(
+            f"row_weights must have shape ({n_rows},) (one weight per row of X), "
+            f"got {tuple(w.shape)}"
+        )
+    if validation.is_concrete(w):
+        arr = np.asarray(w, dtype=np.float64)
+        validation.check_finite(arr, "row_weights")
+        if (arr < 0).any():
+            i = int(np.argmax(arr < 0))
+            raise ValueError(f"row_weights must be >= 0; row_weights[{i}] = {arr[i]}")
+        if not (arr > 0).any():
+            raise ValueError("row_weights are all zero: the loss would be identically 0")
+    return jnp.asarray(w).astype(dtype)
+
+
+def check_direction(params: Params, v, name: str = "v") -> Params:
+    """v has exactly the structure of params (Dense layers, same activations), each leaf the
+    same shape and dtype, and finite entries.  Returns v."""
+    if not isinstance(v, (tuple, list)) or len(v) != len(params):
+        raise TypeError(
+            f"{name} must be a tuple of {len(params)} Dense layers shaped like "
+            f"params, got {type(v).__name__}"
+            + (f" of length {len(v)}" if isinstance(v, (tuple, list)) else "")
+        )
+    for i, (layer, d) in enumerate(zip(params, v, strict=True)):
+        if not isinstance(d, Dense):
+            raise TypeError(f"{name}[{i}] must be a Dense layer, got {type(d).__name__}")
+        if d.activation != layer.activation:
+            raise ValueError(
+                f"{name}[{i}] has activation {d.activation!r} but params[{i}] has "
+                f"{layer.activation!r}"
+            )
+        for leaf in ("W", "b"):
+            a, b = getattr(d, leaf), getattr(layer, leaf)
+            if getattr(a, "shape", None) != b.shape:
+                raise ValueError(
+                    f"{name}[{i}].{leaf} has shape {getattr(a, 'shape', None)} but "
+                    f"params[{i}].{leaf} has shape {b.shape}"
+                )
+            if getattr(a, "dtype", None) != b.dtype:
+                raise TypeError(
+                    f"{name}[{i}].{leaf} has dtype {getattr(a, 'dtype', None)} but "
+                    f"params[{i}].{leaf} has dtype {b.dtype}"
+                )
+    leaves = jax.tree_util.tree_leaves(v)
+    if all(map(validation.is_concrete, leaves)):
+        for i, d in enumerate(v):
+            for leaf in ("W", "b"):
+                validation.check_finite(np.asarray(getattr(d, leaf)), f"{name}[{i}].{leaf}")
+    return v
+
+
+def _check_common(params, X, Y, loss, row_weights):
+    X, Y = validation.check_batch(params, X, Y, loss)
+    w = check_row_weights(row_weights, X.shape[0], params[0].W.dtype)
+    return X, Y, w
+
+
+# --- per-layer tangent rules ----------------------------------------------------------------
+def activation_jvp(name: str, Z: Array, A: Array, Zdot: Array) -> Array:
+    r"""Ȧ = J_f(Z) Ż: f'(Z) ⊙ Ż element-wise, a ⊙ (ż − ⟨ż, a⟩) per row for softmax (H1)."""
+    if name == "softmax":
+        return A * (Zdot - jnp.sum(Zdot * A, axis=-1, keepdims=True))  # (H1)
+    return ACTIVATIONS[name].prime(Z) * Zdot  # (H1)
+
+
+def _activation_curvature(name: str, Z: Array, A: Array, Zdot: Array, dA: Array) -> Array:
+    r"""The f'' term of the tangent backward: (d/dt J_f(Z(t))ᵀ) dA along Ż (H3)."""
+    if name == "softmax":
+        # δ = a ⊙ (g − ⟨g, a⟩) with g = dA held fixed; differentiate a along ȧ (H4)
+        Adot = activation_jvp(name, Z, A, Zdot)
+        inner = jnp.sum(dA * A, axis=-1, keepdims=True)
+        return Adot * (dA - inner) - A * jnp.sum(dA * Adot, axis=-1, keepdims=True)  # (H4)
+    return dA * ACTIVATIONS[name].prime2(Z) * Zdot  # (H3)
+
+
+def output_hessian_scale(loss: str, K: int) -> float:
+    """The constant Hessian of ℓ_n in ŷ_n, c·I: 2/K for "mse", 1 for half squared error (H6)."""
+    if loss == "mse":
+        return 2.0 / K  # (H6)
+    if loss == "half_squared_error":
+        return 1.0  # (H6)
+    raise ValueError(
+        f"loss {loss!r} has no constant output Hessian in ŷ; it is taken at the "
+        f"logits with its matched output activation"
+    )
+
+
+def _forward_tangent(params: Params, cache: core.ForwardCache, v: Params) -> tuple[list, list]:
+    """Ż^(l) = Ȧ^(l−1) W^(l) + A^(l−1) V^(l) + v_b^(l), Ȧ^(l) = J_f Ż^(l), Ȧ^(0) = 0 (H1)."""
+    Zdots, Adots = [], [None]
+    Adot = None
+    for l, (layer, d) in enumerate(zip(params, v, strict=True), start=1):
+        Zdot = cache.As[l - 1] @ d.W + d.b[None, :]  # A^(l−1) V^(l) + v_b^(l)
+        if Adot is not None:
+            Zdot = Zdot + Adot @ layer.W  # + Ȧ^(l−1) W^(l)   (H1)
+        Adot = activation_jvp(layer.activation, cache.Zs[l - 1], cache.As[l], Zdot)
+        Zdots.append(Zdot)
+        Adots.append(Adot)
+    return Zdots, Adots
+
+
+def _output_delta_tangent(cache, Zdot_L, Adot_L, Y, loss, act, w, *, ggn: bool) -> Array:
+    """δ̇^(L): H_z Ż for the logit pairs (H5); J_fᵀ (c w ⊙ Ȧ) (+ the f'' term) otherwise (H6)."""
+    Z, A = cache.Zs[-1], cache.As[-1]
+    wc = w[:, None]
+    if (act, loss) in LOGIT_PAIRS:
+        # softmax-CE: (diag(p) − ppᵀ) ż = J_softmax ż = ȧ; sigmoid-BCE: σ(1−σ) ż = ȧ   (H5)
+        return wc * Adot_L
+    c = output_hessian_scale(loss, A.shape[1])
+    out = ACTIVATIONS[act].backward(wc * (c * Adot_L), Z)  # J_fᵀ H_ŷ Ȧ   (H6)
+    if not ggn:
+        dA = get_loss(loss).dA(A, Y, w)  # ∂L/∂Ŷ = w ⊙ dℓ/dŷ
+        out = out + _activation_curvature(act, Z, A, Zdot_L, dA)  # (H3), (H4)
+    return out
+
+
+def _tangent_backward(params, cache, deltas, v, Zdots, Adots, delta_dot_L, *, ggn: bool):
+    """The backward pass run on tangents, l = L..1 (H2), (H3); the GGN drops f'' and δVᵀ (H7)."""
+    L = len(params)
+    out = [None] * L
+    dd = delta_dot_L
+    for l in range(L, 0, -1):
+        layer, d = params[l - 1], v[l - 1]
+        A_prev = cache.As[l - 1]
+        dW = A_prev.T @ dd  # A^(l−1)ᵀ δ̇^(l)
+        if not ggn and l > 1:
+            dW = dW + Adots[l - 1].T @ deltas[l - 1]  # + Ȧ^(l−1)ᵀ δ^(l)   (H2)
+        out[l - 1] = Dense(W=dW, b=dd.sum(axis=0), activation=layer.activation)  # (H2)
+        if l > 1:
+            dA_dot = dd @ layer.W.T  # δ̇^(l) W^(l)ᵀ
+            if not ggn:
+                dA_dot = dA_dot + deltas[l - 1] @ d.W.T  # + δ^(l) V^(l)ᵀ   (H3)
+            prev = params[l - 2].activation
+            Zp = cache.Zs[l - 2]
+            new = ACTIVATIONS[prev].backward(dA_dot, Zp)  # ⊙ f'(Z^(l−1))
+            if not ggn:
+                dA = deltas[l - 1] @ layer.W.T  # ∂L/∂A^(l−1)
+                new = new + _activation_curvature(prev, Zp, cache.As[l - 1], Zdots[l - 2], dA)
+            dd = new
+    return tuple(out) if isinstance(params, tuple) else out
+
+
+def _curvature_vp(params, X, Y, loss, v, w, *, ggn: bool) -> Params:
+    cache = core.forward_cache(params, X)
+    Zdots, Adots = _forward_tangent(params, cache, v)
+    act = params[-1].activation
+    dd_L = _output_delta_tangent(cache, Zdots[-1], Adots[-1], Y, loss, act, w, ggn=ggn)
+    deltas = None
+    if not ggn:
+        deltas = core.backward(params, cache, Y, loss, row_weights=w).deltas
+    return _tangent_backward(params, cache, deltas, v, Zdots, Adots, dd_L, ggn=ggn)
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def hvp_core(
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
+    """H v by the R-operator (H1)-(H4), unchecked; inputs prepared as for :mod:`mlds_jax.core`."""
+    w = _weights(X, row_weights)
+    return _curvature_vp(params, X, Y, loss, v, w, ggn=False)
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def ggn_vp_core(
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
+    """G v = Jᵀ H_out J v (H7), unchecked."""
+    w = _weights(X, row_weights)
+    return _curvature_vp(params, X, Y, loss, v, w, ggn=True)
+
+
+def _weights(X: Array, row_weights: Array | None) -> Array:
+    if row_weights is None:
+        return jnp.full((X.shape[0],), 1.0 / X.shape[0], dtype=X.dtype)
+    return row_weights.astype(X.dtype)
+
+
+def hvp(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    v: Params,
+    *,
+    row_weights: ArrayLike | None = None,
+) -> Params:
+    r"""Hessian-vector product H v of the batch loss L = Σ_n w_n ℓ_n, by hand (R-operator).
+
+    Forward tangent pass (H1): Ż^(l) = Ȧ^(l−1) W^(l) + A^(l−1) V^(l) + v_b^(l), Ȧ^(l) = f'(Z^(l))
+    ⊙ Ż^(l); output tangent δ̇^(L) (H5), (H6) with the output activation's own second derivative
+    (H3), (H4); backward tangent pass (H2), (H3):
+
+    .. math::
+       (Hv)_{W^{(l)}} = \dot A^{(l-1)T}\delta^{(l)} + A^{(l-1)T}\dot\delta^{(l)},\quad
+       (Hv)_{b^{(l)}} = \textstyle\sum_n \dot\delta^{(l)}_n,\\
+       \dot\delta^{(l-1)} = (\dot\delta^{(l)}W^{(l)T} + \delta^{(l)}V^{(l)T}) \odot f'(Z^{(l-1)})
+       + (\delta^{(l)}W^{(l)T}) \odot f''(Z^{(l-1)}) \odot \dot Z^{(l-1)}.
+
+    relu and leaky_relu have f'' = 0 (away from the kink, where the Hessian is undefined).
+    Cost: about two forward and two backward passes.
+
+    Args:
+      params: tuple of :class:`~mlds_jax.layers.Dense`.
+      X: inputs, (N, n_in).
+      Y: targets, as :func:`mlds_jax.loss` takes them.
+      loss: loss name.
+      v: direction with the structure, shapes and dtype of params.
+      row_weights: optional w (N,), ≥ 0 (default 1/N).
+
+    Returns:
+      H v, like params.
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    check_direction(params, v)
+    return hvp_core(params, X, Y, loss, v, w)
+
+
+def ggn_vp(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    v: Params,
+    *,
+    row_weights: ArrayLike | None = None,
+) -> Params:
+    r"""Generalised Gauss-Newton vector product G v = Σ_n w_n J_nᵀ H_n J_n v (H7).
+
+    The R-operator of :func:`hvp` without the f'' terms, the δVᵀ terms and Ȧᵀδ: the forward
+    tangent J v, then H_out at the output (at the logits for sigmoid + BCE and softmax + CE,
+    at Ŷ for the other pairs, the output activation's f'' dropped as BackPACK does), then the
+    ordinary backward (B2)-(B5) run on δ̇.  G is positive semi-definite.
+
+    Args and returns as :func:`hvp`.
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    check_direction(params, v)
+    return ggn_vp_core(params, X, Y, loss, v, w)
+
+
+# --- square-root factors and the diagonal GGN -----------------------------------------------
+def output_sqrt_factor(cache: core.ForwardCache, loss: str, act: str, w: Array) -> Array:
+    r"""√w_n S_n at the logits Z^(L), S_n S_nᵀ = the output Hessian in z_n; (N, K, K) (H8).
+
+    softmax-CE: S = diag(√p) − p √pᵀ; sigmoid-BCE: diag(√(σ(1 − σ))); other pairs:
+    J_fᵀ √c I with c from (H6) (for softmax + mse: √c (diag(a) − a aᵀ)).
+    """
+    Z, A = cache.Zs[-1], cache.As[-1]
+    K = A.shape[1]
+    eye = jnp.eye(K, dtype=A.dtype)
+    if (act, loss) == ("softmax", "cross_entropy"):
+        sq = jnp.sqrt(A)
+        S = sq[:, :, None] * eye[None] - A[:, :, None] * sq[:, None, :]  # (H8)
+    elif (act, loss) == ("sigmoid", "binary_cross_entropy"):
+        S = jnp.sqrt(A * (1 - A))[:, :, None] * eye[None]  # (H8)
+    else:
+        c = output_hessian_scale(loss, K)
+        cols = jnp.broadcast_to(math.sqrt(c) * eye, (A.shape[0], K, K))  # column j: √c e_j
+        # J_fᵀ applied to each column: move columns to the batch axis of backward
+        S = jax.vmap(lambda col: ACTIVATIONS[act].backward(col, Z), in_axes=2, out_axes=2)(cols)
+    return jnp.sqrt(w)[:, None, None] * S
+
+
+def sampled_output_factor(
+    cache: core.ForwardCache, loss: str, act: str, w: Array, key: Array, mc_samples: int
+) -> Array:
+    r"""Monte Carlo √w_n S̃_n, (N, K, M): columns ĝ_m/√M with E[ĝ ĝᵀ] = H_n (H9).
+
+    Targets are sampled from the model: softmax-CE y ~ Cat(p), ĝ = p − e_y; sigmoid-BCE
+    y ~ Bernoulli(σ), ĝ = σ − y; mse / half squared error ĝ_ŷ = √c ε, ε ~ N(0, I) (the
+    Gaussian whose negative log-likelihood the loss is), mapped to the logits by J_fᵀ.
+    """
+    Z, A = cache.Zs[-1], cache.As[-1]
+    N, K = A.shape
+    if (act, loss) == ("softmax", "cross_entropy"):
+        labels = jax.random.categorical(key, jnp.log(A)[None], axis=-1, shape=(mc_samples, N))
+        G = A[None] - jax.nn.one_hot(labels, K, dtype=A.dtype)  # (H9)
+    elif (act, loss) == ("sigmoid", "binary_cross_entropy"):
+        y = jax.random.bernoulli(key, A[None], shape=(mc_samples, N, K)).astype(A.dtype)
+        G = A[None] - y  # (H9)
+    else:
+        c = output_hessian_scale(loss, K)
+        eps = jax.random.normal(key, (mc_samples, N, K), dtype=A.dtype)
+        G = jax.vmap(lambda e: ACTIVATIONS[act].backward(math.sqrt(c) * e, Z))(eps)  # (H9)
+    S = jnp.moveaxis(G, 0, 2) / math.sqrt(mc_samples)
+    return jnp.sqrt(w)[:, None, None] * S
+
+
+def backprop_factor(params: Params, cache: core.ForwardCache, S: Array) -> list[Array]:
+    r"""Propagate the factor columns like δ (H8): B^(L) = S, B^(l−1) = (B^(l) W^(l)ᵀ) ⊙ f'(Z^(l−1)).
+
+    Args:
+      S: (N, K, C), the output factor.
+
+    Returns:
+      [B^(1), ..., B^(L)], B^(l) of shape (C, N, sizes[l]).
+    """
+    L = len(params)
+    B = [None] * L
+    B[L - 1] = jnp.moveaxis(S, 2, 0)
+    for l in range(L, 1, -1):
+        prev = params[l - 2]
+        dA = B[l - 1] @ params[l - 1].W.T
+        B[l - 2] = jax.vmap(
+            lambda d, Z=cache.Zs[l - 2], f=prev.activation: ACTIVATIONS[f].backward(d, Z)
+        )(dA)
+    return B
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "mc_samples"))
+def diag_ggn_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array | None = None,
+    key: Array | None = None,
+    mc_samples: int = 0,
+) -> Params:
+    r"""diag(G) like params (H10), unchecked; ``mc_samples = 0`` is exact, else Monte Carlo."""
+    del Y  # the GGN does not depend on the targets
+    w = _weights(X, row_weights)
+    cache = core.forward_cache(params, X)
+    act = params[-1].activation
+    if mc_samples == 0:
+        S = output_sqrt_factor(cache, loss, act, w)
+    else:
+        S = sampled_output_factor(cache, loss, act, w, key, mc_samples)
+    B = backprop_factor(params, cache, S)
+    out = []
+    for l, layer in enumerate(params, start=1):
+        Bsq = jnp.sum(B[l - 1] ** 2, axis=0)  # Σ_c (B^(l)_{c,n,j})², (N, d_l)
+        A_prev = cache.As[l - 1]
+        out.append(
+            Dense(
+                W=(A_prev**2).T @ Bsq,
+                b=Bsq.sum(axis=0),  # (H10)
+                activation=layer.activation,
+            )
+        )
+    return tuple(out) if isinstance(params, tuple) else out
+
+
+def diag_ggn(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    row_weights: ArrayLike | None = None,
+    mc_samples: int | None = None,
+    key: Array | None = None,
+) -> Params:
+    r"""The diagonal of the generalised Gauss-Newton matrix, like params (H8)-(H10).
+
+    Exact (default): each example's output-Hessian square root S_n (H8), scaled by √w_n, is
+    propagated like δ, column by column (K columns), and
+
+    .. math:: \mathrm{diag}(G)_{W^{(l)}_{ij}} = \sum_n (a^{(l-1)}_{ni})^2
+              \sum_c (B^{(l)}_{c,n,j})^2,\qquad
+              \mathrm{diag}(G)_{b^{(l)}_j} = \sum_n\sum_c (B^{(l)}_{c,n,j})^2.
+
+    Monte Carlo (``mc_samples=M`` and ``key``): the columns are M sampled output gradients
+    (targets drawn from the model, (H9)) divided by √M: an unbiased estimate.  The GGN
+    convention (logits vs Ŷ) is that of :func:`ggn_vp`.
+
+    Args:
+      params, X, Y, loss: as :func:`hvp`.
+      row_weights: optional w (N,).
+      mc_samples: None for the exact diagonal, else the number of sampled targets M ≥ 1.
+      key: a ``jax.random`` key, required with ``mc_samples``.
+
+    Returns:
+      diag(G), like params (every entry ≥ 0).
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    if mc_samples is None:
+        if key is not None:
+            raise ValueError(
+                "key is only used with mc_samples; pass mc_samples=M for the "
+                "Monte Carlo estimate or drop key for the exact diagonal"
+            )
+        return diag_ggn_core(params, X, Y, loss, w)
+    m = validation.positive_int(mc_samples, "mc_samples")
+    if key is None:
+        raise ValueError("mc_samples needs a key (jax.random.key(seed))")
+    validation.check_key(key)
+    return diag_ggn_core(params, X, Y, loss, w, key, m)
+
+
+# --- eigenvalues, trace, step sizes ---------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("loss", "num_iters"))
+def lanczos_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    key: Array,
+    row_weights: Array | None = None,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+) -> tuple[Array, Array, Array]:
+    r"""Lanczos with full reorthogonalisation on ``hvp_core`` (H11), unchecked.
+
+    Runs at most m = min(num_iters, P) steps and stops once the top Ritz pair (θ, y) has
+    residual ‖H y − θ y‖ = β_k |s_k| ≤ tol·|θ| (or the Krylov space is invariant).
+
+    Returns:
+      (θ, y flat (P,), steps taken).
+    """
+    w = _weights(X, row_weights)
+    flat, unravel = ravel_pytree(params)
+    P = flat.shape[0]
+    m = min(num_iters, P)
+    dtype = flat.dtype
+
+    def matvec(x):
+        return ravel_pytree(hvp_core(params, X, Y, loss, unravel(x), w))[0]
+
+    q0 = jax.random.normal(key, (P,), dtype=dtype)
+    q0 = q0 / jnp.linalg.norm(q0)
+    Q = jnp.zeros((m + 1, P), dtype).at[0].set(q0)
+    alpha = jnp.zeros((m,), dtype)
+    beta = jnp.zeros((m,), dtype)
+    tiny = jnp.asarray(jnp.finfo(dtype).eps, dtype)
+
+    def ritz(alpha, beta, k):
+        # top eigenpair of the k×k tridiagonal T_k: pad beyond k with a diagonal below the
+        # Gershgorin bound of T_k, so the padding never supplies the largest eigenvalue
+        idx = jnp.arange(m)
+        valid = idx < k
+        b_valid = jnp.where(idx < k - 1, beta, 0.0)
+        low = (
+            jnp.min(
+                jnp.where(
+                    valid,
+                    alpha - jnp.abs(b_valid) - jnp.abs(jnp.roll(b_valid, 1).at[0].set(0.0)),
+                    jnp.inf,
+                )
+            )
+            - 1.0
+        )
+        diag = jnp.where(valid, alpha, low)
+        T = jnp.diag(diag) + jnp.diag(b_valid[:-1], 1) + jnp.diag(b_valid[:-1], -1)
+        vals, vecs = jnp.linalg.eigh(T)
+        return vals[-1], vecs[:, -1]
+
+    def cond(state):
+        k, _, _, _, done = state
+        return (k < m) & ~done
+
+    def body(state):
+        k, Q, alpha, beta, _ = state
+        q = Q[k]
+        z = matvec(q)
+        a = jnp.dot(q, z)
+        # full reorthogonalisation (twice) against every Lanczos vector so far
+        mask = (jnp.arange(m + 1) <= k).astype(dtype)[:, None]
+        Qm = Q * mask
+        z = z - Qm.T @ (Qm @ z)
+        z = z - Qm.T @ (Qm @ z)
+        b = jnp.linalg.norm(z)
+        alpha = alpha.at[k].set(a)
+        beta = beta.at[k].set(b)
+        theta, s = ritz(alpha, beta, k + 1)
+        resid = b * jnp.abs(s[k])
+        scale = jnp.maximum(jnp.abs(theta), jnp.max(jnp.abs(alpha)))
+        done = (resid <= tol * jnp.abs(theta)) | (b <= 10 * tiny * jnp.maximum(scale, tiny))
+        Q = Q.at[k + 1].set(jnp.where(b > 0, z / jnp.where(b > 0, b, 1.0), 0.0))
+        return k + 1, Q, alpha, beta, done
+
+    k, Q, alpha, beta, _ = jax.lax.while_loop(
+        cond, body, (jnp.asarray(0), Q, alpha, beta, jnp.asarray(False))
+    )
+    theta, s = ritz(alpha, beta, k)
+    y = Q[:m].T @ s
+    y = y / jnp.linalg.norm(y)
+    return theta, y, k
+
+
+def _check_eig_args(num_iters, tol):
+    n = validation.positive_int(num_iters, "num_iters")
+    t = validation.positive_float(tol, "tol")
+    return n, t
+
+
+def hessian_top_eigenvalue(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> tuple[Array, Params]:
+    r"""The algebraically largest eigenvalue λ_max of the Hessian and its eigenvector (H11).
+
+    Lanczos iteration on :func:`hvp` with full reorthogonalisation, started from a random
+    unit vector drawn with ``key``: after k steps the Krylov basis Q_k gives H Q_k = Q_k T_k +
+    β_k q_{k+1} e_kᵀ; the top Ritz value θ of the tridiagonal T_k is the estimate, its Ritz
+    vector y = Q_k s the eigenvector.  Stops when ‖H y − θ y‖ = β_k |s_k| ≤ tol·|θ| (then some
+    eigenvalue lies within tol·|θ| of θ), when the Krylov space is invariant, or after
+    min(num_iters, P) steps (P = number of parameters; at P steps the answer is exact).
+    The Hessian can be indefinite: this is the largest eigenvalue, not the largest |λ|
+    (which is what plain power iteration would find).
+
+    Args:
+      params, X, Y, loss: as :func:`hvp`.
+      key: ``jax.random`` key for the start vector.
+      num_iters: the most Lanczos steps (each one :func:`hvp`); memory (num_iters + 1)·P.
+      tol: relative residual at which to stop; the defaults reach 1e-6 relative accuracy in
+        λ on small networks (tested against ``numpy.linalg.eigh``).
+      row_weights: optional w (N,).
+
+    Returns:
+      (λ_max scalar array, unit eigenvector like params).
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    validation.check_key(key)
+    n, t = _check_eig_args(num_iters, tol)
+    theta, y, _ = lanczos_core(params, X, Y, loss, key, w, n, t)
+    _, unravel = ravel_pytree(params)
+    return theta, unravel(y)
+
+
+def sharpness(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> float:
+    """λ_max of the Hessian as a Python float: the "sharpness" of Cohen et al. (2021) (H11).
+
+    The helper ``fit(..., track_sharpness=k, sharpness_data=(X_s, Y_s))`` calls every k-th
+    epoch to fill ``history["sharpness"]``; compare it with 2/η.
+    """
+    lam, _ = hessian_top_eigenvalue(
+        params, X, Y, loss, key=key, num_iters=num_iters, tol=tol, row_weights=row_weights
+    )
+    return float(lam)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "samples"))
+def hessian_trace_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    key: Array,
+    samples: int,
+    row_weights: Array | None = None,
+) -> tuple[Array, Array]:
+    r"""Hutchinson's estimate (H12), unchecked: (mean of vᵀHv, each probe's vᵀHv (samples,))."""
+    w = _weights(X, row_weights)
+    flat, unravel = ravel_pytree(params)
+
+    def one(k):
+        v = jax.random.rademacher(k, flat.shape, dtype=flat.dtype)
+        Hv = ravel_pytree(hvp_core(params, X, Y, loss, unravel(v), w))[0]
+        return jnp.dot(v, Hv)  # (H12)
+
+    per_probe = jax.lax.map(one, jax.random.split(key, samples))
+    return jnp.mean(per_probe), per_probe
+
+
+def hessian_trace(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array,
+    samples: int = 100,
+    row_weights: ArrayLike | None = None,
+) -> Array:
+    r"""Hutchinson estimate of tr(H) with Rademacher probes (H12).
+
+    tr(H) ≈ (1/S) Σ_s v_sᵀ H v_s, v_s with independent ±1 entries (E[v vᵀ] = I, so each term
+    is unbiased); one :func:`hvp` per probe.  Its variance is 2(‖H‖_F² − Σ_i H_ii²)/S.
+
+    Args:
+      params, X, Y, loss: as :func:`hvp`.
+      key: ``jax.random`` key.
+      samples: number of probes S ≥ 1.
+      row_weights: optional w (N,).
+
+    Returns:
+      The estimate, a scalar array.
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    validation.check_key(key)
+    s = validation.positive_int(samples, "samples")
+    return hessian_trace_core(params, X, Y, loss, key, s, w)[0]
+
+
+def network_max_stable_step_size(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    key: Array | None = None,
+    num_iters: int = 100,
+    tol: float = 1e-7,
+    row_weights: ArrayLike | None = None,
+) -> float:
+    r"""2 / λ_max of the Hessian: the largest stable fixed step of full-batch gradient descent.
+
+    Near params the loss is locally quadratic; one step multiplies the error along an
+    eigenvector of H by 1 − ηλ, so a fixed step is stable iff η < 2/λ_max (S2) (the network form
+    of :func:`mlds_jax.max_stable_step_size`).  λ_max by :func:`hessian_top_eigenvalue`.
+
+    Args:
+      params, X, Y, loss: as :func:`hvp`.
+      key: start vector key (default ``jax.random.key(0)``: deterministic).
+      num_iters, tol: as :func:`hessian_top_eigenvalue`.
+      row_weights: optional w (N,).
+
+    Returns:
+      2/λ_max as a Python float.
+
+    Raises:
+      ValueError: λ_max ≤ 0 (no fixed step is stable: the loss is not locally convex in any
+        direction).
+    """
+    if key is None:
+        key = jax.random.key(0)
+    lam = sharpness(
+        params, X, Y, loss, key=key, num_iters=num_iters, tol=tol, row_weights=row_weights
+    )
+    if not lam > 0.0:
+        raise ValueError(
+            f"largest Hessian eigenvalue is {lam} <= 0: no fixed step size is stable there"
+        )
+    return 2.0 / lam
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def network_exact_step_size_core(
+    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
+) -> Array:
+    r"""η = gᵀg / gᵀHg along −g (S1), unchecked; g by the hand-derived backward."""
+    w = _weights(X, row_weights)
+    _, g = core.value_and_grads(params, X, Y, loss, row_weights=w)
+    Hg = hvp_core(params, X, Y, loss, g, w)
+    gg = sum(jnp.vdot(a, a) for a in jax.tree_util.tree_leaves(g))
+    gHg = sum(
+        jnp.vdot(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(Hg), strict=True)
+    )
+    return gg / gHg  # (S1)
+
+
+def network_exact_step_size(
+    params: Params, X: ArrayLike, Y: ArrayLike, loss: str, *, row_weights: ArrayLike | None = None
+) -> float:
+    r"""The exact line-search step along −g for the local quadratic model: η = gᵀg / gᵀHg (S1).
+
+    Minimises L(θ − η g) ≈ L − η gᵀg + ½η² gᵀHg over η; g by the manual backward, Hg by
+    :func:`hvp`.  The network form of ``gradient_descent(..., line_search="exact")``.
+
+    Returns:
+      η as a Python float.
+
+    Raises:
+      ValueError: gᵀHg ≤ 0 (negative curvature along −g: the quadratic model has no minimum)
+        or g = 0.
+    """
+    X, Y, w = _check_common(params, X, Y, loss, row_weights)
+    eta = float(network_exact_step_size_core(params, X, Y, loss, w))
+    if not (math.isfinite(eta) and eta > 0.0):
+        raise ValueError(
+            f"the exact step gᵀg/gᵀHg is {eta}: the curvature along the "
+            f"gradient is not positive (or the gradient is zero)"
+        )
+    return eta

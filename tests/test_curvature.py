@@ -1,0 +1,280 @@
+"""Curvature by hand (mlds_jax.extensions.curvature) against autodiff, in float64.
+
+References are built independently of the code under test: the loss is written from the
+reference formulas of ``helpers`` (REF_ACTIVATIONS and the per-example terms below) and
+differentiated by ``jax.hessian`` / ``jax.jvp(jax.grad)`` / ``jax.jacrev`` on the flattened
+parameters (``jax.flatten_util.ravel_pytree``).  Networks are tiny (P ≤ 50 parameters), so the
+full Hessian is a 50 × 50 matrix.
+
+Tolerances: the R-operator and jax.hessian do the same O(depth) products in a different
+order, as the gradients do (tests/helpers.py); entries of H are O(1e-2..1), so the suite's
+float64 rule (rtol 1e-10, atol 1e-12) applies unchanged.  Monte Carlo checks use 5 standard
+errors of the mean per entry (two-sided false-alarm probability 6e-7 per entry).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    HIDDEN_WIDTH,
+    N_IN,
+    OUTPUT_LOSS_PAIRS,
+    REF_ACTIVATIONS,
+    make_problem,
+    targets_2d,
+    tolerances,
+)
+from jax.flatten_util import ravel_pytree
+
+import mlds_jax as mj
+from mlds_jax.extensions import curvature
+
+TOL = tolerances(np.float64)
+SIZES = [N_IN, HIDDEN_WIDTH, HIDDEN_WIDTH, 2]  # two hidden layers: the δVᵀ and f'' terms
+LOGIT = {("sigmoid", "binary_cross_entropy"), ("softmax", "cross_entropy")}
+
+
+def ref_terms_from_Z(Z, Y, output, loss):
+    """ℓ_n written from the definitions, as a function of the output pre-activation Z."""
+    A = REF_ACTIVATIONS[output](Z)
+    return ref_terms_from_A(A, Y, loss, Z)
+
+
+def ref_terms_from_A(A, Y, loss, Z=None):
+    if loss == "mse":
+        return jnp.mean((A - Y) ** 2, axis=1)
+    if loss == "half_squared_error":
+        return 0.5 * jnp.sum((A - Y) ** 2, axis=1)
+    if loss == "binary_cross_entropy":  # from the logit, as a function of z
+        return jnp.sum(Y * jnp.log1p(jnp.exp(-Z)) + (1 - Y) * jnp.log1p(jnp.exp(Z)), axis=1)
+    if loss == "cross_entropy":
+        return -jnp.sum(Y * (Z - jnp.log(jnp.sum(jnp.exp(Z), axis=1, keepdims=True))), axis=1)
+    raise ValueError(loss)
+
+
+def ref_output(params, X, upto_logits):
+    A = X
+    for i, layer in enumerate(params):
+        Z = A @ layer.W + layer.b[None, :]
+        if upto_logits and i == len(params) - 1:
+            return Z
+        A = REF_ACTIVATIONS[layer.activation](Z)
+    return A
+
+
+def ref_loss(params, X, Y, loss, w):
+    Z = ref_output(params, X, upto_logits=True)
+    return jnp.sum(w * ref_terms_from_Z(Z, Y, params[-1].activation, loss))
+
+
+def problem(hidden, output, loss, n, seed=0):
+    params, X, Y = make_problem(seed, SIZES, hidden, output, loss, n)
+    Y2 = targets_2d(Y, loss, SIZES[-1], jnp.float64)
+    w = jnp.asarray(np.random.default_rng(seed).uniform(0.5, 1.5, n), jnp.float64) / n
+    return params, X, Y2, w
+
+
+def full_hessian(params, X, Y, loss, w):
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda p: ref_loss(unravel(p), X, Y, loss, w))(flat)
+
+
+def matrix_of(fn, params):
+    """The matrix of a linear map on params-shaped vectors, column by column."""
+    flat, unravel = ravel_pytree(params)
+    eye = jnp.eye(flat.shape[0], dtype=flat.dtype)
+    return jax.vmap(lambda e: ravel_pytree(fn(unravel(e)))[0])(eye).T
+
+
+def ref_ggn(params, X, Y, loss, w):
+    """Σ_n w_n J_nᵀ H_n J_n with J from jax.jacrev and H_n from jax.hessian (per example)."""
+    output, K = params[-1].activation, SIZES[-1]
+    flat, unravel = ravel_pytree(params)
+    at_logits = (output, loss) in LOGIT
+    J = jax.jacrev(lambda p: ref_output(unravel(p), X, at_logits))(flat)  # (N, K, P)
+
+    def term(o, y):
+        if at_logits:
+            return ref_terms_from_Z(o[None], y[None], output, loss)[0]
+        return ref_terms_from_A(o[None], y[None], loss)[0]
+
+    out = ref_output(params, X, at_logits)
+    H = jax.vmap(jax.hessian(term))(out, Y)  # (N, K, K)
+    assert J.shape[1] == K
+    return jnp.einsum("n,nkp,nkl,nlq->pq", w, J, H, J)
+
+
+# --- the whole grid: every output/loss pair, then every hidden activation ----------------
+# every pair once with tanh hidden layers (N = 5), batch 1 for a fused and a non-fused pair,
+# every other hidden activation once under a non-fused pair (sigmoid + mse: both f'' terms)
+CASES = [("tanh", out, loss, 5) for (out, loss) in OUTPUT_LOSS_PAIRS]
+CASES += [("tanh", "softmax", "cross_entropy", 1), ("tanh", "sigmoid", "mse", 1)]
+CASES += [(h, "sigmoid", "mse", 5) for h in mj.HIDDEN_ACTIVATIONS if h != "tanh"]
+
+
+@pytest.mark.parametrize("hidden,output,loss,n", CASES)
+def test_hvp_ggn_diag_against_autodiff(hidden, output, loss, n):
+    params, X, Y, w = problem(hidden, output, loss, n)
+    H_ref = full_hessian(params, X, Y, loss, w)
+    H = matrix_of(lambda v: curvature.hvp_core(params, X, Y, loss, v, w), params)
+    np.testing.assert_allclose(H, H_ref, **TOL)
+    G_ref = ref_ggn(params, X, Y, loss, w)
+    G = matrix_of(lambda v: curvature.ggn_vp_core(params, X, Y, loss, v, w), params)
+    np.testing.assert_allclose(G, G_ref, **TOL)
+    d = ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w))[0]
+    np.testing.assert_allclose(d, jnp.diag(G_ref), **TOL)
+
+
+# --- the public API: validation, then the same numbers ------------------------------------
+@pytest.fixture(scope="module")
+def net():
+    """A softmax classifier with integer labels and its autodiff loss on flat parameters."""
+    params, X, Y = make_problem(1, SIZES, "tanh", "softmax", "cross_entropy", 6)
+    Y2 = targets_2d(Y, "cross_entropy", SIZES[-1], jnp.float64)
+    w = jnp.full((6,), 1 / 6, jnp.float64)
+    flat, unravel = ravel_pytree(params)
+
+    def f(p):
+        return ref_loss(unravel(p), X, Y2, "cross_entropy", w)
+
+    return params, X, Y, f, flat, unravel
+
+
+def test_hvp_matches_jvp_of_grad(net):
+    params, X, Y, f, flat, unravel = net
+    v = unravel(jnp.asarray(np.random.default_rng(2).standard_normal(flat.shape)))
+    _, Hv_ref = jax.jvp(jax.grad(f), (flat,), (ravel_pytree(v)[0],))
+    Hv = mj.hvp(params, X, Y, "cross_entropy", v)
+    np.testing.assert_allclose(ravel_pytree(Hv)[0], Hv_ref, **TOL)
+    assert jax.tree_util.tree_structure(Hv) == jax.tree_util.tree_structure(params)
+
+
+def test_row_weights_and_mean_default(net):
+    params, X, Y, f, flat, unravel = net
+    v = unravel(jnp.asarray(np.random.default_rng(3).standard_normal(flat.shape)))
+    ones = mj.hvp(params, X, Y, "cross_entropy", v, row_weights=np.full(6, 1 / 6))
+    default = mj.hvp(params, X, Y, "cross_entropy", v)
+    np.testing.assert_allclose(ravel_pytree(ones)[0], ravel_pytree(default)[0], **TOL)
+    # a zero weight removes the row: same as dropping it (with the others' weights kept)
+    w = np.array([0.0, 0.2, 0.2, 0.2, 0.2, 0.2])
+    a = mj.ggn_vp(params, X, Y, "cross_entropy", v, row_weights=w)
+    b = mj.ggn_vp(params, X[1:], Y[1:], "cross_entropy", v)
+    np.testing.assert_allclose(ravel_pytree(a)[0], ravel_pytree(b)[0], **TOL)
+
+
+def test_top_eigenvalue_matches_eigh_and_is_algebraic():
+    # tanh layers, mse far from the targets: an indefinite Hessian whose most negative
+    # eigenvalue (−2.76) is larger in magnitude than the largest (2.00); Lanczos must return
+    # the largest (algebraic) one, which power iteration on |λ| would miss
+    params, X, Y = make_problem(0, SIZES, "tanh", "tanh", "mse", 6)
+    Y = 3.0 * Y
+    w = jnp.full((6,), 1 / 6, jnp.float64)
+    flat, unravel = ravel_pytree(params)
+    H = np.asarray(jax.hessian(lambda p: ref_loss(unravel(p), X, Y, "mse", w))(flat))
+    evals, evecs = np.linalg.eigh(H)
+    assert evals[0] < 0 < evals[-1] < -evals[0]
+    lam, vec = mj.hessian_top_eigenvalue(params, X, Y, "mse", key=jax.random.key(1))
+    assert abs(float(lam) - evals[-1]) <= 1e-6 * abs(evals[-1])
+    y = ravel_pytree(vec)[0]
+    assert abs(abs(float(jnp.dot(y, evecs[:, -1]))) - 1) < 1e-6
+    eta = mj.network_max_stable_step_size(params, X, Y, "mse", key=jax.random.key(1))
+    assert eta == pytest.approx(2 / evals[-1], rel=1e-6)
+    assert mj.sharpness(params, X, Y, "mse", key=jax.random.key(1)) == pytest.approx(float(lam))
+
+
+def test_hessian_trace_unbiased(net):
+    params, X, Y, f, flat, unravel = net
+    tr_ref = float(jnp.trace(jax.hessian(f)(flat)))
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    est, per_probe = curvature.hessian_trace_core(
+        params, Xp, Yp, "cross_entropy", jax.random.key(5), 2000
+    )
+    se = float(np.std(per_probe)) / np.sqrt(2000)
+    assert abs(float(est) - tr_ref) <= 5 * se
+    small = mj.hessian_trace(params, X, Y, "cross_entropy", key=jax.random.key(5), samples=3)
+    assert np.isfinite(float(small))
+
+
+@pytest.mark.parametrize(
+    "output,loss",
+    [
+        ("softmax", "cross_entropy"),
+        ("sigmoid", "binary_cross_entropy"),
+        ("tanh", "half_squared_error"),
+    ],
+)
+def test_mc_diag_ggn_unbiased(output, loss):
+    params, X, Y, w = problem("tanh", output, loss, 4, seed=7)
+    exact = ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w))[0]
+    R = 4000
+    keys = jax.random.split(jax.random.key(3), R)
+    draws = jax.vmap(
+        lambda k: ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w, k, 1))[0]
+    )(keys)
+    mean, se = jnp.mean(draws, axis=0), jnp.std(draws, axis=0) / np.sqrt(R)
+    assert bool(jnp.all(jnp.abs(mean - exact) <= 5 * se + 1e-12))
+    one = mj.diag_ggn(params, X, Y, loss, row_weights=w, mc_samples=2, key=jax.random.key(0))
+    assert all(bool(jnp.all(x >= 0)) for x in jax.tree_util.tree_leaves(one))
+
+
+def test_network_max_stable_step_size_closed_form():
+    """One identity layer, half squared error: L = (1/N) Σ ½‖x_n W + b − y_n‖².  In (W, b) the
+    Hessian is I_K ⊗ M with M = (1/N) Σ [x_n, 1]ᵀ[x_n, 1], so λ_max = λ_max(M), η = 2/λ_max (S2)."""
+    rng = np.random.default_rng(11)
+    N, d, K = 7, 3, 2
+    X = rng.standard_normal((N, d)) + 0.5
+    Y = rng.standard_normal((N, K))
+    params = (
+        mj.Dense(
+            W=jnp.asarray(rng.standard_normal((d, K))),
+            b=jnp.asarray(rng.standard_normal(K)),
+            activation="identity",
+        ),
+    )
+    Xt = np.hstack([X, np.ones((N, 1))])
+    M = Xt.T @ Xt / N
+    eta = 2 / np.linalg.eigvalsh(M)[-1]
+    got = mj.network_max_stable_step_size(params, X, Y, "half_squared_error")
+    assert got == pytest.approx(eta, rel=1e-9)
+
+
+def test_network_exact_step_size_is_gtg_over_gthg(net):
+    params, X, Y, f, flat, unravel = net
+    g = jax.grad(f)(flat)
+    gHg = jnp.dot(g, jax.jvp(jax.grad(f), (flat,), (g,))[1])
+    eta = mj.network_exact_step_size(params, X, Y, "cross_entropy")
+    assert eta == pytest.approx(float(jnp.dot(g, g) / gHg), rel=1e-10)
+
+
+# --- bad input ----------------------------------------------------------------------------
+def test_bad_direction_and_arguments(net):
+    params, X, Y, f, flat, unravel = net
+    v = unravel(jnp.zeros_like(flat))
+    with pytest.raises(TypeError, match="v must be a tuple of 3 Dense"):
+        mj.hvp(params, X, Y, "cross_entropy", v[:2])
+    bad = (v[0], mj.Dense(W=v[1].W[:, :2], b=v[1].b, activation=v[1].activation), v[2])
+    with pytest.raises(ValueError, match=r"v\[1\]\.W has shape \(4, 2\)"):
+        mj.ggn_vp(params, X, Y, "cross_entropy", bad)
+    bad = (v[0], v[1], mj.Dense(W=v[2].W.astype(jnp.float32), b=v[2].b, activation="softmax"))
+    with pytest.raises(TypeError, match="dtype"):
+        mj.hvp(params, X, Y, "cross_entropy", bad)
+    nan = (v[0], mj.Dense(W=v[1].W.at[0, 0].set(jnp.nan), b=v[1].b, activation="tanh"), v[2])
+    with pytest.raises(ValueError, match="non-finite"):
+        mj.hvp(params, X, Y, "cross_entropy", nan)
+    with pytest.raises(ValueError, match=r"row_weights must have shape \(6,\)"):
+        mj.hvp(params, X, Y, "cross_entropy", v, row_weights=np.ones(5))
+    with pytest.raises(ValueError, match=">= 0"):
+        mj.diag_ggn(params, X, Y, "cross_entropy", row_weights=-np.ones(6))
+    with pytest.raises(ValueError, match="needs a key"):
+        mj.diag_ggn(params, X, Y, "cross_entropy", mc_samples=3)
+    with pytest.raises(ValueError, match="mc_samples must be >= 1"):
+        mj.diag_ggn(params, X, Y, "cross_entropy", mc_samples=0, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="key must be a jax.random key"):
+        mj.hessian_trace(params, X, Y, "cross_entropy", key=0)
+    with pytest.raises(ValueError, match="num_iters must be >= 1"):
+        mj.hessian_top_eigenvalue(params, X, Y, "cross_entropy", key=jax.random.key(0), num_iters=0)
+    with pytest.raises(ValueError, match="class labels must lie"):
+        mj.hvp(params, X, np.full(6, 7), "cross_entropy", v)
