@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[cli,test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -18,12 +18,15 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(BIN)/mlds-jax train $(ARGS)
 
-## test: set up, then run the whole test suite (unit tests, examples, notebooks)
-test: $(STAMP)
+## test: set up, lint and type-check the package, then run the whole test suite
+test: lint
 	$(BIN)/python -m pytest $(ARGS)
 
+## lint: ruff (lint everywhere, format on the package) and pyright on mlds_jax/
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check mlds_jax
+	$(BIN)/pyright
 
 ## bench: the performance table (benchmarks/README.md)
 bench: $(STAMP)

@@ -33,6 +33,11 @@ from mlds_jax.activations import (
 from mlds_jax.autodiff import GradCheckReport, LeafCheck, autodiff_grads, check_grads
 from mlds_jax.backprop import backward_deltas, manual_grads
 from mlds_jax.checkpoint import load, load_checkpoint, save, save_checkpoint
+from mlds_jax.compilation import (
+    CompilationCacheWarning,
+    default_cache_dir,
+    enable_compilation_cache,
+)
 from mlds_jax.core import Backward, ForwardCache, dense_backward, dense_forward, output_delta
 from mlds_jax.datasets import DATASETS, Dataset, DatasetInfo, load_dataset, one_hot, standardize
 from mlds_jax.descent import (
@@ -78,6 +83,7 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "Backward",
+    "CompilationCacheWarning",
     "DATASETS",
     "DEFAULT_LOSS",
     "DPSGD",
@@ -107,9 +113,11 @@ __all__ = [
     "clip_factors",
     "core",
     "data_parallel_mesh",
+    "default_cache_dir",
     "default_loss",
     "dense_backward",
     "dense_forward",
+    "enable_compilation_cache",
     "dp_epsilon",
     "dp_value_and_grads",
     "evaluate",

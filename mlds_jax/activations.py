@@ -225,10 +225,10 @@ class Activation:
 def _elementwise(name: str, fn: Callable, prime: Callable, prime2: Callable,
                  backward: Callable | None = None) -> Activation:
     # dL/dZ = dL/dA ⊙ f'(Z), equation (B5)
-    if backward is None:
-        def backward(dA, Z):
-            return dA * prime(Z)
-    return Activation(name, fn, prime, prime2, backward, True)
+    def times_prime(dA: Array, Z: Array) -> Array:
+        return dA * prime(Z)
+
+    return Activation(name, fn, prime, prime2, times_prime if backward is None else backward, True)
 
 
 def relu_backward(dA: Array, Z: Array) -> Array:

@@ -49,15 +49,16 @@ import pathlib
 import secrets
 import zipfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, TypeGuard, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from mlds_jax import validation
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
-from mlds_jax.layers import Dense
+from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "atomic_write",
@@ -186,7 +187,7 @@ def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> tuple[list, 
     for i, layer in enumerate(params):
         for name in ("W", "b"):
             leaf = getattr(layer, name)
-            if isinstance(leaf, jax.core.Tracer):
+            if isinstance(leaf, Tracer):
                 raise TypeError(f"params[{i}].{name} is a JAX tracer: save concrete params, "
                                 f"outside jit/grad")
             arr = np.asarray(leaf)
@@ -316,7 +317,7 @@ def save(
 
 
 # --- load -----------------------------------------------------------------------------------
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -456,7 +457,7 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
         leaves = []
         for key, shape in expected:
             nbytes = math.prod(shape) * dtype.itemsize
-            size = npz.zip.getinfo(key + ".npy").file_size
+            size = npz.zip.getinfo(key + ".npy").file_size  # type: ignore[union-attr]
             if not nbytes < size <= nbytes + _NPY_HEADER_SLACK:
                 raise _CkError(f"is corrupt: entry {key} is {size} bytes, but a {shape} "
                                f"{dtype.name} array needs {nbytes} plus a small header")
@@ -473,6 +474,12 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
     return header, leaves
 
 
+@overload
+def load(path: str | os.PathLike, *, return_metadata: Literal[False] = False,
+         dtype=None) -> Params: ...
+@overload
+def load(path: str | os.PathLike, *, return_metadata: Literal[True],
+         dtype=None) -> tuple[Params, dict[str, Any]]: ...
 def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
     """Read a checkpoint written by :func:`save` and rebuild the params.
 

@@ -5,6 +5,11 @@
   mlds-jax evaluate     score a saved checkpoint on a data set's test split
 
 Errors in options or values exit with status 2 and one line, never a traceback.
+
+Compiled programs are kept in JAX's persistent compilation cache, so a second run skips most
+of the compiling: ``$MLDS_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlds-jax/jax``, else
+``~/.cache/mlds-jax/jax`` (see :mod:`mlds_jax.compilation`).  ``--no-compilation-cache`` turns
+it off; delete the directory to clear it.  An unusable directory only warns.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-parallel", action="store_true",
                    help="shard every minibatch over all local devices (jax.sharding mesh)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch log")
+    _add_cache_flag(t)
 
     g = sub.add_parser("gradcheck", help="manual vs jax.grad vs finite differences",
                        description="Compare hand-derived gradients with jax.grad and central "
@@ -132,7 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_seed, default=None,
                    help="split seed (default: the one recorded in the checkpoint)")
     e.add_argument("--test-size", type=float, default=None)
+    _add_cache_flag(e)
     return parser
+
+
+def _add_cache_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--no-compilation-cache", action="store_true",
+                     help="do not read or write the persistent compilation cache "
+                     "($MLDS_JAX_CACHE_DIR, default ~/.cache/mlds-jax/jax)")
+
+
+def _enable_cache(args) -> None:
+    """The persistent compilation cache, unless --no-compilation-cache (never fails a run)."""
+    if getattr(args, "no_compilation_cache", True):
+        return
+    from mlds_jax.compilation import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except Exception as exc:  # noqa: BLE001 (a cache must never stop a run)
+        print(f"mlds-jax: warning: compilation cache not used: {exc}", file=sys.stderr)
 
 
 def _optimizer(name: str, lr: float):
@@ -172,7 +197,11 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
 
 
 def _plot_history(out: str, history: dict, title: str) -> str:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ImportError("writing curves.png needs matplotlib: pip install "
+                          "'mlds-jax[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -327,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mlds-jax`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _enable_cache(args)
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, TypeError, OSError) as exc:

@@ -22,7 +22,7 @@ A^(l−1) (``forward_cache``), every layer's δ^(l) (``backward``), the per-exam
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 from jax import Array
@@ -228,21 +228,27 @@ def backward(
       :class:`Backward` (grads like params, deltas (δ^(1), ..., δ^(L))).
     """
     L = len(params)
-    A = cache.As  # A[0] = X, ..., A[L] = Ŷ
-    Z = (None, *cache.Zs)  # Z[l] = Z^(l), l = 1..L
-    layer = (None, *params)  # layer[l] = W^(l), b^(l), f_l
-    delta: list = [None] * (L + 1)
-    dW: list = [None] * (L + 1)
-    db: list = [None] * (L + 1)
-    delta[L] = output_delta(cache, Y, loss, layer[L].activation, fused=fused,
+    A = cache.As  # A[0] = X, A[1], ..., A[L] = Ŷ
+
+    def layer(l: int) -> Dense:  # W^(l), b^(l), f_l
+        return params[l - 1]
+
+    def Z(l: int) -> Array:  # Z^(l), l = 1..L
+        return cache.Zs[l - 1]
+
+    delta: dict[int, Array] = {}
+    dW: dict[int, Array] = {}
+    db: dict[int, Array] = {}
+    delta[L] = output_delta(cache, Y, loss, layer(L).activation, fused=fused,
                             row_weights=row_weights)
     for l in range(L, 0, -1):
-        dW[l], db[l], dA_prev = layer_backward(delta[l], A[l - 1], layer[l].W)  # (B2)-(B4)
+        dW[l], db[l], dA_prev = layer_backward(delta[l], A[l - 1], layer(l).W)  # (B2)-(B4)
         if l > 1:
-            delta[l - 1] = ACTIVATIONS[layer[l - 1].activation].backward(dA_prev, Z[l - 1])  # (B5)
-    grads = [Dense(W=dW[l], b=db[l], activation=layer[l].activation) for l in range(1, L + 1)]
+            delta[l - 1] = ACTIVATIONS[layer(l - 1).activation].backward(dA_prev, Z(l - 1))  # (B5)
+    grads = [Dense(W=dW[l], b=db[l], activation=layer(l).activation) for l in range(1, L + 1)]
     # grads mirror the params' container (as jax.grad's do)
-    return Backward(grads if isinstance(params, list) else tuple(grads), tuple(delta[1:]))
+    deltas = tuple(delta[l] for l in range(1, L + 1))
+    return Backward(cast(Params, grads if isinstance(params, list) else tuple(grads)), deltas)
 
 
 # --- value and gradients --------------------------------------------------------------------

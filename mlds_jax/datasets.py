@@ -31,6 +31,7 @@ import numbers
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from mlds_jax.losses import default_loss_for
 
@@ -137,9 +138,10 @@ def _moons() -> _Raw:
 def _blobs() -> _Raw:
     from sklearn.datasets import make_blobs
 
-    X, y = make_blobs(n_samples=1000, centers=3, n_features=2, cluster_std=1.5,
-                      random_state=_GENERATOR_SEED)
-    return _Raw(np.asarray(X, np.float64), np.asarray(y), ("0", "1", "2"), ("x1", "x2"))
+    blobs = make_blobs(n_samples=1000, centers=3, n_features=2, cluster_std=1.5,
+                       random_state=_GENERATOR_SEED)
+    return _Raw(np.asarray(blobs[0], np.float64), np.asarray(blobs[1]), ("0", "1", "2"),
+                ("x1", "x2"))
 
 
 def _xor() -> _Raw:
@@ -262,11 +264,15 @@ def standardize(X_train, X_test=None):
     return Xtr_s, Xte_s, mean.astype(out), std.astype(out)
 
 
-# ``load_dataset``'s ``standardize`` argument shadows the function inside it.
-_standardize = standardize
+def _standardize_split(train: np.ndarray, test: np.ndarray):
+    """:func:`standardize` of a train/test pair (``load_dataset``'s ``standardize`` argument
+    shadows the function inside it)."""
+    train_s, test_s, mean, std = standardize(train, test)
+    assert test_s is not None  # a test split was passed, so one comes back
+    return train_s, test_s, mean, std
 
 
-def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
+def one_hot(labels, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """One-hot rows for integer class labels, with range checking.
 
     Unlike ``jax.nn.one_hot`` (which silently gives an all-zero row for a label outside
@@ -310,9 +316,8 @@ def one_hot(labels, num_classes: int, dtype=np.float32) -> np.ndarray:
     return out
 
 
-def _readonly(a: np.ndarray | None) -> np.ndarray | None:
-    if a is not None:
-        a.flags.writeable = False
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
     return a
 
 
@@ -384,7 +389,8 @@ class Dataset:
     def _onehot(self, split: str) -> np.ndarray:
         if self.task == "regression":
             raise ValueError(f"data set {self.name!r} is a regression task: no one-hot labels")
-        return one_hot(self._split(split)[1], self.n_classes, dtype=self.dtype)
+        return one_hot(self._split(split)[1], self.n_outputs if self.task == "multiclass"
+                       else 2, dtype=self.dtype)
 
     @property
     def Y_train_onehot(self) -> np.ndarray:
@@ -425,7 +431,7 @@ class Dataset:
         Returns:
           The same shape as ``y``.
         """
-        if self.task != "regression":
+        if self.task != "regression" or self.y_std is None or self.y_mean is None:
             raise ValueError(f"data set {self.name!r} is a {self.task} task: its labels are "
                              f"not standardised")
         y = np.asarray(y)
@@ -497,6 +503,11 @@ def load_dataset(
         raise TypeError(f"standardize must be a bool, got {standardize!r}")
     dt = _float_dtype(dtype)
     loader, info = _LOADERS[key]
+    try:
+        import sklearn  # noqa: F401  (the loaders and the split come from scikit-learn)
+    except ModuleNotFoundError:
+        raise ImportError("load_dataset needs scikit-learn, whose wheel ships the data sets: "
+                          "pip install 'mlds-jax[data]'") from None
     raw = loader()
     task = info.task
 
@@ -514,7 +525,7 @@ def load_dataset(
     Xtr, Xte = raw.X[tr], raw.X[te]
     d = raw.X.shape[1]
     if standardize:
-        Xtr, Xte, mean, std = _standardize(Xtr, Xte)
+        Xtr, Xte, mean, std = _standardize_split(Xtr, Xte)
     else:
         mean, std = np.zeros(d), np.ones(d)
 
@@ -526,7 +537,7 @@ def load_dataset(
         ytr = raw.y[tr].astype(np.float64).reshape(-1, 1)
         yte = raw.y[te].astype(np.float64).reshape(-1, 1)
         if standardize:
-            ytr, yte, y_mean, y_std = _standardize(ytr, yte)
+            ytr, yte, y_mean, y_std = _standardize_split(ytr, yte)
         else:
             y_mean, y_std = np.zeros(1), np.ones(1)
         ytr, yte = ytr.astype(dt), yte.astype(dt)
@@ -547,8 +558,8 @@ def load_dataset(
         default_output=_DEFAULT_OUTPUT[task],
         mean=_readonly(mean.astype(dt)),
         std=_readonly(std.astype(dt)),
-        y_mean=_readonly(y_mean),
-        y_std=_readonly(y_std),
+        y_mean=None if y_mean is None else _readonly(y_mean),
+        y_std=None if y_std is None else _readonly(y_std),
         standardized=bool(standardize),
         seed=seed,
         test_size=ts,

@@ -10,7 +10,8 @@ Contracts:
 * ``fit`` runs each epoch as a single compiled call: the minibatch gathers, every update (one
   ``lax.scan``; the last partial batch is padded to the common shape with zero-weight rows)
   and the validation pass stay on device; per epoch the host only sends the shuffled row
-  indices and reads back one small vector of metrics.
+  indices and reads back one small vector of metrics.  The compiled epoch is reused across
+  ``fit`` calls (see "What triggers a compile" in :func:`fit`).
 * ``evaluate`` returns ``{"loss", "accuracy"}`` for classification losses and
   ``{"loss", "r2"}`` for regression ones.
 
@@ -19,11 +20,14 @@ Optimizers are optax's; only the gradients are hand-written.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import importlib.util
 import math
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -131,7 +135,7 @@ def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True) -> Cal
     def step_core(params, opt_state, X, Y, row_weights=None):
         value, A, g = vga(params, X, Y, loss, row_weights)
         updates, opt_state = optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)  # W ← W + update (sgd: −α ∂L/∂W)
+        params = optax.apply_updates(params, updates)  # (G1): sgd's update is −α ∂L/∂W
         return params, opt_state, _batch_metrics(loss, value, A, Y, row_weights)
 
     return step_core
@@ -210,7 +214,7 @@ def make_train_step(
 
     Args:
       optimizer: any ``optax.GradientTransformation``; ``optax.sgd(α)`` is the notes' rule
-        W ← W − α ∂L/∂W.
+        W ← W − α ∂L/∂W, equation (G1).
       loss: loss name (see ``mlds_jax.LOSSES``).
       grads: "manual" (hand-derived backprop) or "autodiff" (``jax.grad``).
       fused: use the simplified output δ for matched output/loss pairs (manual only).
@@ -345,18 +349,17 @@ def _batch_plan(n: int, batch_size: int, multiple: int, dtype) -> _BatchPlan:
     return _BatchPlan(pos, weights, counts.astype(dtype))
 
 
-def _shuffle_seeds(key, epochs: int) -> np.ndarray:
-    """(epochs, 2) uint32 seeds, seed e from ``fold_in(key, e)``: independent of ``epochs``."""
-    def one(e):
-        return jax.random.bits(jax.random.fold_in(key, e), (2,), jnp.uint32)
-
-    return np.asarray(jax.vmap(one)(jnp.arange(epochs)))
+def _key_words(key) -> tuple[int, ...]:
+    """The key's bits as Python ints (new-style or legacy uint32 keys alike)."""
+    data = key if jnp.issubdtype(key.dtype, jnp.unsignedinteger) else jax.random.key_data(key)
+    return tuple(int(w) for w in np.asarray(data).ravel())
 
 
-def _permutation(seed: np.ndarray, n: int) -> np.ndarray:
-    # Drawn on the host: NumPy's PCG64 permutes 60000 rows in ~0.5 ms, where
-    # jax.random.permutation takes ~24 ms on a 2-core CPU.
-    return np.random.default_rng([int(s) for s in seed]).permutation(n)
+def _permutation(key_words: tuple[int, ...], epoch: int, n: int) -> np.ndarray:
+    # Drawn on the host, seeded by (key, epoch) through NumPy's SeedSequence: no device work
+    # and nothing built per epoch up front, so memory and set-up do not grow with ``epochs``.
+    # NumPy's PCG64 permutes 60000 rows in ~0.5 ms (jax.random.permutation: ~24 ms, 2 cores).
+    return np.random.default_rng([*key_words, int(epoch)]).permutation(n)
 
 
 def shuffle_order(key: ArrayLike, n: int, epoch: int) -> np.ndarray:
@@ -365,12 +368,19 @@ def shuffle_order(key: ArrayLike, n: int, epoch: int) -> np.ndarray:
     Minibatch i of that epoch is ``order[i*batch_size:(i+1)*batch_size]`` (the last one may be
     shorter).  Reproducible: the same key gives the same orders, whatever the epoch count.
     """
-    return _permutation(_shuffle_seeds(key, epoch + 1)[epoch], n)
+    key = validation.check_key(key)
+    n = validation.positive_int(n, "n")
+    epoch = validation.positive_int(epoch, "epoch", minimum=0)
+    return _permutation(_key_words(key), epoch, n)
 
 
-def _epoch_indices(plan: _BatchPlan, seed: np.ndarray) -> np.ndarray:
-    """The epoch's shuffled row indices laid out as ``plan`` (padding gathers row 0)."""
-    perm = _permutation(seed, int(plan.counts.sum()))
+def _epoch_indices(plan: _BatchPlan, key_words: tuple[int, ...], epoch: int) -> np.ndarray:
+    """The epoch's shuffled row indices laid out as ``plan`` (padding gathers row 0).
+
+    The permutation is over the real rows only: rows added to reach a row bucket (see
+    :func:`_row_bucket`) are never gathered as real rows.
+    """
+    perm = _permutation(key_words, epoch, int(plan.counts.sum()))
     return np.where(plan.pos >= 0, perm[np.maximum(plan.pos, 0)], 0).astype(np.int32)
 
 
@@ -379,20 +389,154 @@ def _metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
     return train + (tuple("val_" + k for k in train) if has_val else ())
 
 
+# --- reuse of compiled epochs across fit calls ------------------------------------------------
+#: Row counts are padded up to the next bucket when X holds at most this many bytes; larger
+#: data sets (a 1 s epoch) keep their exact size, where a compile costs less than a host copy.
+_ROW_BUCKET_MAX_BYTES = 64 * 2**20
+
+
+def _row_bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of 2^(⌊log2 n⌋ − 3): at most 12.5% padding rows, and
+    data sets that differ by a few rows (the folds of a cross-validation) share one shape."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def _bucketed_on_host(X, Y):
+    """(X, Y, n): X and Y padded on the host to the row bucket by repeating row 0, before
+    the input checks, so that the checks' own device work (one-hot labels, casts) is
+    compiled once per bucket, not once per row count.  Row 0 is a valid row, so the checks
+    pass or fail exactly as on the real rows, and report the same first bad index.  Inputs
+    that are not plain row-matched arrays, or too large, come back unchanged."""
+    try:
+        x, y = np.asarray(X), np.asarray(Y)
+    except Exception:  # ragged lists and the like: the checks will say what is wrong
+        return X, Y, None
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        return X, Y, None
+    n = x.shape[0]
+    if x.dtype == object or x.nbytes > _ROW_BUCKET_MAX_BYTES:
+        return X, Y, None
+    rows = _row_bucket(n)
+    if rows == n:
+        return X, Y, n
+
+    def pad(a):
+        return np.concatenate([a, np.repeat(a[:1], rows - n, axis=0)])
+
+    return pad(x), pad(y), n
+
+
+def _checked_bucketed(params, X, Y, loss: str, **names):
+    """(X, Y, n) validated and padded to the row bucket.  The checks run on the padded
+    arrays (compiled once per bucket); if they fail, they run again on the user's own arrays,
+    so the error names the user's shapes, counts and indices, not the padded ones."""
+    Xb, Yb, n = _bucketed_on_host(X, Y)
+    try:
+        Xb, Yb = validation.check_data(params, Xb, Yb, loss, **names)
+    except (ValueError, TypeError):
+        validation.check_data(params, X, Y, loss, **names)  # the error as the user sees it
+        raise
+    return Xb, Yb, n
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
+
+
+def _fingerprint(obj: Any, seen: frozenset = frozenset(), depth: int = 0) -> Any:
+    """A hashable description of a callable and everything its closure holds.
+
+    Two objects get the same fingerprint only if they compute the same thing when traced:
+    functions by their code object, defaults and closure cells (recursively), partials by
+    their function and arguments, containers by their items, Python scalars by type and value,
+    dtypes and classes by themselves.  Anything else (arrays, arbitrary objects) by identity,
+    which is safe because the cache entry keeps the optimizer, hence those objects, alive.
+    """
+    if depth > 40 or id(obj) in seen:
+        return ("ref", id(obj))
+    seen = seen | {id(obj)}
+    t = type(obj)
+    if t in _SCALARS:
+        return (t.__name__, obj)
+    if isinstance(obj, (type, np.dtype, types.ModuleType, types.CodeType)):
+        return ("obj", obj)
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(_fingerprint(c.cell_contents, seen, depth + 1) if _cell_full(c) else "empty"
+                      for c in (obj.__closure__ or ()))
+        return ("fn", obj.__code__, _fingerprint(obj.__defaults__, seen, depth + 1),
+                _fingerprint(obj.__kwdefaults__, seen, depth + 1), cells)
+    if isinstance(obj, types.MethodType):
+        return ("method", _fingerprint(obj.__func__, seen, depth + 1),
+                _fingerprint(obj.__self__, seen, depth + 1))
+    if isinstance(obj, functools.partial):
+        return ("partial", _fingerprint(obj.func, seen, depth + 1),
+                _fingerprint(obj.args, seen, depth + 1),
+                _fingerprint(obj.keywords, seen, depth + 1))
+    if isinstance(obj, (tuple, list)):  # NamedTuples (optax's transformations) included
+        return (t, tuple(_fingerprint(v, seen, depth + 1) for v in obj))
+    if isinstance(obj, dict):
+        return (t, tuple((_fingerprint(k, seen, depth + 1), _fingerprint(v, seen, depth + 1))
+                         for k, v in obj.items()))
+    if isinstance(obj, (np.generic,)):
+        return ("np", obj.dtype, obj.item())
+    return ("id", id(obj))
+
+
+def _cell_full(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises ValueError)
+    except ValueError:
+        return False
+    return True
+
+
+#: Compiled epoch functions by computation: an LRU of at most this many entries.
+_EPOCH_CACHE_SIZE = 32
+_EPOCH_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
+def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh) -> Callable:
+    """The jitted epoch for this computation, built once and reused by later ``fit`` calls.
+
+    Keyed on everything the traced program closes over: the optimizer's ``update`` (only
+    ``update`` is traced; ``init`` runs outside, so the hyperparameters that
+    ``optax.inject_hyperparams`` keeps in the state do not enter the key), the loss, the
+    gradient source, whether there is validation data and the mesh.  Shapes, dtypes and the
+    params' structure (activations included) are handled by ``jax.jit``'s own cache.
+    """
+    key = (_fingerprint(optimizer.update), loss, grads, has_val, mesh)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable leaf somewhere: no reuse, but still correct
+        key = ("unhashable", id(optimizer), loss, grads, has_val, id(mesh))
+    entry = _EPOCH_CACHE.get(key)
+    if entry is None:
+        step_core = _make_step_core(optimizer, loss, grads)
+        entry = (jax.jit(_make_epoch(step_core, loss, has_val, mesh)), optimizer, mesh)
+        _EPOCH_CACHE[key] = entry  # keeps optimizer (what "id" fingerprints name) alive
+        while len(_EPOCH_CACHE) > _EPOCH_CACHE_SIZE:
+            _EPOCH_CACHE.popitem(last=False)
+    else:
+        _EPOCH_CACHE.move_to_end(key)
+    return entry[0]
+
+
 def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     """One epoch as one compiled function: a ``lax.scan`` over the padded minibatches.
 
     Args of the returned function: params, opt_state, idx (n_batches, B') row indices,
-    weights (n_batches, B'), counts (n_batches,), X, Y, X_val, Y_val.
-    Returns params, opt_state and a vector of the metrics in ``_metric_names`` order followed
-    by a finiteness flag of the new params: one array, read back with one transfer.
+    weights (n_batches, B'), counts (n_batches,), X, Y (row-bucketed), X_val, Y_val,
+    val_weights (row-bucketed validation data; ``val_weights`` 1/N_val on real rows, 0 on
+    padding).  Returns params, opt_state and a vector of the metrics in ``_metric_names``
+    order followed by a finiteness flag of the new params: one array, read back with one
+    transfer.
 
     With a mesh, each gathered minibatch and its weights are constrained to be row-sharded
     over "batch" (B' is a multiple of the device count).
     """
     n_train = 2 if get_loss(loss).is_classification else 1
 
-    def epoch(params, opt_state, idx, weights, counts, X, Y, Xv, Yv):
+    def epoch(params, opt_state, idx, weights, counts, X, Y, Xv, Yv, wv):
         def body(carry, xs):
             p, s, sums = carry
             rows, w, c = xs
@@ -408,8 +552,10 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
         (params, opt_state, sums), _ = jax.lax.scan(
             body, (params, opt_state, sums0), (idx, weights, counts))
         values = [sums / jnp.sum(counts)]  # size-weighted mean over the minibatches
-        if has_val:
-            m = _eval_core(params, Xv, Yv, loss)
+        if has_val:  # padding rows weigh 0: the mean over the real validation rows
+            cache = core.forward_cache(params, Xv)
+            value = core.loss_value(cache, Yv, loss, row_weights=wv)
+            m = _batch_metrics(loss, value, cache.As[-1], Yv, wv)
             values.append(jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]]))
         values.append(_tree_finite(params).astype(X.dtype)[None])
         return params, opt_state, jnp.concatenate(values)
@@ -418,7 +564,10 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
 
 
 def _progress_enabled(progress: bool) -> bool:
-    return bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    """A bar on a terminal, when tqdm (the ``progress`` extra) is installed."""
+    if not (bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return False
+    return importlib.util.find_spec("tqdm") is not None
 
 
 def fit(
@@ -469,12 +618,31 @@ def fit(
       classification, "val_loss"/"val_accuracy" with validation data, and "time" (seconds).
       If the loss or parameters become non-finite, training stops with a
       :class:`TrainingDivergedWarning` and the last finite parameters are returned.
+
+    What triggers a compile:
+      The compiled epoch is cached in the process and reused by later ``fit`` calls that do
+      the same computation.  A call compiles (about 0.4 s for a small MLP on a CPU) only
+      when one of these differs from every earlier call: the architecture (layer shapes and
+      activations), the dtypes, the loss, ``grads``, the batch size, the number of
+      minibatches ⌈N / batch_size⌉, the row bucket of N and of N_val (N rounded up to a
+      multiple of 2^(⌊log2 N⌋ − 3): cross-validation folds of nearly equal size share one;
+      the padding rows weigh 0 and are never sampled), whether there is validation data,
+      the mesh, and the optimizer's *kind*: its ``update`` function and the Python scalars it
+      closes over.  A fresh ``optax.adam(1e-3)`` reuses the compiled epoch of an earlier
+      ``optax.adam(1e-3)``; ``optax.adam(3e-4)`` compiles again, unless the optimizer comes
+      from ``optax.inject_hyperparams`` (``optax.inject_hyperparams(optax.adam)(
+      learning_rate=3e-4)``), whose hyperparameters are data: one compile serves every
+      learning rate.  An optimizer closing over arrays or other objects is reused only as
+      the same object.  ``epochs``, ``key``, ``early_stopping``, ``progress`` and
+      ``on_epoch_end`` never trigger a compile.  Across processes, see
+      :func:`mlds_jax.enable_compilation_cache`.
     """
     validation.check_params(params)
     loss = default_loss(params) if loss is None else loss
     validation.check_params_finite(params)
     validation.check_loss_output(params, loss)
-    X, Y = validation.check_data(params, X, Y, loss)
+    X, Y, n = _checked_bucketed(params, X, Y, loss)  # padding rows weigh 0, never sampled
+    n = X.shape[0] if n is None else n
     epochs = validation.positive_int(epochs, "epochs")
     batch_size = validation.positive_int(batch_size, "batch_size")
     _check_grads_name(grads)
@@ -485,8 +653,9 @@ def fit(
     if has_val:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a tuple (X_val, Y_val)")
-        Xv, Yv = validation.check_data(params, *validation_data, loss, x_name="validation X",
-                                       y_name="validation Y")
+        Xv, Yv, n_val = _checked_bucketed(params, *validation_data, loss,
+                                          x_name="validation X", y_name="validation Y")
+        n_val = Xv.shape[0] if n_val is None else n_val
     else:
         Xv = Yv = None
     if on_epoch_end is not None and not callable(on_epoch_end):
@@ -504,22 +673,28 @@ def fit(
                 "early stopping monitors val_loss: pass validation_data=(X_val, Y_val)"
             )
 
-    step_core = _make_step_core(optimizer, loss, grads)
     mesh = None if mesh is None else parallel.check_mesh(mesh)
     multiple = 1 if mesh is None else parallel.n_shards(mesh)
-    plan = _batch_plan(X.shape[0], batch_size, multiple, np.dtype(X.dtype))
+    plan = _batch_plan(n, batch_size, multiple, np.dtype(X.dtype))
     names = _metric_names(loss, has_val)
-    epoch_fn = jax.jit(_make_epoch(step_core, loss, has_val, mesh))
-    opt_state = optimizer.init(params)
+    epoch_fn = _cached_epoch(optimizer, loss, grads, has_val, mesh)
+    if Xv is not None:  # validation rows beyond n_val (bucket padding) weigh 0
+        wv = np.zeros(Xv.shape[0], np.dtype(X.dtype))
+        wv[:n_val] = 1.0 / n_val
+        wv = jnp.asarray(wv)
+    else:
+        wv = None
+    opt_state = optimizer.init(params)  # pyright: ignore[reportArgumentType]
     put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
-        params, opt_state, X, Y, Xv, Yv = jax.device_put((params, opt_state, X, Y, Xv, Yv), rep)
+        params, opt_state, X, Y, Xv, Yv, wv = jax.device_put(
+            (params, opt_state, X, Y, Xv, Yv, wv), rep)
         put = functools.partial(jax.device_put, device=rep)
     weights, counts = put(plan.weights), put(plan.counts)
     history = History()
     best_value, best_params, since_best = math.inf, params, 0
-    seeds = _shuffle_seeds(key, epochs)  # one per epoch's shuffle (see shuffle_order)
+    key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
 
     bar = None
     if _progress_enabled(progress):
@@ -529,9 +704,9 @@ def fit(
     try:
         for e in range(epochs):
             t0 = time.perf_counter()
-            idx = put(_epoch_indices(plan, seeds[e]))
+            idx = put(_epoch_indices(plan, key_words, e))
             new_params, new_state, values = epoch_fn(params, opt_state, idx, weights, counts,
-                                                     X, Y, Xv, Yv)
+                                                     X, Y, Xv, Yv, wv)
             values = np.asarray(values).tolist()  # the epoch's one device-to-host read
             metrics = dict(zip(names, values[:-1], strict=True))
             finite = values[-1] == 1 and all(map(math.isfinite, metrics.values()))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
 from mlds_jax.layers import Dense, Params
@@ -47,13 +48,13 @@ __all__ = [
 # --- generic values -------------------------------------------------------------------------
 def is_concrete(x) -> bool:
     """False for a tracer (inside a user's jit/grad/vmap): its values cannot be read."""
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, Tracer)
 
 
 def reject_tracers(function: str, *values) -> None:
     """A TypeError for functions that cannot run under ``jax.jit``/``grad``/``vmap``."""
     leaves = jax.tree_util.tree_leaves(values)
-    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+    if any(isinstance(x, Tracer) for x in leaves):
         raise TypeError(f"{function} runs a Python loop on concrete arrays and cannot be "
                         f"traced by jax.jit, jax.grad or jax.vmap; call it outside them")
 
@@ -117,7 +118,7 @@ def check_sizes(sizes: Sequence[int]) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def numeric_array(x, name: str):
+def numeric_array(x, name: str) -> np.ndarray | jax.Array:
     """An array view of x for checks, or a TypeError for non-numeric input."""
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}")

@@ -3,16 +3,26 @@
 Everything named ``ref_*`` here is written from the notes' formulas with plain ``jnp``
 primitives, without calling ``mlds_jax``'s activation or loss code, so a test comparing the
 library with it is a comparison with an independent implementation.
+
+The last section holds what the bad-input, edge, fault and determinism tests share (base
+problems, pytree comparisons, the in-process CLI runner).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+
 import chex
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+import pytest
 
 import mlds_jax as mj
+from mlds_jax import cli
 
 # --- tolerances -------------------------------------------------------------------------------
 # One rule for the whole suite, chosen by dtype; chex compares |a - b| <= atol + rtol * |b|
@@ -266,3 +276,106 @@ def ref_forward_Zs(params, X):
         Zs.append(Z)
         A = REF_ACTIVATIONS[layer.activation](Z)
     return Zs
+
+
+# --- the bad-input, edge, fault and determinism tests' shared helpers ---------------------------
+# (test_validation, test_losses, test_network, test_backprop, test_autodiff, test_training,
+# test_checkpoint, test_datasets, test_descent, test_parallel, test_cli)
+F16, F32, F64 = np.float16, np.float32, np.float64
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def cast_params(params, dtype):
+    """Every leaf of ``params`` cast to ``dtype``."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(dtype), params)
+
+
+def np_leaves(tree) -> list[np.ndarray]:
+    """The leaves of ``tree`` as NumPy arrays, in pytree order."""
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def tree_is_finite(tree) -> bool:
+    """No NaN or inf in any leaf (float16/bfloat16 leaves checked in float64)."""
+    return all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in np_leaves(tree))
+
+
+def bit_identical(a, b) -> bool:
+    """Same leaves, dtypes, shapes and bytes (so −0.0 != 0.0 and NaN payloads count)."""
+    la, lb = np_leaves(a), np_leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def one_error_line(err: str) -> str:
+    """The single line of a CLI's stderr (no traceback), returned for matching."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def patching():
+    """``pytest.MonkeyPatch.context()``, not the ``monkeypatch`` fixture: conftest clears every
+    JAX cache around tests that use the fixture (so that nothing traced with patched maths
+    outlives them), which would make every later test compile again.  The patches here
+    trace nothing that is cached: they run op by op (a wrong dA), or patch I/O, the CLI's
+    fit, or fit's per-call epoch factory (each fit jits a new function anyway)."""
+    return pytest.MonkeyPatch.context()
+
+
+def run_cli(argv) -> tuple[int, str, str]:
+    """``cli.main(argv)`` in-process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as exc:
+            rc = 0 if exc.code is None else exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def one_layer(W, output, dtype):
+    """A one-layer network with weights ``W`` (n_in, K), zero bias and ``output``."""
+    W = jnp.asarray(W, dtype)
+    return (mj.Dense(W=W, b=jnp.zeros((W.shape[1],), dtype), activation=output),)
+
+
+#: The base problems: (hidden, output, loss, n_out).  X has 3 features, N = 6 rows.
+BASES = {
+    "ce": ("tanh", "softmax", "cross_entropy", 3),
+    "bce": ("tanh", "sigmoid", "binary_cross_entropy", 1),
+    "mse": ("tanh", "identity", "mse", 3),
+}
+
+
+def base_problem(kind: str, n: int = 6, dtype=F32):
+    """(params, X, Y, loss): params in ``dtype``, X float64 numpy (the library casts it),
+    Y raw numpy (int labels for "ce", (N, 1) probabilities for "bce", (N, 3) reals for "mse").
+    The shapes are shared on purpose: op by op, every new shape costs compilations."""
+    hidden, output, loss, n_out = BASES[kind]
+    params, X, Y = make_problem(0, [3, 4, n_out], hidden, output, loss, n, jnp.float64)
+    return cast_params(params, dtype), np.asarray(X), np.asarray(Y), loss
+
+
+def replace_layer(i, **changes):
+    """An edit (params, X, Y, loss) -> (params', X, Y, loss) replacing fields of layer i."""
+
+    def edit(p, X, Y, loss):
+        p = list(p)
+        p[i] = dataclasses.replace(p[i], **changes)
+        return tuple(p), X, Y, loss
+
+    return edit
+
+
+def set_leaf(i, name, idx, value):
+    """An edit (params, X, Y, loss) -> (...) setting ``params[i].<name>[idx] = value``."""
+
+    def edit(p, X, Y, loss):
+        leaf = getattr(p[i], name)
+        return replace_layer(i, **{name: leaf.at[idx].set(value)})(p, X, Y, loss)
+
+    return edit

@@ -1,15 +1,32 @@
 """Finite differences and the gradcheck report: the checker must pass correct gradients and
-be able to fail wrong ones."""
+be able to fail wrong ones.
+
+The last section uses ``mj.check_grads`` as a user-facing gradcheck: every output/loss pair at
+depths 1-3, float32/float16/bfloat16 params in, a 1% error in any loss's δ detected, a clear
+verdict on NaN.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_close, make_problem
+from helpers import (
+    BF16,
+    F16,
+    F64,
+    OUTPUT_LOSS_PAIRS,
+    assert_trees_close,
+    cast_params,
+    make_problem,
+    np_leaves,
+    one_layer,
+    patching,
+)
 from jax.test_util import check_grads as jax_check_grads
 
 import mlds_jax as mj
@@ -168,3 +185,100 @@ def test_autodiff_grads_is_jax_grad_of_loss(loss):
         [g.activation for g in mj.autodiff_grads(params, X, Y, loss)],
         [p.activation for p in params],
     )
+
+
+# --- mj.check_grads as a user-facing gradcheck: every output/loss pair at depths 1-3, float32 --
+# --- and low-precision params in, wrong δ detection for every loss, a clear verdict on NaN ------
+# (op by op: the report's many small programs share a few shapes; see conftest's op_by_op)
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize(("output", "loss"), OUTPUT_LOSS_PAIRS)
+def test_gradcheck_every_output_loss_pair_and_depth(output, loss, depth, op_by_op):
+    """float32 params in, a float64 report out, for every (output, loss) pair the library
+    supports, depths 1-3, fused and general paths (one path where the pair has no fused δ):
+    per-leaf max |abs| and relative errors,
+    central differences on 4 entries of every leaf, a PASS verdict."""
+    sizes = [3] + [4] * (depth - 1) + [3]
+    params, X, Y = make_problem(depth, sizes, "tanh", output, loss, 6, jnp.float32)
+    X_rounded = np.asarray(X, F64)  # X as the float32 network sees it
+    L64 = float(mj.loss(cast_params(params, F64), X_rounded, Y, loss))
+    has_fused_form = output in mj.LOSSES[loss].fused
+    for fused in (True, False) if has_fused_form else (True,):
+        report = mj.check_grads(params, X, Y, loss, fused=fused, max_fd_entries=4)
+        assert report.ok, str(report)
+        assert report.dtype == "float64" and report.loss == loss
+        assert report.loss_value == pytest.approx(L64, rel=1e-14)  # the float64 loss
+        assert len(report.leaves) == 2 * depth
+        for leaf, p in zip(report.leaves, np_leaves(params), strict=True):
+            assert leaf.shape == p.shape and leaf.n_fd == min(p.size, 4)
+            assert leaf.ok and leaf.max_abs_autodiff <= 1e-15 and leaf.max_abs_fd <= 1e-9
+            assert leaf.max_rel_autodiff <= 1e-12 or leaf.max_abs_autodiff == 0
+        assert str(report).splitlines()[-1].startswith("PASS")
+
+
+LOSS_OUTPUT = {"mse": "identity", "half_squared_error": "sigmoid",
+               "binary_cross_entropy": "sigmoid", "cross_entropy": "softmax"}
+
+
+def _off_by(mp, loss: str, factor: float) -> None:
+    """Replace a loss's hand-derived dL/dŶ (general path) and its fused δ by factor × them;
+    the loss value (so jax.grad and finite differences) stays right."""
+    spec = losses_module.LOSSES[loss]
+
+    def scaled(f):
+        return lambda A, Y: factor * f(A, Y)
+
+    mp.setitem(losses_module.LOSSES, loss, dataclasses.replace(
+        spec, term_dA=scaled(spec.term_dA),
+        term_fused={k: scaled(f) for k, f in spec.term_fused.items()}))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("loss", sorted(LOSS_OUTPUT))
+def test_gradcheck_detects_a_dA_off_by_one_percent(loss, fused, op_by_op):
+    """test_mj_check_grads_detects_a_missing_factor_2 catches mse's missing factor 2; a 1% error
+    in any loss's derivative, on either path, fails every leaf (it scales every gradient), with
+    max rel error 0.01."""
+    output = LOSS_OUTPUT[loss]
+    params, X, Y = make_problem(4, [3, 4, 3], "tanh", output, loss, 6)
+    assert mj.check_grads(params, X, Y, loss, fused=fused, max_fd_entries=3).ok
+    with patching() as mp:
+        _off_by(mp, loss, 1.01)
+        report = mj.check_grads(params, X, Y, loss, fused=fused, max_fd_entries=3)
+    assert not report.ok and not any(leaf.ok for leaf in report.leaves)
+    assert report.max_rel_autodiff == pytest.approx(0.01, rel=1e-6)
+    for leaf in report.leaves:
+        assert leaf.max_rel_fd == pytest.approx(0.01, rel=1e-3)
+    rows = str(report).splitlines()
+    assert [row.split()[-1] for row in rows[2:-1]] == ["NO"] * 4
+    assert rows[-1].startswith("FAIL")
+
+
+def test_gradcheck_clear_verdict_when_the_general_path_is_nan(op_by_op):
+    """Saturated sigmoid + BCE: the general path's δ is NaN; the report does not crash or
+    pass, it fails exactly the leaves that depend on the NaN δ (NaN abs error, marked NO)."""
+    params = one_layer([[40.0]], "sigmoid", F64)
+    X, Y = np.array([[1.0], [-1.0]]), np.array([[0.0], [1.0]])
+    assert mj.check_grads(params, X, Y, "binary_cross_entropy").ok
+    report = mj.check_grads(params, X, Y, "binary_cross_entropy", fused=False)
+    assert not report.ok
+    assert all(math.isnan(leaf.max_abs_autodiff) and not leaf.ok for leaf in report.leaves)
+    assert "FAIL" in str(report) and report.to_dict()["ok"] is False
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])  # float32: the pairs test above
+def test_gradcheck_low_precision_params_are_reported_in_float64(dtype, op_by_op):
+    """Any params dtype the library supports goes in; the check runs on their float64 values
+    (a float16 network's gradient is checked as mathematics, not as float16 arithmetic)."""
+    params, X, Y = make_problem(7, [3, 4, 3], "tanh", "softmax", "cross_entropy", 6)
+    params = cast_params(params, dtype)
+    report = mj.check_grads(params, X, Y, "cross_entropy")
+    assert report.ok and report.dtype == "float64"
+    X_rounded = np.asarray(jnp.asarray(X).astype(dtype), F64)
+    assert report.loss_value == pytest.approx(
+        float(mj.loss(cast_params(params, F64), X_rounded, Y, "cross_entropy")), rel=1e-14)
+
+
+def test_gradcheck_on_one_row_and_labels(op_by_op):
+    params, X, Y = make_problem(8, [2, 3, 4], "relu", "softmax", "cross_entropy", 1)
+    report = mj.check_grads(params, X, Y, "cross_entropy")
+    assert report.ok and [leaf.n_fd for leaf in report.leaves] == [6, 3, 12, 4]

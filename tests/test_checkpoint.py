@@ -1,22 +1,39 @@
 """Tests for mlds_jax.checkpoint: exact round trips, and every bad file is a clean ValueError.
 
 Written to pass with or without the suite's strict JAX flags: params are built with
-explicit dtypes, float64 ones inside ``jax.enable_x64(True)``.
+explicit dtypes, float64 ones inside ``jax.enable_x64(True)``.  The exception is the last
+two sections (params dtypes and bad params, Ctrl-C halfway through the bytes, a checkpoint
+from a future format version), which rely on conftest's x64.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import pickle
+import re
 import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    BF16,
+    F16,
+    F32,
+    F64,
+    base_problem,
+    bit_identical,
+    cast_params,
+    one_error_line,
+    patching,
+    run_cli,
+    set_leaf,
+)
 
 import mlds_jax as mj
 from mlds_jax import checkpoint
@@ -475,3 +492,118 @@ def test_interrupted_save_keeps_the_old_checkpoint(saved, tmp_path, monkeypatch,
     assert path.read_bytes() == raw
     assert _files(tmp_path) == ["model.npz"]  # no temporary file left behind
     _assert_same(params, load(path))
+
+
+# --- dtypes and bad params (the bad-input contract; float64 relies on conftest's x64) ----------
+@pytest.mark.parametrize(("dtype", "outcome"), [
+    (F16, "ok"), (F32, "ok"), (F64, "ok"),
+    (BF16, r"params\[0\]\.W has dtype bfloat16; checkpoints hold \['float16', 'float32', "
+           r"'float64'\]")])
+def test_bad_checkpoint_dtypes(tmp_path, dtype, outcome):
+    params = base_problem("ce", dtype=dtype)[0]
+    path = tmp_path / "m.npz"
+    if outcome != "ok":
+        with pytest.raises(TypeError, match=outcome):
+            mj.save(path, params)
+        assert not path.exists()
+        return
+    mj.save(path, params)
+    assert bit_identical(mj.load(path), params)
+    # load casts to any floating dtype on request, bfloat16 included; never to an integer
+    as_bf16 = mj.load(path, dtype=jnp.bfloat16)
+    assert bit_identical(as_bf16, cast_params(params, BF16))
+    with pytest.raises(TypeError, match=r"dtype must be a floating dtype, got int32"):
+        mj.load(path, dtype=np.int32)
+
+
+def test_bad_checkpoint_params(tmp_path):
+    params = base_problem("ce")[0]
+    path = tmp_path / "m.npz"
+    with pytest.raises(TypeError, match=r"all parameters must share one dtype"):
+        mj.save(path, (params[0], dataclasses.replace(params[1], b=params[1].b.astype(F64))))
+    with pytest.raises(ValueError, match=r"refusing to save checkpoint .*params\[0\]\.W has 1 "
+                                         r"non-finite value"):
+        mj.save(path, set_leaf(0, "W", (0, 0), jnp.nan)(params, None, None, None)[0])
+    with pytest.raises(TypeError, match=r"params must be a non-empty tuple"):
+        mj.save(path, "params")
+    mj.save(path, list(params))  # a list of layers is saved like the tuple, loaded as a tuple
+    assert bit_identical(mj.load(path), params)
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+# --- faults: Ctrl-C halfway through the bytes, a checkpoint from a future format version -------
+class _InterruptedFile:
+    """A file object whose write puts half the bytes on disk, then raises KeyboardInterrupt
+    (Ctrl-C in the middle of the write)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, data):
+        self.real.write(bytes(data[: len(data) // 2]))
+        self.real.flush()
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+
+def test_fault_keyboard_interrupt_midway_through_the_bytes(tmp_path):
+    """test_interrupted_save_keeps_the_old_checkpoint interrupts while the archive is built in
+    memory, or at fsync or the rename; here half of the archive is already in the temporary
+    file when Ctrl-C arrives."""
+    path = tmp_path / "model.npz"
+    old = base_problem("ce")[0]
+    mj.save(path, old)
+    raw = path.read_bytes()
+    real_fdopen = checkpoint.os.fdopen
+    written = []
+
+    def fdopen(fd, mode):
+        f = real_fdopen(fd, mode)
+        written.append(f)
+        return _InterruptedFile(f)
+
+    with patching() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(checkpoint.os, "fdopen", fdopen)
+        mj.save(path, cast_params(old, F64))
+    assert len(written) == 1 and written[0].closed
+    assert path.read_bytes() == raw  # the previous checkpoint, byte for byte
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]  # the half-written temp file is gone
+    assert bit_identical(mj.load(path), old)
+
+
+# NOTE: forges a file with checkpoint's private writers (_params_to_numpy, _content_digest,
+# _archive_bytes), read as module attributes.
+def _future_checkpoint(path, version):
+    """A checkpoint whose header says ``format_version = version``, checksums recomputed."""
+    params = base_problem("ce")[0]
+    leaves, _ = checkpoint._params_to_numpy(params, False, str(path))
+    header = {"format": checkpoint.FORMAT_NAME, "format_version": version,
+              "library_version": "9.0.0", "n_layers": len(params),
+              "layer_sizes": mj.layer_sizes(params),
+              "activations": [p.activation for p in params], "dtype": "float32",
+              "byteorder": "little", "leaves": [{"key": k, "shape": list(a.shape)}
+                                                for k, a in leaves],
+              "metadata": {"dataset": "iris"}}
+    header["sha256"] = checkpoint._content_digest(header, leaves)
+    head = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    path.write_bytes(checkpoint._archive_bytes([("__header__", head), *leaves]))
+    return path
+
+
+def test_fault_checkpoint_from_a_future_version(tmp_path):
+    """load: a clear ValueError; the CLI: exit 2 and that message on one line."""
+    assert mj.load(_future_checkpoint(tmp_path / "v1.npz", 1))  # the forger is faithful
+    path = _future_checkpoint(tmp_path / "v7.npz", 7)
+    regex = (r"checkpoint .*v7\.npz has format version 7, newer than this mlds_jax reads "
+             r"\(1\); upgrade mlds_jax")
+    with pytest.raises(ValueError, match=regex):
+        mj.load(path)
+    rc, out, err = run_cli(["evaluate", "--checkpoint", str(path)])
+    assert rc == 2 and out == ""
+    assert re.search(regex, one_error_line(err))
+

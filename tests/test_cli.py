@@ -8,6 +8,9 @@ In-process runs share this suite's strict dtype promotion (conftest.py), under w
 adam cannot trace (its bias correction mixes a Python float with an int32 step count), so the
 in-process ``train`` runs use ``--optimizer momentum``/``sgd``; the default adam path runs in the
 subprocess test.
+
+The last sections: bad numeric and name option values (one error line, exit 2), and Ctrl-C
+during training (exit 130, nothing written to --out).
 """
 
 from __future__ import annotations
@@ -23,11 +26,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_error_line, patching, run_cli
 
 import mlds_jax as mj
-from mlds_jax import cli
+from mlds_jax import cli, compilation
 
+REAL_ENABLE = compilation.enable_compilation_cache
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_persistent_cache_in_process(tmp_path_factory):
+    """In-process runs must not switch on JAX's persistent cache for the whole test process,
+    nor write into the user's home: ``enable_compilation_cache`` is recorded, not run."""
+    calls: list = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compilation, "enable_compilation_cache", lambda path=None: calls.append(path))
+        mp.setenv("MLDS_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("jax-cache")))
+        yield calls
 
 
 def run_main(argv: list[str]) -> int:
@@ -240,6 +256,7 @@ def test_console_script_and_module_in_subprocesses(tmp_path):
     configuration, then ``python -m mlds_jax.cli evaluate`` on what it wrote."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env["JAX_PLATFORMS"] = "cpu"
+    env["MLDS_JAX_CACHE_DIR"] = str(tmp_path / "cache")  # on by default: never the real home
     out = tmp_path / "run"
     train = subprocess.run(
         [_console_script(), "train", "--dataset", "iris", "--epochs", "2", "--no-progress",
@@ -251,6 +268,7 @@ def test_console_script_and_module_in_subprocesses(tmp_path):
     assert "Traceback" not in train.stderr
     summary = json.loads((out / "history.json").read_text())["summary"]
     assert summary["epochs_run"] == 2 and summary["optimizer"] == "adam"
+    assert any((tmp_path / "cache").iterdir())  # the compiled programs were cached
 
     evaluate = subprocess.run(
         [sys.executable, "-m", "mlds_jax.cli", "evaluate", "--checkpoint",
@@ -266,3 +284,70 @@ def test_console_script_and_module_in_subprocesses(tmp_path):
     assert bad.returncode == 2
     assert "does not exist" in assert_one_error_line(bad.stderr)
     assert bad.stdout == ""
+
+
+def test_train_enables_the_compilation_cache_unless_told_not_to(_no_persistent_cache_in_process,
+                                                                 capsys):
+    calls = _no_persistent_cache_in_process
+    before = len(calls)
+    assert run_main(["gradcheck", "--sizes", "3,2"]) == 0  # gradcheck compiles little: no cache
+    assert len(calls) == before
+    argv = ["train", "--dataset", "iris", "--epochs", "1", "--optimizer", "sgd",
+            "--hidden-sizes", "4", "--no-progress"]
+    assert run_main([*argv, "--no-compilation-cache"]) == 0
+    assert len(calls) == before
+    assert run_main(argv) == 0
+    assert calls[before:] == [None]  # the default directory (MLDS_JAX_CACHE_DIR, XDG rules)
+
+
+def test_unusable_compilation_cache_does_not_stop_train(tmp_path, monkeypatch, capsys):
+    """A cache path under a regular file cannot be a directory: one warning, then training
+    (the real enable_compilation_cache, which changes nothing when it cannot be used)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(compilation, "enable_compilation_cache", REAL_ENABLE)
+    monkeypatch.setenv("MLDS_JAX_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(compilation.CompilationCacheWarning, match="not usable"):
+        rc = run_main(["train", "--dataset", "iris", "--epochs", "1", "--optimizer", "sgd",
+                       "--hidden-sizes", "4", "--no-progress"])
+    assert rc == 0
+    assert "trained 1 epochs" in capsys.readouterr().out
+
+# --- bad values of the numeric and name options: one line, exit 2 (the bad-input contract) ------
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["train", "--lr", "inf"], "--lr: must be a finite number > 0, got 'inf'"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--seed", "-1"], "--seed: must lie in [0, 2**32), got '-1'"),
+    (["train", "--seed", "1.5"], "--seed: expected an int"),
+    (["gradcheck", "--seed", "-1"], "--seed: must lie in [0, 2**32)"),
+    (["evaluate", "--checkpoint", "m.npz", "--seed", "4294967296"], "--seed"),
+    (["gradcheck", "--batch", "inf"], "--batch"),
+    (["gradcheck", "--sizes", "3,0,2"], "--sizes"),
+    (["gradcheck", "--activation", "softmax"], "--activation"),
+    (["gradcheck", "--output", "identity", "--loss", "cross_entropy"], "softmax"),
+    (["train", "--loss", "hinge"], "--loss"),
+])
+def test_bad_cli_values_exit_2_with_one_line(argv, needle):
+    rc, out, err = run_cli(argv)
+    assert rc == 2
+    line = one_error_line(err)
+    assert "error" in line and needle in line
+    assert out == ""
+
+
+# --- fault: Ctrl-C during training leaves --out empty ------------------------------------------
+def test_fault_cli_interrupted_training_writes_nothing(tmp_path):
+    """Ctrl-C during training: exit status 130, one line, and no model.npz/history in --out
+    (nothing half-written: outputs are only written after training)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out_dir = tmp_path / "run"
+    with patching() as mp:
+        mp.setattr(mj, "fit", interrupted)
+        rc, out, err = run_cli(["train", "--dataset", "iris", "--epochs", "1", "--optimizer",
+                                 "sgd", "--no-progress", "--out", str(out_dir)])
+    assert rc == 130
+    assert one_error_line(err) == "mlds-jax train: interrupted"
+    assert os.listdir(out_dir) == []
+

@@ -1,7 +1,8 @@
 """Tests for mlds_jax.datasets: shapes, determinism, train-only standardisation, offline.
 
 Pure numpy apart from one smoke test that feeds every data set to ``mlds_jax.loss``; written
-to pass with or without the suite's strict JAX flags (x64, rank and dtype promotion).
+to pass with or without the suite's strict JAX flags (x64, rank and dtype promotion).  The last
+section checks the helpers' dtypes and bad input.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import BF16, F16, F32, F64
 
 import mlds_jax as mj
 from mlds_jax import datasets
@@ -348,3 +350,61 @@ def test_no_network_access(monkeypatch):
 def test_source_never_fetches():
     source = inspect.getsource(datasets)
     assert "fetch_" not in source and "urllib" not in source and "requests" not in source
+
+
+# --- dtypes and bad input to the data helpers (the bad-input contract), N = 1 -------------------
+@pytest.mark.parametrize("dtype", [np.int32, BF16, F16, F32, F64])
+def test_bad_dataset_dtypes(dtype):
+    """The numpy-side data helpers work in numpy's floats.  As an output dtype (load_dataset,
+    one_hot) only float16/32/64 are accepted; standardize takes integer data too (statistics
+    in float64, float64 out) but not bfloat16, JAX's type (cast later, or let the network cast
+    X to its params' dtype)."""
+    X = np.arange(12.0).reshape(4, 3)
+    name = np.dtype(dtype).name
+    if dtype in (np.int32, BF16):
+        regex = rf"dtype must be a floating dtype \(e\.g\. np\.float32\), got {name}"
+        with pytest.raises(TypeError, match=regex):
+            mj.load_dataset("iris", dtype=dtype)
+        with pytest.raises(TypeError, match=regex):
+            mj.one_hot(np.array([0, 2]), 3, dtype=dtype)
+    else:
+        ds = mj.load_dataset("iris", dtype=dtype)
+        assert ds.X_train.dtype == dtype and np.all(np.isfinite(ds.X_train))
+        assert mj.one_hot(np.array([0, 2]), 3, dtype=dtype).dtype == dtype
+    if dtype == BF16:
+        with pytest.raises(TypeError, match=r"X_train must be a numeric array, got dtype "
+                                            r"bfloat16"):
+            mj.standardize(X.astype(dtype))
+        return
+    Xs, _, _, _ = mj.standardize(X.astype(dtype))
+    assert Xs.dtype == (F64 if dtype == np.int32 else dtype) and np.all(np.isfinite(Xs))
+    np.testing.assert_allclose(Xs.astype(F64).mean(axis=0), 0, atol=1e-3)
+
+
+@pytest.mark.parametrize(("call", "exc", "regex"), [
+    (lambda: mj.one_hot(np.array([0, 1], np.complex64), 3), TypeError,
+     r"labels must be integers, got dtype complex64"),
+    (lambda: mj.one_hot(np.array([0.0, 2.5]), 3), ValueError, r"label 2\.5 at index 1 is not an "
+                                                              r"integer"),
+    (lambda: mj.one_hot(np.array([0, 3]), 3), ValueError, r"label 3 at index 1 is out of range"),
+    (lambda: mj.one_hot(np.array([True, False]), 3), TypeError, r"labels must be integers"),
+    (lambda: mj.standardize(np.ones((3, 2), np.complex128)), TypeError,
+     r"X_train must be real, got dtype complex128"),
+    (lambda: mj.standardize(np.ones((3, 2)), np.ones((2, 2), np.complex64)), TypeError,
+     r"X_test must be real"),
+    (lambda: mj.standardize(np.zeros((0, 2))), ValueError, r"X_train is empty \(0 rows\)"),
+    (lambda: mj.standardize(np.ones(3)), ValueError, r"X_train must be 2-D"),
+    (lambda: mj.load_dataset("mnist"), ValueError, r"unknown dataset 'mnist'; valid names"),
+    (lambda: mj.load_dataset("iris", test_size="0.2"), TypeError, r"test_size must be a float"),
+])
+def test_bad_data_helper_input(call, exc, regex):
+    with pytest.raises(exc, match=regex):
+        call()
+
+
+def test_bad_data_helpers_on_one_row():
+    """N = 1: standardize maps the single row to 0 (std 1 for a constant column)."""
+    Xs, _, mean, std = mj.standardize(np.array([[1.0, -2.0, 3.0]]))
+    np.testing.assert_array_equal(Xs, 0.0)
+    np.testing.assert_array_equal(std, 1.0)
+

@@ -1,7 +1,8 @@
 """Tests for mlds_jax.descent (fixed-step gradient descent, lecture "Gradient descent").
 
 Written to pass with or without ``jax_enable_x64``: tolerances follow the working dtype and
-exact expected values come from numpy or from hand computation.
+exact expected values come from numpy or from hand computation.  The last section checks
+the working dtypes (float16, bfloat16; int and bool rejected) and bad arguments.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import BF16, F16, F64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mlds_jax as mj
 from mlds_jax.descent import (
     GradientDescentResult,
     gradient_descent,
@@ -374,3 +378,54 @@ def test_f_of_x0_not_finite() -> None:
 def test_bad_method() -> None:
     with pytest.raises(ValueError, match=r"method.*'newton'"):
         gradient_descent(quadratic_example, _x0(), method="newton")
+
+
+# --- dtypes and bad arguments through the public API (the bad-input contract) ------------------
+# x0's dtype is the working dtype (never cast): every float width works, int/bool do not.
+X0_LIST = [3.0, 3.0]  # X0 as a list (the bad-argument cases below pass it as given)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "outcome"), [(np.int32, TypeError), (np.bool_, TypeError), (F16, "ok"), (BF16, "ok")]
+)
+def test_bad_descent_dtypes(dtype, outcome):
+    """x0 sets the working dtype of gradient descent (it is not cast): floats of every width
+    work (float32/64: the tests above), integers and bools are a TypeError.
+    max_stable_step_size agrees (its eigenvalues are taken in float64: LAPACK has no
+    float16/bfloat16 solver)."""
+    x0 = jnp.asarray(np.asarray(X0_LIST).astype(dtype))
+    if outcome is TypeError:
+        with pytest.raises(TypeError, match=r"x0 must be a floating-point vector"):
+            mj.gradient_descent(mj.quadratic_example, x0)
+        with pytest.raises(TypeError, match=r"x must be a floating-point vector"):
+            mj.max_stable_step_size(mj.quadratic_example, x0)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. no "overflow encountered in cast" in float16
+        res = mj.gradient_descent(mj.quadratic_example, x0, step_size=0.2, max_iter=60)
+        eta = mj.max_stable_step_size(mj.quadratic_example, x0)
+    eps = float(jnp.finfo(dtype).eps)
+    assert res.x.dtype == dtype and np.all(np.isfinite(np.asarray(res.x, F64)))
+    assert np.max(np.abs(np.asarray(res.x, F64))) < max(1e-3, 100 * eps)
+    assert eta == pytest.approx(2 / (5 + math.sqrt(10)), rel=1e-12)  # the Hessian is exact
+
+
+@pytest.mark.parametrize(
+    ("x0", "step", "exc", "regex"),
+    [
+        (None, 0.1, TypeError, r"x0 must be a floating-point vector, got NoneType"),
+        ("ab", 0.1, TypeError, r"x0 must be a floating-point vector, got str"),
+        ([[1.0, 2.0], [3.0]], 0.1, TypeError, r"x0 must be a floating-point vector, got list"),
+        (X0_LIST, "0.1", TypeError, r"step_size must be a real number, got '0\.1'"),
+        (X0_LIST, None, TypeError, r"step_size must be a real number, got None"),
+        ([3.0, np.nan], 0.1, ValueError, r"x0 must be finite"),
+    ],
+)
+def test_bad_descent_arguments(x0, step, exc, regex):
+    with pytest.raises(exc, match=regex):
+        mj.gradient_descent(mj.quadratic_example, x0, step_size=step)
+
+
+def test_bad_descent_tolerance_strings():
+    with pytest.raises(TypeError, match=r"tol_f must be a real number, got '1e-3'"):
+        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_f="1e-3")

@@ -3,15 +3,33 @@
 "The notes simplify; test both agree": for each matched output/loss pair the fused
 δ = dL/dZ the notes derive (A − Y)/N (or 2(A − Y)/(N·K) for identity + MSE) must equal the
 general path dL/dŶ ⊙ f'(Z) (the softmax JVP for softmax), and jax.grad of the value in Z.
+
+The last section takes losses to the edges through the network: BCE/CE logits of ±1e4 (exact
+values from the logits, the fused δ exact, the general path's documented NaN) and mse with
+targets ~1e6.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_close, make_targets, np_rng, ref_loss_from_A
+from helpers import (
+    F32,
+    F64,
+    assert_trees_close,
+    cast_params,
+    make_problem,
+    make_targets,
+    np_leaves,
+    np_rng,
+    one_layer,
+    ref_loss_from_A,
+    tree_is_finite,
+)
 
 import mlds_jax as mj
 from mlds_jax.activations import ACTIVATIONS
@@ -279,3 +297,73 @@ def test_ce_extreme_logits_network_grads():
                   mj.autodiff_grads(params, X, Y, "cross_entropy")):
         np.testing.assert_allclose(grads[0].W, [[0.5, -0.5, 0.0]], atol=1e-300)
         np.testing.assert_allclose(grads[0].b, [0.5, -0.5, 0.0], atol=1e-300)
+
+
+# --- numerics at the edges: logits ±1e4 through the network, mse with huge targets -------------
+def _exactly_equal(a, b) -> bool:
+    """Same dtypes and shapes, equal values (unlike bit_identical, −0.0 == 0.0)."""
+    la, lb = np_leaves(a), np_leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
+
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("z", [1e4, -1e4])
+def test_edge_bce_logits_1e4(dtype, z):
+    """Z = ±1e4 (X = 1, W = z): ℓ = y softplus(−z) + (1 − y) softplus(z), from the logits, so
+    finite and exact: 0 for the right label, |z| for the wrong one.  The fused δ = σ(z) − y
+    and jax.grad are exact (0 or ±1); the general path's dL/dŶ = −y/ŷ + (1−y)/(1−ŷ) divides
+    by ŷ = 0 or 1 − ŷ = 0: NaN, the documented limit of the unfused path."""
+    params, X = one_layer([[z]], "sigmoid", dtype), np.ones((1, 1))
+    for y in (0.0, 1.0):
+        Y = np.array([[y]])
+        wrong = (z > 0) != (y == 1.0)
+        value = mj.loss(params, X, Y, "binary_cross_entropy")
+        assert value.dtype == dtype and float(value) == (abs(z) if wrong else 0.0)
+        fused = mj.manual_grads(params, X, Y, "binary_cross_entropy")
+        expected = (1.0 if z > 0 else 0.0) - y
+        assert float(fused[0].W[0, 0]) == expected and float(fused[0].b[0]) == expected
+        assert _exactly_equal(fused, mj.autodiff_grads(params, X, Y, "binary_cross_entropy"))
+        general = mj.manual_grads(params, X, Y, "binary_cross_entropy", fused=False)
+        assert np.isnan(np.asarray(general[0].W)).all()
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_edge_cross_entropy_logits_1e4(dtype):
+    """Z = (1e4, −1e4, 0): log-softmax = Z − 1e4, so ℓ = 0, 2e4, 1e4 for labels 0, 1, 2,
+    exactly; fused δ = softmax(Z) − y = (1, 0, 0) − y, equal to jax.grad; general path NaN."""
+    params, X = one_layer([[1e4, -1e4, 0.0]], "softmax", dtype), np.ones((1, 1))
+    for label, expected in [(0, 0.0), (1, 2e4), (2, 1e4)]:
+        y = np.array([label])
+        value = mj.loss(params, X, y, "cross_entropy")
+        assert value.dtype == dtype and float(value) == expected
+        fused = mj.manual_grads(params, X, y, "cross_entropy")
+        np.testing.assert_array_equal(fused[0].W[0], np.array([1.0, 0, 0]) - np.eye(3)[label])
+        assert _exactly_equal(fused, mj.autodiff_grads(params, X, y, "cross_entropy"))
+        general = mj.manual_grads(params, X, y, "cross_entropy", fused=False)
+        assert np.isnan(np.asarray(general[0].W)).any()
+    # the whole batch at once: the mean of the three
+    assert float(mj.loss(params, np.ones((3, 1)), np.arange(3), "cross_entropy")) == \
+        pytest.approx(1e4, rel=float(jnp.finfo(dtype).eps))
+
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_edge_mse_with_huge_targets(dtype):
+    """Targets ~1e6: L ~ 1e12, finite in float32 (max 3.4e38); manual and jax.grad agree
+    relative to the gradient's scale (the suite's rtol for the dtype)."""
+    params, X, Y = make_problem(5, [3, 4, 3], "tanh", "identity", "mse", 6, jnp.float64)
+    params = cast_params(params, dtype)
+    Y = 1e6 * np.asarray(Y)
+    value = float(mj.loss(params, X, Y, "mse"))
+    assert math.isfinite(value) and value == pytest.approx(np.mean(
+        (np.asarray(mj.forward(params, X), F64) - Y) ** 2), rel=1e-5 if dtype == F32 else 1e-12)
+    manual, auto = mj.manual_grads(params, X, Y, "mse"), mj.autodiff_grads(params, X, Y, "mse")
+    assert tree_is_finite(manual) and tree_is_finite(auto)
+    rtol = 1e-5 if dtype == F32 else 1e-12
+    for m, a in zip(np_leaves(manual), np_leaves(auto), strict=True):
+        scale = float(np.max(np.abs(a.astype(F64))))
+        assert scale > 1e3  # huge gradients, as they should be
+        assert np.max(np.abs(m.astype(F64) - a.astype(F64))) <= rtol * scale
+

@@ -1,4 +1,8 @@
-"""The network: the lecture's forward numbers, the params pytree, init, jit, and input checks."""
+"""The network: the lecture's forward numbers, the params pytree, init, jit, and input checks.
+
+The last section: finite input whose pre-activations overflow float32 (a clear error from the
+loss, IEEE limits elsewhere, divergence for fit).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import numpy as np
 import optax
 import pytest
 from helpers import (
+    F32,
     REF_ACTIVATIONS,
     assert_trees_close,
+    bit_identical,
     make_params,
     make_problem,
     np_rng,
+    one_layer,
     ref_forward_Zs,
 )
 
@@ -451,3 +458,43 @@ def test_malformed_params_rejected():
     unknown = (Dense(W=good[0].W, b=good[0].b, activation="gelu"), good[1])
     with pytest.raises(ValueError, match=r"params\[0\] has unknown activation 'gelu'"):
         mj.forward(unknown, X)
+
+
+# --- numerics at the edges: finite input whose pre-activations overflow float32 ----------------
+def test_edge_preactivation_overflow_is_a_clear_error(op_by_op):
+    """Finite inputs can still overflow: X = ±1e30, W = 1e10 gives Z = ±inf in float32.
+
+    Decision: the loss (and evaluate) raise a ValueError that names the overflow, instead of
+    returning NaN (inf − inf in the log-softmax, 0 · inf in BCE).  The other functions follow
+    IEEE arithmetic and are documented here: forward gives σ(±inf) = 1/0 exactly; the fused
+    manual gradients and jax.grad give the limit δ = σ(±inf) − y = 0, finite; the general path
+    NaN; fit stops at once with a TrainingDivergedWarning (a non-finite loss is divergence to
+    it) and returns the initial params.  (check_grads works in float64, where Z = ±1e40 does
+    not overflow.)"""
+    X = np.array([[1e30], [-1e30]], F32)
+    Y = np.array([[1.0], [0.0]])
+    params = one_layer([[1e10]], "sigmoid", F32)
+    assert np.isinf(np.asarray(mj.forward_cache(params, X).Zs[0])).all()
+    overflow = r"the loss is nan although params, X and Y are finite: the computation " \
+               r"overflowed float32 \(max \|Z\| per layer: inf\); rescale X or use float64"
+    with pytest.raises(ValueError, match=overflow):
+        mj.loss(params, X, Y, "binary_cross_entropy")
+    with pytest.raises(ValueError, match=overflow):
+        mj.evaluate(params, X, Y)
+    np.testing.assert_array_equal(mj.forward(params, X), [[1.0], [0.0]])
+    for grads in (mj.manual_grads(params, X, Y, "binary_cross_entropy"),
+                  mj.autodiff_grads(params, X, Y, "binary_cross_entropy")):
+        np.testing.assert_array_equal(grads[0].W, [[0.0]])
+    assert np.isnan(mj.manual_grads(params, X, Y, "binary_cross_entropy", fused=False)[0].W).all()
+    with pytest.warns(mj.TrainingDivergedWarning, match="diverged in epoch 1"):
+        fitted, history = mj.fit(params, X, Y, optimizer=optax.sgd(0.1), epochs=3,
+                                 progress=False)
+    assert history.stop_reason == "diverged" and bit_identical(fitted, params)
+    # softmax: [inf, -inf] logits; the wrongly classified row of the identity output: inf
+    softmax = one_layer([[1e10, -1e10]], "softmax", F32)
+    with pytest.raises(ValueError, match=r"the loss is nan .*overflowed float32"):
+        mj.loss(softmax, X, np.array([0, 1]), "cross_entropy")
+    identity = one_layer([[1e10]], "identity", F32)
+    with pytest.raises(ValueError, match=r"the loss is inf .*overflowed float32"):
+        mj.loss(identity, X, np.zeros((2, 1)), "mse")
+

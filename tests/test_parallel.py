@@ -20,7 +20,9 @@ What is checked (the numbers refer to the worker's cases):
    those of the unpadded batch (manual fused/general δ, autodiff; zero or junk padding);
 5. ``mlds-jax train --data-parallel`` runs and reports the 4 devices;
 6. a mesh without a "batch" axis is a ValueError naming the axes; a non-mesh a TypeError;
-7. ``examples/distributed_train.py`` trains on the single-process path.
+7. ``examples/distributed_train.py`` trains on the single-process path;
+8. in this process (one device, no subprocess): ``pad_rows``' and ``data_parallel_mesh``'s
+   argument checks and dtypes.
 
 The tolerances and their justification are in the worker (``STEP_TOL``, ``GRAD_TOL``,
 ``FIT_TOL``).  Run the worker by hand to see all figures:
@@ -37,7 +39,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+from helpers import BF16, F16, F32, F64, base_problem
+
+import mlds_jax as mj
 
 pytestmark = pytest.mark.slow
 
@@ -284,3 +292,41 @@ def test_no_subprocess_timed_out(runs):
         for case, rec in runs[g].get("results", {}).items()))
     late = [name for name in [*WORKER_GROUPS, "cli"] if runs[name]["rc"] is None]
     assert not late, f"timed out after {TIMEOUT_S} s: {late}"
+
+
+# --- in-process, one device: pad_rows' and data_parallel_mesh's argument checks and dtypes --------
+@pytest.mark.parametrize(("args", "exc", "regex"), [
+    ((jnp.zeros((3, 2)), jnp.zeros((3, 1)), 0), ValueError, r"multiple must be >= 1"),
+    ((jnp.zeros((3, 2)), jnp.zeros((3, 1)), -2), ValueError, r"multiple must be >= 1"),
+    ((jnp.zeros((3, 2)), jnp.zeros((3, 1)), 1.5), TypeError, r"multiple must be an int"),
+    ((jnp.zeros((0, 2)), jnp.zeros((0, 1)), 2), ValueError, r"X is empty \(0 rows\)"),
+    ((jnp.zeros((3, 2)), jnp.zeros((3,)), 2), ValueError, r"pad_rows needs 2-D Y"),
+    ((jnp.zeros(3), jnp.zeros((3, 1)), 2), ValueError, r"pad_rows needs 2-D X"),
+    ((jnp.zeros((3, 2)), jnp.zeros((4, 1)), 2), ValueError, r"X has 3 rows but Y has 4"),
+    ((jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 1)), 2), TypeError,
+     r"pad_rows needs floating-point X, got int32"),
+])
+def test_bad_pad_rows(args, exc, regex):
+    with pytest.raises(exc, match=regex):
+        mj.pad_rows(*args)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16, F32, F64])
+def test_bad_pad_rows_dtypes_work(dtype):
+    X = jnp.arange(6.0, dtype=dtype).reshape(3, 2)
+    Xp, Yp, w = mj.pad_rows(X, jnp.ones((3, 1), dtype), 2)
+    assert Xp.shape == (4, 2) and Yp.shape == (4, 1) and w.dtype == dtype
+    np.testing.assert_allclose(np.asarray(w, F64), [1 / 3] * 3 + [0],
+                               rtol=4 * float(jnp.finfo(dtype).eps))
+
+
+def test_bad_mesh_arguments():
+    with pytest.raises(ValueError, match=r"needs at least one device, got none"):
+        mj.data_parallel_mesh([])
+    with pytest.raises(TypeError, match=r"devices must be jax\.Device objects .*got str 'c'"):
+        mj.data_parallel_mesh("cpu")
+    params, X, Y, _ = base_problem("mse")
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh"):
+        mj.fit(params, X, Y, optimizer=optax.sgd(0.1), mesh="cpu", progress=False)
+    assert mj.data_parallel_mesh().axis_names == ("batch",)
+

@@ -8,6 +8,9 @@ The suite runs with x64 and JAX's strict dtype promotion (see conftest.py).  opt
 mixes a Python float with its int32 step count in its bias correction (``1 - b1**count``),
 which strict promotion rejects, so the adam tests run under
 ``jax.numpy_dtype_promotion("standard")``; the library's own code runs strict everywhere else.
+
+The last sections: training's own bad arguments (optimizer objects and state, callbacks), a
+diverging learning rate, and determinism (bit-identical fits, one compilation per fit).
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import OUTPUT_LOSS_PAIRS, grid_sizes, make_problem
+from helpers import (
+    F32,
+    OUTPUT_LOSS_PAIRS,
+    base_problem,
+    bit_identical,
+    grid_sizes,
+    make_problem,
+    tree_is_finite,
+)
 
 import mlds_jax as mj
 from mlds_jax.training import shuffle_order
@@ -696,3 +707,230 @@ def test_evaluate_loss_override_and_1d_regression_targets(key):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mj.evaluate(params, X, y)  # quiet
+
+
+# === reuse of compiled code across fit calls ====================================================
+
+# --- optimizers, optimizer state, fit's own arguments: rejected before training ------------------
+# (the bad-input contract of test_validation.py, for the arguments only training takes)
+WRONG_OPTIMIZERS = {
+    "None": None,
+    "a string": "sgd",
+    "optax.sgd not called": optax.sgd,
+    "optax.adam not called": optax.adam,
+    "the init function": optax.sgd(0.1).init,
+    "a learning rate": 0.1,
+    "an object": object(),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_OPTIMIZERS))
+@pytest.mark.parametrize("entry", ["make_train_step", "fit"])
+def test_bad_optimizer_objects(name, entry):
+    params, X, Y, loss = base_problem("ce")
+    optimizer = WRONG_OPTIMIZERS[name]
+    regex = r"optimizer must be an optax\.GradientTransformation \(e\.g\. optax\.sgd\(0\.1\)\)"
+    if entry == "make_train_step":
+        with pytest.raises(TypeError, match=regex):
+            mj.make_train_step(optimizer, loss)
+    elif optimizer is None:  # fit's documented default: optax.adam(1e-3)
+        pytest.skip("optimizer=None means the default adam in fit")
+    else:
+        with pytest.raises(TypeError, match=regex):
+            mj.fit(params, X, Y, optimizer=optimizer, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("state", ["None", "another optimizer's", "other params'", "a dict"])
+def test_bad_optimizer_state(state, op_by_op):
+    params, X, Y, loss = base_problem("ce")
+    opt = optax.sgd(0.1, momentum=0.9)
+    bad = {"None": None,
+           "another optimizer's": optax.sgd(0.1).init(params),
+           "other params'": opt.init(base_problem("ce", dtype=F32)[0][:1]),
+           "a dict": {}}[state]
+    step = mj.make_train_step(opt, loss)
+    with pytest.raises(TypeError, match=r"opt_state does not match this step's optimizer and "
+                                        r"params: pass optimizer\.init\(params\)"):
+        step(params, bad, X, Y)
+    step(params, opt.init(params), X, Y)  # the right state works
+
+
+def test_bad_fit_callback_is_rejected_before_training(op_by_op):
+    params, X, Y, loss = base_problem("mse")
+    with pytest.raises(TypeError, match=r"on_epoch_end must be callable\(epoch, metrics\), "
+                                        r"got str"):
+        mj.fit(params, X, Y, optimizer=optax.sgd(0.1), on_epoch_end="print", progress=False)
+
+
+# --- a diverging learning rate: fit stops with a warning and finite params ----------------------
+@pytest.mark.parametrize("grads", ["manual", "autodiff"])
+def test_edge_diverging_learning_rate(grads):
+    """sgd(1e6) on a float32 relu/softmax classifier: relu does not saturate, so the hidden
+    pre-activations overflow in the second epoch (a tanh network only saturates: its logits
+    stay finite and cross-entropy from logits stays finite).  fit stops, warns
+    TrainingDivergedWarning, records stop_reason == "diverged", keeps only the finite epochs
+    in its history and returns finite params (those of the last finite epoch)."""
+    params, X, y = make_problem(0, [3, 4, 3], "relu", "softmax", "cross_entropy", 12,
+                                jnp.float32)
+    epochs = 6
+    seen = []
+    with pytest.warns(mj.TrainingDivergedWarning, match="training diverged in epoch 2"):
+        fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(1e6), epochs=epochs,
+                                 batch_size=4, grads=grads, progress=False,
+                                 on_epoch_end=lambda e, m: seen.append(e))
+    assert history.stop_reason == "diverged"
+    n_ok = len(history.get("loss", []))
+    assert n_ok == 1 and seen == [0]
+    assert all(math.isfinite(v) for k, vs in history.items() if k != "time" for v in vs)
+    assert tree_is_finite(fitted) and fitted[0].W.dtype == F32
+
+
+# --- determinism: bit-identical reruns of fit, no recompilation across epochs -------------------
+@pytest.mark.parametrize(("grads", "dtype"), [("manual", F32), ("autodiff", np.float64)])
+def test_determinism_fit_same_key_bit_identical(grads, dtype):
+    """Same key: bit-identical params and history (every float, "time" aside), for both
+    gradient sources (test_fit_same_key_is_bit_identical_different_key_differs checks the
+    float64 manual case; this adds float32 manual and float64 autodiff)."""
+    params, X, y, _ = base_problem("ce", n=10, dtype=dtype)
+
+    def run():
+        fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(0.1, momentum=0.9),
+                                 epochs=3, batch_size=4, key=jax.random.key(11), grads=grads,
+                                 validation_data=(X[:4], y[:4]), progress=False)
+        return fitted, {k: v for k, v in history.items() if k != "time"}
+
+    (p1, h1), (p2, h2) = run(), run()
+    assert bit_identical(p1, p2)
+    assert h1 == h2 and set(h1) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+@contextlib.contextmanager
+def _compilations():
+    """Names of the XLA backend compilations (jax.monitoring events) inside the block."""
+    names: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_fit_compiles_its_epoch_once_across_calls(key):
+    """A second fit of the same computation, with a fresh optimizer of the same kind, a new
+    key, another epoch count and a data set of a few rows fewer (same row bucket, same number
+    of minibatches), compiles nothing; another learning rate of a plain optax.sgd is another
+    program, but an inject_hyperparams optimizer serves every learning rate with one compile
+    (the sgd(0.2) call is the negative control: the counter does see compiles)."""
+    params, X, y = _classification(key, n=40)
+    Xv, yv = X[:12], y[:12]
+
+    def run(opt, n=40, n_val=12, batch_size=8, epochs=2, k=0):
+        return mj.fit(params, X[:n], y[:n], optimizer=opt, epochs=epochs, batch_size=batch_size,
+                      key=jax.random.key(k), validation_data=(Xv[:n_val], yv[:n_val]),
+                      progress=False)
+
+    run(optax.sgd(0.1))  # warm-up: the epoch and the input checks' helpers
+    run(optax.sgd(0.1), n=39, n_val=11)  # the other row counts' input-check helpers
+    with _compilations() as compiled:
+        _, h = run(optax.sgd(0.1), epochs=3, k=5)
+        run(optax.sgd(0.1), n=39, n_val=11)  # 5 batches of 8 either way; buckets 40 and 12
+    assert len(h["loss"]) == 3
+    assert compiled == []
+    with _compilations() as compiled:
+        run(optax.sgd(0.2))  # the learning rate is a constant of optax.sgd's update
+    assert compiled == ["jit(epoch)"]
+
+    def injected(lr):
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
+
+    run(injected(0.1))
+    with _compilations() as compiled:
+        _, h1 = run(injected(0.05))
+        _, h2 = run(injected(0.01))
+    assert compiled == []
+    assert h1["loss"][-1] != h2["loss"][-1]  # the learning rate did reach the compiled epoch
+
+
+def test_fit_with_cached_epoch_matches_the_hand_rolled_loop(key):
+    """The reused epoch computes what a fresh one would: a second call (cache hit) on a row
+    count inside the same bucket (padding rows present) gives the hand-rolled loop's params
+    and metrics, with the validation mean over the real rows only."""
+    params, X, y = _classification(key, n=40)
+    opt = optax.sgd(0.3)
+    mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=8, validation_data=(X[:12], y[:12]),
+           progress=False)
+    k = jax.random.key(7)
+    n, n_val = 37, 11  # buckets 40 and 12: three training and one validation padding row
+    fitted, history = mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.3), epochs=2,
+                             batch_size=8, key=k, validation_data=(X[:n_val], y[:n_val]),
+                             progress=False)
+    trajectory, by_hand, _ = hand_rolled_fit(params, X[:n], y[:n], "cross_entropy",
+                                             optax.sgd(0.3), epochs=2, batch_size=8, key=k,
+                                             validation_data=(X[:n_val], y[:n_val]))
+    assert_close(fitted, trajectory[-1])
+    for e, metrics in enumerate(by_hand):
+        for name, value in metrics.items():
+            assert math.isclose(history[name][e], value, rel_tol=1e-12), (name, e)
+
+
+def test_fit_setup_does_not_grow_with_epochs(key):
+    """Nothing is built per epoch up front: a huge epoch count that early stopping ends after
+    a few epochs returns at once (it used to allocate one seed per epoch)."""
+    params, X, y = _classification(key, n=10)
+    _, history = mj.fit(params, X, y, optimizer=optax.sgd(0.0), epochs=10**12, batch_size=5,
+                        validation_data=(X, y), early_stopping=1, progress=False)
+    assert history.stop_reason == "early_stopping"
+    assert len(history["loss"]) == 2
+
+
+def test_shuffle_order_is_a_permutation_and_reproducible(key):
+    a = shuffle_order(key, 50, 3)
+    assert sorted(a.tolist()) == list(range(50))
+    assert np.array_equal(a, shuffle_order(key, 50, 3))
+    assert not np.array_equal(a, shuffle_order(key, 50, 4))
+    assert not np.array_equal(a, shuffle_order(jax.random.key(1), 50, 3))
+    assert np.array_equal(shuffle_order(jax.random.PRNGKey(0), 50, 3), a)  # legacy key, same bits
+    with pytest.raises(ValueError, match="epoch"):
+        shuffle_order(key, 50, -1)
+
+@pytest.mark.parametrize("grads", ["manual", "autodiff"])
+def test_determinism_no_recompilation_across_epochs(grads):
+    """One fit of 8 epochs compiles exactly one XLA program, the epoch, once (not once per
+    epoch).  The optimizer's learning rate is one no other test uses, so the epoch is not
+    already in fit's cache; the small helpers were compiled by the warm-up with other
+    params."""
+    params, X, y, _ = base_problem("ce", n=10)
+    kwargs = dict(epochs=8, batch_size=4, grads=grads, validation_data=(X[:3], y[:3]),
+                  progress=False)
+    mj.fit(params, X, y, optimizer=optax.sgd(0.1), **kwargs)  # warm-up: the helpers
+    lr = 0.1 + (0.001 if grads == "manual" else 0.002)
+    with _compilations() as compiled:
+        _, history = mj.fit(params, X, y, optimizer=optax.sgd(lr), **kwargs)
+    assert len(history["loss"]) == 8
+    assert compiled == ["jit(epoch)"]
+
+
+def test_determinism_the_recompile_counters_do_detect_recompiles():
+    """Negative controls for the instruments above: a train step fed a new batch shape
+    each "epoch" recompiles every time, and both the monitoring listener and the step's trace
+    counter see it; fit on a second data size (another row bucket) compiles its epoch
+    again."""
+    params, X, y, loss = base_problem("ce", n=10)
+    opt = optax.sgd(0.1)
+    step = mj.make_train_step(opt, loss)
+    state = opt.init(params)
+    with _compilations() as compiled:
+        for n in (9, 8, 7):
+            params, state, _ = step(params, state, X[:n], y[:n])
+    assert step.trace_count == 3
+    assert compiled.count("jit(traced)") == 3, compiled
+    with _compilations() as compiled:
+        for n in (10, 9):
+            mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.1003), epochs=2, progress=False)
+    assert compiled.count("jit(epoch)") == 2
+
