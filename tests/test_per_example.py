@@ -15,6 +15,8 @@ O(1) gradients here, far inside atol.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,7 @@ def ref_single_loss(params, x, y, loss):
     return ref_loss_from_A(A, y[None, :], loss)
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def ref_per_example_grads(params, X, Y2, loss):
     """The materialised ∇ℓ_n, (N, ...) per leaf: jax.vmap(jax.grad(ℓ_n))."""
     return jax.vmap(jax.grad(ref_single_loss), in_axes=(None, 0, 0, None))(params, X, Y2, loss)
