@@ -183,6 +183,10 @@ def test_top_eigenvalue_matches_eigh_and_is_algebraic():
     eta = mj.network_max_stable_step_size(params, X, Y, "mse", key=jax.random.key(1))
     assert eta == pytest.approx(2 / evals[-1], rel=1e-6)
     assert mj.sharpness(params, X, Y, "mse", key=jax.random.key(1)) == pytest.approx(float(lam))
+    plain, _ = mj.hessian_top_eigenvalue(
+        params, X, Y, "mse", key=jax.random.key(1), reorthogonalize=False
+    )
+    assert abs(float(plain) - evals[-1]) <= 1e-6 * abs(evals[-1])
 
 
 def test_hessian_trace_unbiased(net):

@@ -48,6 +48,7 @@ from mlds_jax.losses import get_loss
 
 __all__ = [
     "LOGIT_PAIRS",
+    "ZERO_CURVATURE",
     "activation_jvp",
     "backprop_factor",
     "check_direction",
@@ -62,6 +63,7 @@ __all__ = [
     "hvp",
     "hvp_core",
     "lanczos_core",
+    "lanczos_step_core",
     "network_exact_step_size",
     "network_exact_step_size_core",
     "network_max_stable_step_size",
@@ -70,6 +72,9 @@ __all__ = [
     "sampled_output_factor",
     "sharpness",
 ]
+
+#: Activations with f'' = 0 (away from the kink, (A8)): their f'' term of (H3) is skipped.
+ZERO_CURVATURE: frozenset[str] = frozenset({"identity", "relu", "leaky_relu"})
 
 #: (output activation, loss) pairs whose GGN is taken at the logits Z^(L) (H5).
 LOGIT_PAIRS: frozenset[tuple[str, str]] = frozenset(
@@ -198,7 +203,7 @@ def _output_delta_tangent(cache, Zdot_L, Adot_L, Y, loss, act, w, *, ggn: bool) 
         return wc * Adot_L
     c = output_hessian_scale(loss, A.shape[1])
     out = ACTIVATIONS[act].backward(wc * (c * Adot_L), Z)  # J_fᵀ H_ŷ Ȧ   (H6)
-    if not ggn:
+    if not ggn and act not in ZERO_CURVATURE:
         dA = get_loss(loss).dA(A, Y, w)  # ∂L/∂Ŷ = w ⊙ dℓ/dŷ
         out = out + _activation_curvature(act, Z, A, Zdot_L, dA)  # (H3), (H4)
     return out
@@ -223,7 +228,7 @@ def _tangent_backward(params, cache, deltas, v, Zdots, Adots, delta_dot_L, *, gg
             prev = params[l - 2].activation
             Zp = cache.Zs[l - 2]
             new = ACTIVATIONS[prev].backward(dA_dot, Zp)  # ⊙ f'(Z^(l−1))
-            if not ggn:
+            if not ggn and prev not in ZERO_CURVATURE:
                 dA = deltas[l - 1] @ layer.W.T  # ∂L/∂A^(l−1)
                 new = new + _activation_curvature(prev, Zp, cache.As[l - 1], Zdots[l - 2], dA)
             dd = new
@@ -479,7 +484,49 @@ def diag_ggn(
 
 
 # --- eigenvalues, trace, step sizes ---------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("loss", "num_iters"))
+@functools.partial(jax.jit, static_argnames=("loss", "reorthogonalize"), donate_argnums=(5,))
+def lanczos_step_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array,
+    Q: Array,
+    k: Array,
+    beta_prev: Array,
+    reorthogonalize: bool = True,
+) -> tuple[Array, Array, Array]:
+    r"""One Lanczos step (H11), unchecked: one :func:`hvp_core` and the recurrence.
+
+    z = H q_k − β_{k−1} q_{k−1}, α_k = q_kᵀ z, z ← z − α_k q_k, then (with ``reorthogonalize``)
+    z ← z − Q (Qᵀ z) against every stored vector (repeated when that cancels most of z), β_k =
+    ‖z‖ and q_{k+1} = z/β_k written into row k + 1 of Q (rows beyond k are zero).
+
+    Args:
+      Q: (m + 1, P) Lanczos vectors, row k = q_k (donated: updated in place).
+      k: the step, an int32 scalar (traced: one compilation serves every step).
+      beta_prev: β_{k−1} (0 for k = 0).
+
+    Returns:
+      (Q with row k + 1 set, α_k, β_k).
+    """
+    _, unravel = ravel_pytree(params)
+    q = Q[k]
+    z = ravel_pytree(hvp_core(params, X, Y, loss, unravel(q), row_weights))[0]
+    z = z - beta_prev * Q[jnp.maximum(k - 1, 0)] * (k > 0).astype(z.dtype)
+    a = jnp.dot(q, z)
+    z = z - a * q
+    if reorthogonalize:
+        before = jnp.linalg.norm(z)
+        z = z - Q.T @ (Q @ z)
+        z = jax.lax.cond(
+            jnp.linalg.norm(z) < 0.7071 * before, lambda z: z - Q.T @ (Q @ z), lambda z: z, z
+        )
+    b = jnp.linalg.norm(z)
+    Q = Q.at[k + 1].set(jnp.where(b > 0, z / jnp.where(b > 0, b, 1.0), 0.0))
+    return Q, a, b
+
+
 def lanczos_core(
     params: Params,
     X: Array,
@@ -489,83 +536,45 @@ def lanczos_core(
     row_weights: Array | None = None,
     num_iters: int = 100,
     tol: float = 1e-7,
-) -> tuple[Array, Array, Array]:
-    r"""Lanczos with full reorthogonalisation on ``hvp_core`` (H11), unchecked.
+    reorthogonalize: bool = True,
+) -> tuple[float, Array, int]:
+    r"""Lanczos on ``hvp_core`` (H11), unchecked: a host loop over :func:`lanczos_step_core`.
 
-    Runs at most m = min(num_iters, P) steps and stops once the top Ritz pair (θ, y) has
-    residual ‖H y − θ y‖ = β_k |s_k| ≤ tol·|θ| (or the Krylov space is invariant).
+    Runs at most m = min(num_iters, P) steps and stops once the top Ritz pair (θ, y) of the
+    tridiagonal T_k (solved on the host in float64) has residual ‖H y − θ y‖ = β_k |s_k| ≤
+    tol·|θ|, or the Krylov space is invariant (β_k ≈ 0).  Not traceable (a Python loop).
 
     Returns:
-      (θ, y flat (P,), steps taken).
+      (θ as a float, y flat (P,) of unit norm, steps taken).
     """
     w = _weights(X, row_weights)
-    flat, unravel = ravel_pytree(params)
-    P = flat.shape[0]
+    flat, _ = ravel_pytree(params)
+    P, dtype = flat.shape[0], flat.dtype
     m = min(num_iters, P)
-    dtype = flat.dtype
-
-    def matvec(x):
-        return ravel_pytree(hvp_core(params, X, Y, loss, unravel(x), w))[0]
-
     q0 = jax.random.normal(key, (P,), dtype=dtype)
-    q0 = q0 / jnp.linalg.norm(q0)
-    Q = jnp.zeros((m + 1, P), dtype).at[0].set(q0)
-    alpha = jnp.zeros((m,), dtype)
-    beta = jnp.zeros((m,), dtype)
-    tiny = jnp.asarray(jnp.finfo(dtype).eps, dtype)
-
-    def ritz(alpha, beta, k):
-        # top eigenpair of the k×k tridiagonal T_k: pad beyond k with a diagonal below the
-        # Gershgorin bound of T_k, so the padding never supplies the largest eigenvalue
-        idx = jnp.arange(m)
-        valid = idx < k
-        b_valid = jnp.where(idx < k - 1, beta, 0.0)
-        low = (
-            jnp.min(
-                jnp.where(
-                    valid,
-                    alpha - jnp.abs(b_valid) - jnp.abs(jnp.roll(b_valid, 1).at[0].set(0.0)),
-                    jnp.inf,
-                )
-            )
-            - 1.0
+    Q = jnp.zeros((m + 1, P), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
+    alpha, beta = [], []
+    b_prev = jnp.zeros((), dtype)
+    theta, s = 0.0, np.ones(1)
+    for k in range(m):
+        Q, a, b_prev = lanczos_step_core(
+            params, X, Y, loss, w, Q, jnp.asarray(k, jnp.int32), b_prev, reorthogonalize
         )
-        diag = jnp.where(valid, alpha, low)
-        T = jnp.diag(diag) + jnp.diag(b_valid[:-1], 1) + jnp.diag(b_valid[:-1], -1)
-        vals, vecs = jnp.linalg.eigh(T)
-        return vals[-1], vecs[:, -1]
+        alpha.append(float(a))
+        beta.append(float(b_prev))
+        T = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
+        vals, vecs = np.linalg.eigh(T)
+        theta, s = float(vals[-1]), vecs[:, -1]
+        scale = max(abs(theta), max(abs(x) for x in alpha), np.finfo(np.float64).tiny)
+        if beta[-1] * abs(s[-1]) <= tol * abs(theta) or beta[-1] <= 1e3 * _eps(dtype) * scale:
+            break
+    k = len(alpha)
+    y = Q[:k].T @ jnp.asarray(s, dtype)
+    return theta, y / jnp.linalg.norm(y), k
 
-    def cond(state):
-        k, _, _, _, done = state
-        return (k < m) & ~done
 
-    def body(state):
-        k, Q, alpha, beta, _ = state
-        q = Q[k]
-        z = matvec(q)
-        a = jnp.dot(q, z)
-        # full reorthogonalisation (twice) against every Lanczos vector so far
-        mask = (jnp.arange(m + 1) <= k).astype(dtype)[:, None]
-        Qm = Q * mask
-        z = z - Qm.T @ (Qm @ z)
-        z = z - Qm.T @ (Qm @ z)
-        b = jnp.linalg.norm(z)
-        alpha = alpha.at[k].set(a)
-        beta = beta.at[k].set(b)
-        theta, s = ritz(alpha, beta, k + 1)
-        resid = b * jnp.abs(s[k])
-        scale = jnp.maximum(jnp.abs(theta), jnp.max(jnp.abs(alpha)))
-        done = (resid <= tol * jnp.abs(theta)) | (b <= 10 * tiny * jnp.maximum(scale, tiny))
-        Q = Q.at[k + 1].set(jnp.where(b > 0, z / jnp.where(b > 0, b, 1.0), 0.0))
-        return k + 1, Q, alpha, beta, done
-
-    k, Q, alpha, beta, _ = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), Q, alpha, beta, jnp.asarray(False))
-    )
-    theta, s = ritz(alpha, beta, k)
-    y = Q[:m].T @ s
-    y = y / jnp.linalg.norm(y)
-    return theta, y, k
+def _eps(dtype) -> float:
+    return float(jnp.finfo(dtype).eps)
 
 
 def _check_eig_args(num_iters, tol):
@@ -584,10 +593,11 @@ def hessian_top_eigenvalue(
     num_iters: int = 100,
     tol: float = 1e-7,
     row_weights: ArrayLike | None = None,
+    reorthogonalize: bool = True,
 ) -> tuple[Array, Params]:
     r"""The algebraically largest eigenvalue λ_max of the Hessian and its eigenvector (H11).
 
-    Lanczos iteration on :func:`hvp` with full reorthogonalisation, started from a random
+    Lanczos iteration on :func:`hvp` (with full reorthogonalisation by default), from a random
     unit vector drawn with ``key``: after k steps the Krylov basis Q_k gives H Q_k = Q_k T_k +
     β_k q_{k+1} e_kᵀ; the top Ritz value θ of the tridiagonal T_k is the estimate, its Ritz
     vector y = Q_k s the eigenvector.  Stops when ‖H y − θ y‖ = β_k |s_k| ≤ tol·|θ| (then some
@@ -603,6 +613,10 @@ def hessian_top_eigenvalue(
       tol: relative residual at which to stop; the defaults reach 1e-6 relative accuracy in
         λ on small networks (tested against ``numpy.linalg.eigh``).
       row_weights: optional w (N,).
+      reorthogonalize: orthogonalise each new vector against all previous ones (robust, costs
+        2(k + 1)·P per step on top of the hvp); ``False`` is the plain three-term recurrence
+        (one hvp and O(P) per step; the top Ritz value still converges, though copies of
+        converged eigenvalues may appear lower in the spectrum of T_k).
 
     Returns:
       (λ_max scalar array, unit eigenvector like params).
@@ -610,9 +624,11 @@ def hessian_top_eigenvalue(
     X, Y, w = _check_common(params, X, Y, loss, row_weights)
     validation.check_key(key)
     n, t = _check_eig_args(num_iters, tol)
-    theta, y, _ = lanczos_core(params, X, Y, loss, key, w, n, t)
+    if not isinstance(reorthogonalize, bool):
+        raise TypeError(f"reorthogonalize must be a bool, got {reorthogonalize!r}")
+    theta, y, _ = lanczos_core(params, X, Y, loss, key, w, n, t, reorthogonalize)
     _, unravel = ravel_pytree(params)
-    return theta, unravel(y)
+    return jnp.asarray(theta, y.dtype), unravel(y)
 
 
 def sharpness(
