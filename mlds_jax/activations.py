@@ -2,8 +2,8 @@ r"""Activation functions f(Z) and their hand-derived derivatives f'(Z) and f''(Z
 
 Every activation acts on a pre-activation ``Z`` of shape ``(batch, width)``
 and returns an array of the same shape.  Element-wise activations pair the
-function with its derivative ``f'(Z)``; the backward rule through them is the
-MLDS notes' "Activation function" step
+function with its derivative ``f'(Z)``; the backward rule through them is equation (B5)
+of ``docs/derivations.md``
 
 .. math:: \frac{\partial L}{\partial Z} = \frac{\partial L}{\partial A} \odot f'(Z).
 

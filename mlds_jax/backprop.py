@@ -62,8 +62,8 @@ def manual_grads(
 ) -> Params:
     r"""∂L/∂W^(l) and ∂L/∂b^(l) for every layer, derived by hand (no autodiff).
 
-    The MLDS notes' "Putting it all together" (forward pass, then backward steps 1-7)
-    generalised to any depth by the δ recursion: equations (B1)-(B5); see
+    The forward pass (F1), then the backward pass (B1)-(B5) of ``docs/derivations.md``
+    (section 4 lays it beside the seed notes' "Putting It All Together", steps 1-7); see
     :func:`mlds_jax.autodiff_grads` for the jax.grad cross-check.
 
     Args:

@@ -1,11 +1,13 @@
 r"""The MLP's parameters as a pytree: one :class:`Dense` per layer, ``Params`` a tuple of them.
 
-Convention (batch-major, as the MLDS notes): for layer l, equation (F1),
+Convention (batch-major, rows are examples): for layer l, equation (F1) of
+``docs/derivations.md``,
 
 .. math:: Z^{(l)} = A^{(l-1)} W^{(l)} + b^{(l)},\qquad A^{(l)} = f_l(Z^{(l)}),\qquad A^{(0)} = X
 
-with ``X (N, n_in)``, ``W (fan_in, fan_out)``, ``b (fan_out,)``.  The lecture writes
-``Z = X W^T + b`` with its W of shape (out, in): our ``W`` is the lecture's ``W^T``.
+with ``X (N, n_in)``, ``W (fan_in, fan_out)``, ``b (fan_out,)``.  The lecture notes
+(``lecture-forward-backward-training.md``) write ``Z = X W^T + b`` with their W of shape
+(out, in): our ``W`` is the lecture's ``W^T``.
 
 Each :class:`Dense` holds the leaves ``W`` and ``b`` and, as static metadata, its activation
 name, so ``forward(params, X)`` needs nothing else.  Leaves flatten in the order W1, b1, W2,

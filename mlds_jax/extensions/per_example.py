@@ -8,7 +8,7 @@ a_n = A^(l−1)_n and the output gradient δ^(l)_n.  Run with unit row weights i
 ``row_weights = ones``, pushed down by (B4)-(B5)), and every per-example quantity follows from
 a_n and δ̂_n without ``jax.vmap(jax.grad(...))`` materialising N copies of the parameters.
 
-Convention (issue 13): ∇ℓ_n is the gradient of example n's own loss term ℓ_n, unscaled, so the
+Convention: ∇ℓ_n is the gradient of example n's own loss term ℓ_n, unscaled, so the
 batch gradient of the mean loss is the mean of the ∇ℓ_n (``manual_grads`` == mean over axis 0 of
 ``per_example_grads``).  For "mse", ℓ_n = (1/K) Σ_k (ŷ_nk − y_nk)².
 
