@@ -66,7 +66,10 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
-trap cleanup INT TERM
+# However the launcher ends (a failed process, Ctrl-C, SIGTERM from a test's timeout), no
+# process outlives it.
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 export MLDS_COORDINATOR="127.0.0.1:${PORT}"
 export MLDS_NUM_PROCESSES="$N"
@@ -83,11 +86,20 @@ for ((i = 0; i < N; i++)); do
     pids+=("$!")
 done
 
-status=0
-for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-        echo "process $i failed (log: $LOG_DIR/process_$i.log)" >&2
-        status=1
-    fi
+# Wait for all; the first process that fails stops the others at once (they would otherwise
+# wait for it in a collective until the timeout).
+running=("${!pids[@]}")
+while ((${#running[@]} > 0)); do
+    still=()
+    for i in "${running[@]}"; do
+        if kill -0 "${pids[$i]}" 2>/dev/null; then
+            still+=("$i")
+        elif ! wait "${pids[$i]}"; then
+            echo "process $i failed (log: $LOG_DIR/process_$i.log)" >&2
+            exit 1
+        fi
+    done
+    running=("${still[@]}")
+    ((${#running[@]} == 0)) || sleep 0.2
 done
-exit "$status"
+exit 0

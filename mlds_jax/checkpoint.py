@@ -34,6 +34,15 @@ Guarantees
   onto the target: an interrupted save leaves any previous checkpoint untouched and removes
   its temporary file.
 * Round trips are exact: bitwise-equal leaves, same dtype, activations and tree structure.
+
+The other format: safetensors
+-----------------------------
+``save(path, params, format="safetensors")`` (or a path ending in ``.safetensors``) writes
+the same params as a safetensors file named as PyTorch's ``nn.Sequential`` of ``Linear``
+layers names them (``"0.weight"`` = Wᵀ, ``"0.bias"``, ...; activations in its metadata), so
+PyTorch loads it with ``model.load_state_dict(safetensors.torch.load_file(path))``;
+``load`` reads it back with the same guarantees (validated before any tensor byte is read,
+atomic save, exact round trip).  The layout: :mod:`mlds_jax.interop`.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ __all__ = [
     "atomic_write",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FORMATS",
     "load",
     "load_checkpoint",
     "save",
@@ -282,12 +292,26 @@ def atomic_write(target: str, data: bytes) -> None:
     _fsync_dir(parent)
 
 
+#: ``format=`` values of :func:`save` and :func:`load`.
+FORMATS = ("npz", "safetensors")
+
+
+def _file_format(format: str | None, target: str) -> str:
+    """``format``, or by default "safetensors" for a ``.safetensors`` path and "npz" else."""
+    if format is None:
+        return "safetensors" if target.lower().endswith(".safetensors") else "npz"
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; valid: {list(FORMATS)}")
+    return format
+
+
 def save(
     path: str | os.PathLike,
     params,
     *,
     metadata: Mapping[str, Any] | None = None,
     allow_nonfinite: bool = False,
+    format: str | None = None,
 ) -> pathlib.Path:
     """Write ``params`` (a tuple of :class:`~mlds_jax.network.Dense`) to ``path``.
 
@@ -304,6 +328,9 @@ def save(
         arrays are stored as numbers and nested lists).  :func:`load` returns it as JSON
         gives it back (tuples become lists).
       allow_nonfinite: save NaN/inf parameters instead of refusing.
+      format: "npz" (this module's format) or "safetensors" (PyTorch-readable, see
+        :mod:`mlds_jax.interop`); default: "safetensors" if ``path`` ends in
+        ``.safetensors``, else "npz".
 
     Returns:
       ``pathlib.Path(path)``.
@@ -316,8 +343,23 @@ def save(
       PermissionError / OSError: the directory is not writable (the message names the path).
     """
     target = os.fsdecode(os.fspath(path))
+    fmt = _file_format(format, target)
     leaves, dtype = _params_to_numpy(params, allow_nonfinite, target)
     meta = _normalise_metadata(metadata)
+    if fmt == "safetensors":
+        from mlds_jax import interop
+
+        weights = [(leaves[2 * i][1], leaves[2 * i + 1][1]) for i in range(len(params))]
+        atomic_write(
+            target,
+            interop.safetensors_bytes(
+                weights,
+                [str(p.activation) for p in params],
+                metadata=meta,
+                library_version=_library_version(),
+            ),
+        )
+        return pathlib.Path(target)
     header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -532,13 +574,27 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
 
 @overload
 def load(
-    path: str | os.PathLike, *, return_metadata: Literal[False] = False, dtype=None
+    path: str | os.PathLike,
+    *,
+    return_metadata: Literal[False] = False,
+    dtype=None,
+    format: str | None = None,
 ) -> Params: ...
 @overload
 def load(
-    path: str | os.PathLike, *, return_metadata: Literal[True], dtype=None
+    path: str | os.PathLike,
+    *,
+    return_metadata: Literal[True],
+    dtype=None,
+    format: str | None = None,
 ) -> tuple[Params, dict[str, Any]]: ...
-def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
+def load(
+    path: str | os.PathLike,
+    *,
+    return_metadata: bool = False,
+    dtype=None,
+    format: str | None = None,
+):
     """Read a checkpoint written by :func:`save` and rebuild the params.
 
     Nothing is unpickled and no code runs: the file is validated completely (see the module
@@ -550,6 +606,8 @@ def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
       dtype: cast the leaves to this floating dtype; default: the stored one.  A float64
         checkpoint needs JAX's x64 mode (``jax.config.update("jax_enable_x64", True)`` or
         ``with jax.enable_x64(True):``), or ``dtype=np.float32``.
+      format: "npz" or "safetensors"; default: "safetensors" if ``path`` ends in
+        ``.safetensors``, else "npz".
 
     Returns:
       ``params``, a tuple of :class:`~mlds_jax.network.Dense` with ``jax.Array`` leaves, or
@@ -565,6 +623,8 @@ def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
         raise FileNotFoundError(errno.ENOENT, f"checkpoint {target} does not exist", target)
     if os.path.isdir(target):
         raise ValueError(f"checkpoint {target} is a directory, not a checkpoint file")
+    if _file_format(format, target) == "safetensors":
+        return _load_safetensors(target, return_metadata, dtype)
     with open(target, "rb") as f:
         raw = f.read()
     try:
@@ -592,6 +652,24 @@ def load(path: str | os.PathLike, *, return_metadata: bool = False, dtype=None):
     if return_metadata:
         return params, header["metadata"]
     return params
+
+
+def _load_safetensors(target: str, return_metadata: bool, dtype):
+    from mlds_jax import interop
+
+    contents = interop.read_safetensors(target)  # validated completely, or ValueError
+    out = contents.dtype if dtype is None else validation.float_dtype(dtype)
+    if out == np.float64 and not _x64_enabled():
+        raise ValueError(
+            f"checkpoint {target}: loading float64 parameters needs JAX's x64 mode, which is "
+            f"off; enable it (jax.config.update('jax_enable_x64', True)) or load with "
+            f"dtype=np.float32"
+        )
+    params = tuple(
+        Dense(W=jnp.asarray(W.astype(out)), b=jnp.asarray(b.astype(out)), activation=act)
+        for (W, b), act in zip(contents.weights, contents.activations, strict=True)
+    )
+    return (params, contents.metadata) if return_metadata else params
 
 
 #: Aliases for re-export at the package top level (``mlds_jax.save_checkpoint``).
