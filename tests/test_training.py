@@ -934,3 +934,150 @@ def test_determinism_the_recompile_counters_do_detect_recompiles():
             mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.1003), epochs=2, progress=False)
     assert compiled.count("jit(epoch)") == 2
 
+
+
+# === weight penalty (R1), sample weights, shuffle=False =======================================
+def _jnp_ce(params, X, Y1h, s, lam):
+    """The penalised, sample-weighted cross-entropy of a tanh/softmax MLP, written from the
+    definitions: (1/S) Σ s_n ℓ_n + λ/(2S) Σ_l ‖W^(l)‖², S = Σ s_n; biases not penalised."""
+    A = X
+    for layer in params[:-1]:
+        A = jnp.tanh(A @ layer.W + layer.b[None, :])
+    A = jax.nn.softmax(A @ params[-1].W + params[-1].b[None, :], axis=-1)
+    terms = -jnp.sum(Y1h * jnp.log(A), axis=1)
+    S = jnp.sum(s)
+    return (s @ terms) / S + 0.5 * lam * sum(jnp.sum(layer.W**2) for layer in params) / S
+
+
+def test_l2_manual_step_equals_jax_grad_of_penalised_loss(key):
+    """(R1): one sgd step with l2 is W ← W − α ∇(L + λ/(2N) Σ‖W‖²) with the gradient from
+    jax.grad of the loss written out here; the reported loss includes the penalty."""
+    params, X, y = _classification(key, n=10)
+    Y1h = jax.nn.one_hot(y, 3, dtype=F64)
+    lr, lam = 0.3, 0.7
+    ones = jnp.ones(10, F64)
+    loss_fn = jax.jit(_jnp_ce)
+    for grads in ("manual", "autodiff"):
+        step = mj.make_train_step(optax.sgd(lr), "cross_entropy", grads, l2=lam)
+        new, _, m = step(params, optax.sgd(lr).init(params), X, y)
+        g = jax.jit(jax.grad(_jnp_ce))(params, X, Y1h, ones, lam)
+        assert_close(new, sgd_by_hand(params, g, lr))
+        assert math.isclose(float(m["loss"]), float(loss_fn(params, X, Y1h, ones, lam)),
+                            rel_tol=1e-12)
+    _, g_pen = mj.training.l2_penalty(params, lam, 10.0)
+    auto = jax.jit(jax.grad(lambda p: _jnp_ce(p, X, Y1h, ones, lam)
+                            - _jnp_ce(p, X, Y1h, ones, 0.0)))
+    assert_close(g_pen, auto(params))
+    assert all(np.all(np.asarray(layer.b) == 0) for layer in g_pen)
+
+
+def test_l2_zero_step_is_bit_identical_to_the_plain_step(key):
+    params, X, y = _classification(key, n=10)
+    opt = optax.sgd(0.3)
+    a = mj.make_train_step(opt, "cross_entropy")(params, opt.init(params), X, y)
+    b = mj.make_train_step(opt, "cross_entropy", l2=0.0)(params, opt.init(params), X, y)
+    assert_bit_identical(a, b)
+
+
+def _weighted_loop(params, X, y, s, *, lam, lr, epochs, batch_size, key, shuffle=True):
+    """fit's documented weighted semantics as a plain loop: per batch the gradient of
+    _jnp_ce with the batch's weights (skipped when they sum to 0), pre-update metrics, epoch
+    metrics weighted by each batch's total weight S_b."""
+    Y1h = jax.nn.one_hot(y, 3, dtype=F64)
+    value_grad = jax.jit(jax.value_and_grad(_jnp_ce))
+    n = X.shape[0]
+    history = {"loss": [], "accuracy": []}
+    for e in range(epochs):
+        order = shuffle_order(key, n, e) if shuffle else np.arange(n)
+        tot = sums_l = sums_a = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            sb = jnp.asarray(s[idx], F64)
+            S = float(jnp.sum(sb))
+            if S == 0:
+                continue
+            value, g = value_grad(params, X[idx], Y1h[idx], sb, lam)
+            pred = np.argmax(np_forward(params, np.asarray(X[idx])), axis=1)
+            acc = float(np.sum(np.asarray(sb) * (pred == np.asarray(y)[idx])) / S)
+            sums_l, sums_a, tot = sums_l + S * float(value), sums_a + S * acc, tot + S
+            params = sgd_by_hand(params, g, lr)
+        history["loss"].append(sums_l / tot)
+        history["accuracy"].append(sums_a / tot)
+    return params, history
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_sample_weight_and_l2_match_a_hand_rolled_loop(key, shuffle):
+    """Sample-weighted minibatch means, (R1) with S = the batch's total weight, a last partial
+    batch, and a batch whose rows all weigh 0 (rows 4..7 with shuffle=False: skipped)."""
+    params, X, y = _classification(key, n=10)
+    s = np.array([0.5, 2.0, 1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 1.5, 0.25])
+    k = jax.random.key(3)
+    fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(0.2), epochs=3, batch_size=4,
+                             key=k, sample_weight=s, l2=0.3, shuffle=shuffle, progress=False)
+    ref, ref_history = _weighted_loop(params, X, y, s, lam=0.3, lr=0.2, epochs=3, batch_size=4,
+                                      key=k, shuffle=shuffle)
+    assert_close(fitted, ref)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(history[name], ref_history[name], rtol=1e-12)
+
+
+def test_fit_unit_sample_weights_and_zero_l2_are_the_plain_fit(key):
+    """sample_weight of ones (or any constant) and l2=0 leave the plain fit bit-identical."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.2), epochs=2, batch_size=4, progress=False)
+    plain, h0 = mj.fit(params, X, y, **kw)
+    for extra in ({"sample_weight": np.ones(10)}, {"l2": 0.0}, {"sample_weight": [2.0] * 10}):
+        fitted, h = mj.fit(params, X, y, **kw, **extra)
+        assert_bit_identical(plain, fitted)
+        assert history_without_time(h) == history_without_time(h0)
+
+
+def test_fit_shuffle_false_is_the_given_row_order(key):
+    """shuffle=False: batch i is rows i*B .. in every epoch (a plain loop over make_train_step)."""
+    params, X, y = _classification(key, n=10)
+    opt = optax.sgd(0.2)
+    fitted, _ = mj.fit(params, X, y, optimizer=opt, epochs=2, batch_size=4, shuffle=False,
+                       progress=False)
+    step = mj.make_train_step(opt, "cross_entropy")
+    p, state = params, opt.init(params)
+    for _ in range(2):
+        for start in range(0, 10, 4):
+            p, state, _ = step(p, state, X[start:start + 4], y[start:start + 4])
+    assert_close(fitted, p)
+
+
+def test_fit_l2_and_sample_weight_do_not_recompile(key):
+    """λ and the sample weights are data of the compiled epoch: new values compile nothing
+    (and do change the result)."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.1234), epochs=1, batch_size=4, progress=False)
+    mj.fit(params, X, y, **kw)  # warm-up
+    rng = np.random.default_rng(0)
+    with _compilations() as compiled:
+        a, _ = mj.fit(params, X, y, l2=0.5, **kw)
+        b, _ = mj.fit(params, X, y, l2=1e-3, sample_weight=rng.uniform(size=10), **kw)
+        c, _ = mj.fit(params, X, y, shuffle=False, **kw)
+    assert compiled == []
+    assert not bit_identical(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"l2": -1.0}, ValueError, "l2 must be a finite number >= 0"),
+        ({"l2": math.nan}, ValueError, "l2"),
+        ({"l2": "0.1"}, TypeError, "l2 must be a real number"),
+        ({"sample_weight": np.ones(5)}, ValueError, r"shape \(6,\)"),
+        ({"sample_weight": np.ones((6, 1))}, ValueError, r"shape \(6,\)"),
+        ({"sample_weight": np.r_[np.ones(5), np.inf]}, ValueError, "non-finite value at index 5"),
+        ({"sample_weight": np.r_[np.ones(3), -1.0, np.ones(2)]}, ValueError, "index 3"),
+        ({"sample_weight": np.zeros(6)}, ValueError, "all zero"),
+        ({"sample_weight": ["a"] * 6}, TypeError, "sample_weight"),
+        ({"shuffle": 0}, TypeError, "shuffle must be a bool"),
+    ],
+)
+def test_fit_rejects_bad_weights(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
