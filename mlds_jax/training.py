@@ -840,8 +840,9 @@ def fit(
       shuffle: draw a new row order every epoch (default); ``False`` keeps the given order:
         minibatch i is rows i·batch_size .. (i+1)·batch_size − 1 in every epoch.
       dp: optional :class:`mlds_jax.DPSGD`: every update is DP-SGD's (D1)-(D3) by ghost
-        clipping, with the noise key of step i of epoch e fold_in(fold_in(k, e), i), k drawn
-        from ``key``.  Not with ``sample_weight`` (each example must count once) or a mesh.
+        clipping, with the noise key of step i of epoch e fold_in(fold_in(k, e), i),
+        k = ``jax.random.split(key)[0]``.  Not with ``sample_weight`` (each example must
+        count once) or a mesh.
         ``history["epsilon"]`` records after every epoch the ε spent so far (RDP accountant,
         sample rate min(1, batch_size/N), steps so far, δ = ``dp_delta``) when the optional
         ``dp-accounting`` package is installed and σ > 0; otherwise it is omitted.

@@ -1081,3 +1081,79 @@ def test_fit_rejects_bad_weights(key, kwargs, error, match):
     params, X, Y = _regression_problem(key)
     with pytest.raises(error, match=match):
         mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# === DP-SGD in training =======================================================================
+def test_dp_train_step_needs_its_key_and_matches_make_dp_train_step(key):
+    params, X, y = _classification(key, n=10)
+    opt, dp = optax.sgd(0.2), mj.DPSGD(1.0, 0.8)
+    step = mj.make_train_step(opt, "cross_entropy", dp=dp)
+    state = opt.init(params)
+    with pytest.raises(ValueError, match="pass its noise key"):
+        step(params, state, X, y)
+    with pytest.raises(ValueError, match="key is only used by a DP-SGD step"):
+        mj.make_train_step(opt, "cross_entropy")(params, state, X, y, key=key)
+    with pytest.raises(TypeError, match="dp must be None or an mlds_jax.DPSGD"):
+        mj.make_train_step(opt, "cross_entropy", dp=(1.0, 1.0))
+    k = jax.random.key(11)
+    new, _, m = step(params, state, X, y, key=k)
+    ref, _, m_ref = mj.make_dp_train_step(opt, "cross_entropy", dp)(params, state, X, y, key=k)
+    assert_close(new, ref)
+    assert math.isclose(float(m["loss"]), float(m_ref["loss"]), rel_tol=1e-12)
+    assert "accuracy" in m
+
+
+def test_fit_dp_without_noise_or_clipping_is_the_plain_fit(key):
+    """σ = 0 and C = ∞: κ_n = 1 and no noise, so DP-SGD's update is the plain mean gradient."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.2), epochs=2, batch_size=4, key=jax.random.key(5),
+              validation_data=(X[:4], y[:4]), progress=False)
+    plain, h0 = mj.fit(params, X, y, **kw)
+    dp, h1 = mj.fit(params, X, y, dp=mj.DPSGD(math.inf, 0.0), **kw)
+    assert_close(plain, dp)
+    assert "epsilon" not in h1
+    for name in h0:
+        if name != "time":
+            np.testing.assert_allclose(h1[name], h0[name], rtol=1e-12)
+
+
+def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
+    """fit(dp=...) is a loop of make_dp_train_step steps, step i of epoch e with noise key
+    fold_in(fold_in(k, e), i), k = jax.random.split(key)[0], over fit's row orders; ε after
+    every epoch is dp_epsilon(σ, B/N, steps so far, 1/N) (dp_delta overrides δ)."""
+    pytest.importorskip("dp_accounting")
+    params, X, y = _classification(key, n=10)
+    opt, dp, k = optax.sgd(0.2), mj.DPSGD(0.5, 1.1), jax.random.key(8)
+    fitted, history = mj.fit(params, X, y, optimizer=opt, epochs=2, batch_size=4, key=k, dp=dp,
+                             progress=False)
+    step = mj.make_dp_train_step(opt, "cross_entropy", dp)
+    noise = jax.random.split(k)[0]
+    p, state = params, opt.init(params)
+    for e in range(2):
+        order = shuffle_order(k, 10, e)
+        for i, start in enumerate(range(0, 10, 4)):
+            idx = order[start:start + 4]
+            step_key = jax.random.fold_in(jax.random.fold_in(noise, e), i)
+            p, state, _ = step(p, state, X[idx], y[idx], key=step_key)
+    assert_close(fitted, p)
+    expected = [mj.dp_epsilon(1.1, 0.4, 3 * (e + 1), 0.1) for e in range(2)]
+    np.testing.assert_allclose(history["epsilon"], expected, rtol=1e-12)
+    assert history["epsilon"][1] > history["epsilon"][0]
+    _, h = mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=4, key=k, dp=dp,
+                  dp_delta=1e-5, progress=False)
+    assert math.isclose(h["epsilon"][0], mj.dp_epsilon(1.1, 0.4, 3, 1e-5), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dp": "dp"}, TypeError, "dp must be None or an mlds_jax.DPSGD"),
+        ({"dp": mj.DPSGD(1.0, 1.0), "sample_weight": np.ones(6)}, ValueError, "counts each row"),
+        ({"dp_delta": 1e-5}, ValueError, "dp_delta is only used with dp"),
+        ({"dp": mj.DPSGD(1.0, 1.0), "dp_delta": 1.5}, ValueError, r"dp_delta must lie in"),
+    ],
+)
+def test_fit_rejects_bad_dp_arguments(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
