@@ -1157,3 +1157,44 @@ def test_fit_rejects_bad_dp_arguments(key, kwargs, error, match):
     params, X, Y = _regression_problem(key)
     with pytest.raises(error, match=match):
         mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# === sharpness tracking =======================================================================
+def test_fit_track_sharpness_equals_hessian_top_eigenvalue(key):
+    """history["sharpness"] after epochs 1 and 2 is λ_max of the Hessian at those params, as
+    mj.hessian_top_eigenvalue computes it (Lanczos to tol 1e-7 from another start vector:
+    agreement to 1e-6 relative, its documented accuracy on small networks)."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.3), batch_size=4, key=jax.random.key(2), progress=False)
+    Xs, ys = X[:6], y[:6]
+    fitted, history = mj.fit(params, X, y, epochs=2, track_sharpness=1,
+                             sharpness_data=(Xs, ys), **kw)
+    after_one, _ = mj.fit(params, X, y, epochs=1, **kw)
+    assert history["sharpness_epoch"] == [1, 2]
+    for p, value in zip((after_one, fitted), history["sharpness"], strict=True):
+        lam, _ = mj.hessian_top_eigenvalue(p, Xs, ys, "cross_entropy", key=jax.random.key(9))
+        assert math.isclose(value, float(lam), rel_tol=1e-6)
+    # default data: the training rows; every 2nd epoch
+    fitted, history = mj.fit(params, X, y, epochs=3, track_sharpness=2, **kw)
+    assert history["sharpness_epoch"] == [2]
+    assert len(history["loss"]) == 3
+    after_two, _ = mj.fit(params, X, y, epochs=2, **kw)
+    lam, _ = mj.hessian_top_eigenvalue(after_two, X, y, "cross_entropy", key=jax.random.key(9))
+    assert math.isclose(history["sharpness"][0], float(lam), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"track_sharpness": 0}, ValueError, "track_sharpness must be >= 1"),
+        ({"track_sharpness": 1.5}, TypeError, "track_sharpness must be an int"),
+        ({"sharpness_data": ([[0.0] * 3], [[0.0] * 2])}, ValueError, "only used with"),
+        ({"track_sharpness": 1, "sharpness_data": [1]}, TypeError, "sharpness_data must be"),
+        ({"track_sharpness": 1, "sharpness_data": (np.ones((2, 5)), np.ones((2, 2)))},
+         ValueError, "sharpness X"),
+    ],
+)
+def test_fit_rejects_bad_sharpness_arguments(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
