@@ -71,6 +71,7 @@ from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "atomic_write",
+    "checkpoint_bytes",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FORMATS",
@@ -360,6 +361,16 @@ def save(
             ),
         )
         return pathlib.Path(target)
+    _save_npz(target, params, meta, allow_nonfinite, fmt, leaves=leaves, dtype=dtype)
+    return pathlib.Path(target)
+
+
+def _save_npz(target, params, metadata, allow_nonfinite, fmt, *, leaves=None, dtype=None):
+    """The npz checkpoint: its bytes when ``fmt`` is None, else written atomically."""
+    if leaves is None or dtype is None:
+        leaves, dtype = _params_to_numpy(params, allow_nonfinite, target)
+        metadata = _normalise_metadata(metadata)
+    meta = metadata
     header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -373,9 +384,26 @@ def save(
         "metadata": meta,
     }
     header["sha256"] = _content_digest(header, leaves)
-    header_arr = np.frombuffer(_canonical_json(header), dtype=np.uint8)
-    atomic_write(target, _archive_bytes([(_HEADER_KEY, header_arr), *leaves]))
+    header_bytes = _canonical_json(header)
+    if len(header_bytes) > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"refusing to save checkpoint {target}: its header (metadata included) is "
+            f"{len(header_bytes)} bytes, more than load accepts ({_MAX_HEADER_BYTES})"
+        )
+    header_arr = np.frombuffer(header_bytes, dtype=np.uint8)
+    data = _archive_bytes([(_HEADER_KEY, header_arr), *leaves])
+    if fmt is None:
+        return data
+    atomic_write(target, data)
     return pathlib.Path(target)
+
+
+def checkpoint_bytes(params, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """The bytes :func:`save` would write for ``params`` in the npz format (same checks), for
+    callers that write several files as one set."""
+    data = _save_npz("<memory>", params, metadata, False, None)
+    assert isinstance(data, bytes)
+    return data
 
 
 # --- load -----------------------------------------------------------------------------------

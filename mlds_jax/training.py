@@ -58,6 +58,7 @@ __all__ = [
     "l2_penalty",
     "make_train_step",
     "shuffle_order",
+    "validation_split_indices",
 ]
 
 GRADS = core.GRAD_METHODS
@@ -771,6 +772,100 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     return epoch
 
 
+#: Inputs whose largest column standard deviation exceeds this are called "unscaled".
+_LARGE_INPUT_SCALE = 10.0
+
+
+def _input_scale(X) -> float | None:
+    """The largest column standard deviation of X (host), or None if X is not an array."""
+    try:
+        x = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if x.ndim != 2 or x.shape[0] == 0 or not np.all(np.isfinite(x)):
+        return None
+    return float(np.max(np.std(x, axis=0), initial=0.0))
+
+
+def _divergence_cause(input_scale: float | None) -> str:
+    """One sentence: the likely cause of a divergence, inputs' scale or the learning rate."""
+    if input_scale is not None and input_scale > _LARGE_INPUT_SCALE:
+        return (
+            f"Likely cause: the input scale (a feature has standard deviation "
+            f"{input_scale:.3g}); standardise X to mean 0 and variance 1."
+        )
+    return "Likely cause: the learning rate is too large (the inputs are on a unit scale)."
+
+
+#: The entropy tag that separates the validation split's RNG stream from the shuffles'.
+_SPLIT_STREAM = (0x76616C, 0x73706C)
+
+
+def validation_split_indices(
+    key: ArrayLike, Y: ArrayLike, fraction: float, *, stratify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) row indices ``fit(..., validation_split=fraction)`` uses.
+
+    Deterministic from ``key`` (and independent of the per-epoch shuffles).  Stratified by
+    class when ``stratify`` (Y (N,) labels or (N, k) one-hot/probability rows: argmax, or
+    y > 0.5 for one column): each class gives round(fraction · its count) rows.  At least one
+    row lands on each side.
+
+    Args:
+      key: ``jax.random`` key.  Y: (N,) or (N, k) targets.  fraction: in (0, 1).
+
+    Returns:
+      (train_idx, val_idx), sorted int64 arrays partitioning range(N).
+    """
+    key = validation.check_key(key)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise TypeError(f"validation_split must be a float in (0, 1), got {fraction!r}")
+    if not 0 < float(fraction) < 1:
+        raise ValueError(f"validation_split must lie strictly between 0 and 1, got {fraction!r}")
+    y = np.asarray(Y)
+    n = y.shape[0] if y.ndim >= 1 else 0
+    if n < 2:
+        raise ValueError(f"validation_split needs at least 2 rows, got {n}")
+    rng = np.random.default_rng([*_key_words(key), *_SPLIT_STREAM])
+    if stratify:
+        if y.ndim == 1:
+            labels = y
+        elif y.shape[1] == 1:
+            labels = (y[:, 0] > 0.5).astype(np.int64)
+        else:
+            labels = np.argmax(y, axis=1)
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    else:
+        groups = [np.arange(n)]
+    val: list[np.ndarray] = []
+    for rows in groups:
+        rows = rows[rng.permutation(rows.size)]
+        val.append(rows[: int(round(float(fraction) * rows.size))])
+    val_idx = np.sort(np.concatenate(val))
+    if val_idx.size == 0:  # tiny data: one row from the largest group
+        val_idx = np.sort(max(groups, key=len)[rng.integers(max(map(len, groups)))][None])
+    if val_idx.size == n:
+        val_idx = val_idx[1:]
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+def _split_off_validation(params, X, Y, loss, sample_weight, fraction, key):
+    """(X_train, Y_train, (X_val, Y_val), sample_weight_train): the held-out split of fit."""
+    Xc, Yc = validation.check_data(params, X, Y, loss)
+    Xh, Yh = np.asarray(Xc), np.asarray(Yc)
+    stratify = get_loss(loss).targets in ("class", "probability")
+    train_idx, val_idx = validation_split_indices(key, Yh, fraction, stratify=stratify)
+    if sample_weight is not None:
+        s = np.asarray(sample_weight)
+        if s.shape != (Xh.shape[0],):
+            raise ValueError(
+                f"sample_weight must have shape ({Xh.shape[0]},) (one per row), got {s.shape}"
+            )
+        sample_weight = s[train_idx]
+    return Xh[train_idx], Yh[train_idx], (Xh[val_idx], Yh[val_idx]), sample_weight
+
+
 def _progress_enabled(progress: bool) -> bool:
     """A bar on a terminal, when tqdm (the ``progress`` extra) is installed."""
     if not (bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
@@ -801,6 +896,7 @@ def fit(
     dp_delta: float | None = None,
     track_sharpness: int | None = None,
     sharpness_data: tuple[ArrayLike, ArrayLike] | None = None,
+    validation_split: float | None = None,
 ) -> tuple[Params, History]:
     """Train with minibatches; every epoch is one compiled call on device.
 
@@ -817,6 +913,10 @@ def fit(
         The same key gives bit-identical parameters and history; :func:`shuffle_order`
         returns the row order of any epoch.
       validation_data: optional (X_val, Y_val), evaluated after every epoch.
+      validation_split: optional fraction in (0, 1) of the rows of (X, Y) held out as the
+        validation data instead (not with ``validation_data``): stratified by class for
+        classification losses, deterministic from ``key`` and independent of the shuffles;
+        :func:`validation_split_indices` gives the rows.  ``sample_weight`` follows its rows.
       grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
       early_stopping: patience as an int, or an :class:`EarlyStopping`; monitors val_loss
         (needs validation_data) and restores the best parameters.
@@ -885,10 +985,19 @@ def fit(
       ``on_epoch_end`` never trigger a compile.  Across processes, see
       :func:`mlds_jax.enable_compilation_cache`.
     """
+    validation.reject_tracers("fit", params, X, Y, validation_data, sample_weight)
     validation.check_params(params)
     loss = default_loss(params) if loss is None else loss
     validation.check_params_finite(params)
     validation.check_loss_output(params, loss)
+    key = jax.random.key(0) if key is None else validation.check_key(key)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        X, Y, validation_data, sample_weight = _split_off_validation(
+            params, X, Y, loss, sample_weight, validation_split, key
+        )
+    input_scale = _input_scale(X)
     X, Y, n = _checked_bucketed(params, X, Y, loss)  # padding rows weigh 0, never sampled
     n = X.shape[0] if n is None else n
     epochs = validation.positive_int(epochs, "epochs")
@@ -896,7 +1005,6 @@ def fit(
     _check_grads_name(grads)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_optimizer(optimizer)
-    key = jax.random.key(0) if key is None else validation.check_key(key)
     has_val = validation_data is not None
     if has_val:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -1017,9 +1125,9 @@ def fit(
             if not finite:
                 history.stop_reason = "diverged"
                 warnings.warn(
-                    f"training diverged in epoch {e + 1}: non-finite loss or parameters "
-                    f"(metrics {metrics}); returning the parameters after epoch {e} "
-                    "(the last finite ones). Try a smaller learning rate.",
+                    f"training diverged in epoch {e + 1}: non-finite loss or parameters; "
+                    f"returning the parameters after epoch {e} (the last finite ones). "
+                    + _divergence_cause(input_scale),
                     TrainingDivergedWarning,
                     stacklevel=2,
                 )

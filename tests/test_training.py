@@ -1198,3 +1198,58 @@ def test_fit_rejects_bad_sharpness_arguments(key, kwargs, error, match):
     params, X, Y = _regression_problem(key)
     with pytest.raises(error, match=match):
         mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# --- issue 12: a validation split that never touches other rows; divergence causes -------------
+def _tiny_classification(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = np.arange(n) % 4
+    return X, y, mj.init_mlp(jax.random.key(seed), [3, 5, 4], output="softmax")
+
+
+def test_validation_split_is_stratified_deterministic_and_equals_explicit_data():
+    from mlds_jax.training import validation_split_indices
+
+    X, y, params = _tiny_classification()
+    key = jax.random.key(3)
+    train, val = validation_split_indices(key, y, 0.25, stratify=True)
+    assert np.bincount(y[val]).tolist() == [2, 2, 2, 2]  # round(0.25 * 10) of each class
+    assert sorted([*train, *val]) == list(range(40))
+    again = validation_split_indices(key, y, 0.25, stratify=True)
+    assert np.array_equal(again[1], val)
+    opt = optax.sgd(0.1)
+    p1, h1 = mj.fit(params, X, y, optimizer=opt, epochs=2, key=key, validation_split=0.25,
+                    progress=False)
+    p2, h2 = mj.fit(params, X[train], y[train], optimizer=opt, epochs=2, key=key,
+                    validation_data=(X[val], y[val]), progress=False)
+    assert_bit_identical(p1, p2)
+    assert {k: v for k, v in h1.items() if k != "time"} == {
+        k: v for k, v in h2.items() if k != "time"}
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, "0.1"])
+def test_validation_split_bad_values(bad):
+    X, y, params = _tiny_classification()
+    with pytest.raises((ValueError, TypeError), match="validation_split"):
+        mj.fit(params, X, y, epochs=1, validation_split=bad, progress=False)
+
+
+def test_validation_split_with_validation_data_is_refused():
+    X, y, params = _tiny_classification()
+    with pytest.raises(ValueError, match="not both"):
+        mj.fit(params, X, y, epochs=1, validation_split=0.2, validation_data=(X, y),
+               progress=False)
+
+
+@pytest.mark.parametrize(("scale", "cause"), [(1.0, "learning rate"), (1e3, "input scale")])
+def test_divergence_warning_names_the_likely_cause(scale, cause):
+    X, y, params = _tiny_classification()
+    with pytest.warns(mj.TrainingDivergedWarning, match=cause):
+        mj.fit(params, X * scale, y, optimizer=optax.sgd(1e300), epochs=2, progress=False)
+
+
+def test_fit_refuses_tracers():
+    X, y, params = _tiny_classification()
+    with pytest.raises(TypeError, match="fit .*cannot be traced"):
+        jax.jit(lambda p: mj.fit(p, X, y, epochs=1, progress=False)[0])(params)
