@@ -409,6 +409,7 @@ def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None
       as scikit-learn's ``r2_score``.  An overflowed loss raises ValueError, as in
       :func:`mlds_jax.loss`.
     """
+    validation.reject_tracers("evaluate", params, X, Y)
     validation.check_params(params)
     loss = default_loss(params) if loss is None else loss
     validation.check_params_finite(params)
