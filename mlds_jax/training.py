@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import math
 import numbers
+import os
 import sys
 import time
 import types
@@ -40,7 +41,7 @@ import optax
 from jax import Array
 from jax.typing import ArrayLike
 
-from mlds_jax import core, parallel, validation
+from mlds_jax import core, parallel, train_state, validation
 from mlds_jax.extensions.curvature import lanczos_core
 from mlds_jax.extensions.dp import DPSGD, dp_epsilon, dp_value_and_grads
 from mlds_jax.layers import Params
@@ -898,6 +899,9 @@ def fit(
     track_sharpness: int | None = None,
     sharpness_data: tuple[ArrayLike, ArrayLike] | None = None,
     validation_split: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> tuple[Params, History]:
     """Train with minibatches; every epoch is one compiled call on device.
 
@@ -923,7 +927,21 @@ def fit(
         (needs validation_data) and restores the best parameters.
       progress: show a progress bar with the metrics (only when stderr is a terminal).
       on_epoch_end: optional ``callback(epoch_index, metrics)`` after every finished epoch
-        (metrics as floats); e.g. to log when no terminal shows the bar.
+        (metrics as floats); e.g. to log when no terminal shows the bar.  Returning ``True``
+        stops training after that epoch (``history.stop_reason == "callback"``); any other
+        return value (None) continues.
+      checkpoint_dir: optional directory (it must exist): the training state (params,
+        optimizer state, epoch, RNG position, history, early-stopping state; see
+        :mod:`mlds_jax.train_state`) is written atomically to ``checkpoint_dir/
+        train_state.npz`` every ``checkpoint_every`` epochs (default 1), when training ends,
+        and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
+        handler: the last completed epoch is saved, then the exception propagates).
+      checkpoint_every: k >= 1, with ``checkpoint_dir``.
+      resume: continue from ``checkpoint_dir``'s state (FileNotFoundError if there is none).
+        Pass the same data, key, optimizer, loss, batch size and architecture: the run then
+        ends bit-identical (params and history but "time") to an uninterrupted one; a state
+        of another optimizer or architecture is refused naming the mismatch.  ``epochs`` is
+        the total, so it may be raised to train further.
       mesh: optional ``jax.sharding.Mesh`` with a "batch" axis for data-parallel training
         (see :func:`make_train_step`); the data and parameters are replicated on its devices
         and every minibatch is split along its rows.
@@ -1032,6 +1050,23 @@ def fit(
                 "early stopping monitors val_loss: pass validation_data=(X_val, Y_val)"
             )
 
+    if checkpoint_dir is None:
+        if checkpoint_every is not None or resume:
+            raise ValueError("checkpoint_every and resume need checkpoint_dir=")
+        state_file = None
+    else:
+        if not os.path.isdir(checkpoint_dir):
+            raise NotADirectoryError(
+                f"checkpoint_dir {os.fspath(checkpoint_dir)!r} is not a directory"
+            )
+        state_file = train_state.state_path(checkpoint_dir)
+    every = (
+        1
+        if checkpoint_every is None
+        else validation.positive_int(checkpoint_every, "checkpoint_every")
+    )
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {resume!r}")
     mesh = None if mesh is None else parallel.check_mesh(mesh)
     l2 = _check_l2(l2)
     if not isinstance(shuffle, bool):
@@ -1074,6 +1109,26 @@ def fit(
     else:
         wv = None
     opt_state = optimizer.init(params)  # pyright: ignore[reportArgumentType]
+    history = History()
+    best_value, best_params, since_best = math.inf, params, 0
+    key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
+    run_id = {"key": list(key_words), "n": n, "batch_size": batch_size, "loss": loss}
+    start = 0
+    if resume:
+        assert state_file is not None
+        saved, params, opt_state, best_params = train_state.load_train_state(
+            state_file, params, opt_state
+        )
+        if saved.get("run") != run_id:
+            raise ValueError(
+                f"training state {state_file} is of another run ({saved.get('run')}); this "
+                f"call has {run_id}: resume with the same key, data, batch size and loss"
+            )
+        start = int(saved["epoch"])
+        history.update({k: list(v) for k, v in saved["history"].items()})
+        history.stop_reason = saved["stop_reason"]
+        history.best_epoch = saved["best_epoch"]
+        best_value, since_best = float(saved["best_value"]), int(saved["since_best"])
     put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
@@ -1083,9 +1138,6 @@ def fit(
         put = functools.partial(jax.device_put, device=rep)
     mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
     l2_data = put(np.asarray(l2, dtype))
-    history = History()
-    best_value, best_params, since_best = math.inf, params, 0
-    key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
     noise_key = sharp_key = None
     if dp is not None or track_sharpness is not None:
         noise_key, sharp_key = jax.random.split(key if _is_typed_key(key) else _as_typed(key))
@@ -1101,8 +1153,29 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr)
+    done = (start, params, opt_state, best_value, best_params, since_best, history.best_epoch)
+    lengths = {k: len(v) for k, v in history.items()}
+    saved_at = start if resume else -1
+
+    def save_state(stop_reason: str) -> None:
+        e_done, p, s, bv, bp, sb, be = done
+        state = {
+            "run": run_id,
+            "epoch": e_done,
+            "history": {k: list(history[k][:m]) for k, m in lengths.items()},
+            "stop_reason": stop_reason,
+            "best_epoch": be,
+            "best_value": bv,
+            "since_best": sb,
+        }
+        assert state_file is not None
+        train_state.save_train_state(state_file, p, s, bp, state)
+
+    finished = history.stop_reason != "completed" or start >= epochs
     try:
-        for e in range(epochs):
+        for e in range(start, epochs):
+            if finished:
+                break
             t0 = time.perf_counter()
             idx = put(_epoch_indices(plan, key_words, e, shuffle))
             new_params, new_state, values = epoch_fn(
@@ -1149,8 +1222,6 @@ def fit(
                 lam, _, _ = lanczos_core(params, Xs, Ys, loss, jax.random.fold_in(sharp_key, e))
                 history.setdefault("sharpness", []).append(float(lam))
                 history.setdefault("sharpness_epoch", []).append(e + 1)
-            if on_epoch_end is not None:
-                on_epoch_end(e, dict(metrics))
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
                 bar.update(1)
@@ -1163,7 +1234,24 @@ def fit(
                     since_best += 1
                     if since_best >= early_stopping.patience:
                         history.stop_reason = "early_stopping"
-                        break
+            done = (e + 1, params, opt_state, best_value, best_params, since_best,
+                    history.best_epoch)  # fmt: skip
+            lengths = {k: len(v) for k, v in history.items()}
+            if state_file is not None and (e + 1) % every == 0:
+                save_state(history.stop_reason)
+                saved_at = e + 1
+            if on_epoch_end is not None and on_epoch_end(e, dict(metrics)) is True:
+                if history.stop_reason == "completed":
+                    history.stop_reason = "callback"
+                break
+            if history.stop_reason != "completed":
+                break
+        if state_file is not None and saved_at != done[0]:
+            save_state(history.stop_reason)
+    except BaseException:
+        if state_file is not None and saved_at != done[0]:
+            save_state("completed")  # interrupted: the last completed epoch, resumable
+        raise
     finally:
         if bar is not None:
             bar.close()
