@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write model.npz, history.json, history.csv and curves.png here",
     )
     t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out DIR (train_state.npz, written every epoch and "
+        "on Ctrl-C/SIGTERM); same options, --epochs is the total",
+    )
+    t.add_argument(
         "--data-parallel",
         action="store_true",
         help="shard every minibatch over all local devices (jax.sharding mesh)",
@@ -594,6 +600,8 @@ def cmd_train(args) -> int:
     dp = None if args.dp_clip is None else mj.DPSGD(args.dp_clip, args.dp_noise)
     if dp is not None and args.data_parallel:
         raise UsageError("--dp-clip/--dp-noise cannot be combined with --data-parallel")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR (the run's train_state.npz lives there)")
     out = _prepare_out(args.out) if args.out else None
     ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
     loss = args.loss or ds.default_loss
@@ -649,6 +657,8 @@ def cmd_train(args) -> int:
             mesh=mesh,
             dp=dp,
             track_sharpness=args.track_sharpness,
+            checkpoint_dir=out,
+            resume=args.resume,
         )
     for w in caught:
         if not issubclass(w.category, mj.TrainingDivergedWarning):
@@ -657,6 +667,11 @@ def cmd_train(args) -> int:
         message = next(
             str(w.message) for w in caught if issubclass(w.category, mj.TrainingDivergedWarning)
         )
+        if out and not args.resume:  # a diverged run leaves nothing to resume
+            from mlds_jax.train_state import state_path
+
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(state_path(out))
         print(f"mlds-jax train: error: {message} Nothing written.", file=sys.stderr)
         return EXIT_DIVERGED
     seconds = time.perf_counter() - t0
@@ -699,6 +714,10 @@ def cmd_train(args) -> int:
             lr=lr,
             optimizer=args.optimizer,
         )
+        from mlds_jax.checkpoint import read_regular_file
+        from mlds_jax.train_state import state_path
+
+        files["train_state.npz"] = read_regular_file(state_path(out), "training state")
         _write_set(out, files)
         print(f"wrote {os.path.join(out, 'model.npz')}, history.json, history.csv, curves.png")
     return 0
@@ -771,6 +790,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _resumable(args) -> str:
+    """ "; saved ...": the saved epoch of an interrupted train run with --out, else ""."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or not out:
+        return ""
+    from mlds_jax.train_state import state_path
+
+    if not os.path.isfile(state_path(out)):
+        return ""
+    return f"; the last completed epoch is saved in {state_path(out)}: rerun with --resume"
+
+
 COMMANDS = {"train": cmd_train, "gradcheck": cmd_gradcheck, "evaluate": cmd_evaluate}
 
 
@@ -790,10 +821,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # bad values found by the library's own checks: one line, no traceback
         print(f"mlds-jax {args.command}: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"mlds-jax {args.command}: interrupted", file=sys.stderr)
+        print(f"mlds-jax {args.command}: interrupted{_resumable(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _Terminated:
-        print(f"mlds-jax {args.command}: terminated", file=sys.stderr)
+        print(f"mlds-jax {args.command}: terminated{_resumable(args)}", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as exc:
         if "RESOURCE_EXHAUSTED" not in str(exc):

@@ -81,7 +81,7 @@ def test_train_writes_model_history_and_curves(trained):
     assert trained["stderr"] == ""
     out: Path = trained["out"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "history.csv", "history.json", "model.npz"]
+        "curves.png", "history.csv", "history.json", "model.npz", "train_state.npz"]
 
     payload = json.loads((out / "history.json").read_text())
     assert set(payload) == {"history", "summary"}
@@ -462,3 +462,40 @@ def test_out_is_replaced_as_a_set_or_not_at_all(tmp_path):
     cli._write_set(str(out), {"a": b"new", "c": b"3"})
     assert sorted(os.listdir(out)) == ["a", "c"] and (out / "a").read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path, capsys):
+    """SIGTERM (raised from the handler as in a real signal) after epoch 2 of 3: exit 143,
+    one line, the state of epoch 2 saved; --resume completes the run to the same model as an
+    uninterrupted one."""
+    args = ["train", "--dataset", "iris", "--epochs", "3", "--optimizer", "sgd",
+            "--hidden-sizes", "8", "--no-progress"]
+    ref = tmp_path / "ref"
+    assert run_main([*args, "--out", str(ref)]) == 0
+    out = tmp_path / "run"
+    real_logger = cli._epoch_logger
+
+    def logger(epochs):
+        def log(e, metrics):
+            if e == 1:
+                cli._on_sigterm(15, None)
+        return log
+
+    capsys.readouterr()
+    with patching() as mp:
+        mp.setattr(cli, "_epoch_logger", logger)
+        rc = run_main([*args[:-1], "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert rc == cli.EXIT_TERMINATED == 143
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("mlds-jax train: terminated; the last completed epoch is saved")
+    assert os.listdir(out) == ["train_state.npz"]
+    assert real_logger is cli._epoch_logger
+    assert run_main([*args, "--out", str(out), "--resume"]) == 0
+    a, b = mj.load(ref / "model.npz"), mj.load(out / "model.npz")
+    for la, lb in zip(a, b, strict=True):
+        assert np.array_equal(la.W, lb.W) and np.array_equal(la.b, lb.b)
+    ha = json.loads((ref / "history.json").read_text())["history"]
+    hb = json.loads((out / "history.json").read_text())["history"]
+    assert {k: v for k, v in ha.items() if k != "time"} == {
+        k: v for k, v in hb.items() if k != "time"}
