@@ -56,6 +56,7 @@ import math
 import os
 import pathlib
 import secrets
+import stat
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Literal, TypeGuard, overload
@@ -71,11 +72,13 @@ from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "atomic_write",
+    "checkpoint_bytes",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "FORMATS",
     "load",
     "load_checkpoint",
+    "read_regular_file",
     "save",
     "save_checkpoint",
 ]
@@ -177,12 +180,35 @@ def _check_json_keys(obj: Any, where: str) -> None:
             _check_json_keys(v, f"{where}[{i}]")
 
 
+#: Deepest metadata nesting save writes (and so load is sure to parse).
+MAX_METADATA_DEPTH = 64
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of dicts/lists/tuples, counting no further than ``limit`` + 1."""
+    stack, deepest = [(obj, 1)], 0
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, (Mapping, list, tuple)):
+            deepest = max(deepest, d)
+            if d > limit:
+                return d
+            values = item.values() if isinstance(item, Mapping) else item
+            stack.extend((v, d + 1) for v in values)
+    return deepest
+
+
 def _normalise_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """The metadata as it will come back from :func:`load` (a JSON round trip)."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a dict (JSON object), got {type(metadata).__name__}")
+    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise ValueError(
+            f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep; checkpoints "
+            f"refuse it so that load can always parse what save wrote"
+        )
     _check_json_keys(metadata, "metadata")
     try:
         text = json.dumps(dict(metadata), default=_json_default)
@@ -240,6 +266,15 @@ def atomic_write(target: str, data: bytes) -> None:
     flushed and fsync'ed, then ``os.replace``'d onto the target; on any failure the previous
     file (if any) is untouched and the temporary file is removed."""
     parent = os.path.dirname(os.path.abspath(target))
+    probe = parent
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"cannot save checkpoint {target}: {probe} is a file, not a directory",
+            target,
+        )
     if not os.path.isdir(parent):
         raise FileNotFoundError(
             errno.ENOENT,
@@ -290,6 +325,49 @@ def atomic_write(target: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(parent)
+
+
+def read_regular_file(path: str, what: str = "checkpoint") -> bytes:
+    """All bytes of ``path``, which must be a regular file (a symlink to one is followed):
+    FIFOs, devices, sockets and directories are refused before any read (opened non-blocking,
+    so a path swapped for a FIFO after the check cannot hang), and the size is taken from
+    ``fstat`` first, so nothing is read or allocated beyond the file itself."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{what} {path} does not exist", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{what} {path} is {_kind(st.st_mode)}; only regular files are read")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{what} {path} is {_kind(st.st_mode)}; only regular files are read")
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                raise ValueError(
+                    f"{what} {path} is truncated: it ended {left} bytes short of its size "
+                    f"(was it changed while being read?)"
+                )
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 #: ``format=`` values of :func:`save` and :func:`load`.
@@ -360,6 +438,16 @@ def save(
             ),
         )
         return pathlib.Path(target)
+    _save_npz(target, params, meta, allow_nonfinite, fmt, leaves=leaves, dtype=dtype)
+    return pathlib.Path(target)
+
+
+def _save_npz(target, params, metadata, allow_nonfinite, fmt, *, leaves=None, dtype=None):
+    """The npz checkpoint: its bytes when ``fmt`` is None, else written atomically."""
+    if leaves is None or dtype is None:
+        leaves, dtype = _params_to_numpy(params, allow_nonfinite, target)
+        metadata = _normalise_metadata(metadata)
+    meta = metadata
     header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -373,9 +461,26 @@ def save(
         "metadata": meta,
     }
     header["sha256"] = _content_digest(header, leaves)
-    header_arr = np.frombuffer(_canonical_json(header), dtype=np.uint8)
-    atomic_write(target, _archive_bytes([(_HEADER_KEY, header_arr), *leaves]))
+    header_bytes = _canonical_json(header)
+    if len(header_bytes) > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"refusing to save checkpoint {target}: its header (metadata included) is "
+            f"{len(header_bytes)} bytes, more than load accepts ({_MAX_HEADER_BYTES})"
+        )
+    header_arr = np.frombuffer(header_bytes, dtype=np.uint8)
+    data = _archive_bytes([(_HEADER_KEY, header_arr), *leaves])
+    if fmt is None:
+        return data
+    atomic_write(target, data)
     return pathlib.Path(target)
+
+
+def checkpoint_bytes(params, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """The bytes :func:`save` would write for ``params`` in the npz format (same checks), for
+    callers that write several files as one set."""
+    data = _save_npz("<memory>", params, metadata, False, None)
+    assert isinstance(data, bytes)
+    return data
 
 
 # --- load -----------------------------------------------------------------------------------
@@ -479,6 +584,20 @@ def _entry(npz, key: str) -> np.ndarray:
         ) from None
 
 
+def _check_members(zf) -> None:
+    """No duplicate names, every member stored (never inflated) at its declared size."""
+    names = zf.namelist()
+    if len(names) != len(set(names)):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise _CkError(f"is corrupt: duplicate entries {dup[:5]}")
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise _CkError(
+                f"is invalid: entry {info.filename!r} is compressed; checkpoint entries are "
+                f"stored uncompressed (nothing is inflated on load)"
+            )
+
+
 def _read_header(npz) -> dict:
     info = npz.zip.getinfo(_HEADER_KEY + ".npy")
     if info.file_size > _MAX_HEADER_BYTES:
@@ -520,6 +639,7 @@ def _parse(raw: bytes) -> tuple[dict, list[tuple[str, np.ndarray]]]:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise _CkError("is not an mlds_jax checkpoint: not a .npz archive")
     with npz:
+        _check_members(npz.zip)
         if _HEADER_KEY not in npz.files:
             raise _CkError(
                 f"is not an mlds_jax checkpoint: no {_HEADER_KEY!r} entry (a plain "
@@ -625,8 +745,7 @@ def load(
         raise ValueError(f"checkpoint {target} is a directory, not a checkpoint file")
     if _file_format(format, target) == "safetensors":
         return _load_safetensors(target, return_metadata, dtype)
-    with open(target, "rb") as f:
-        raw = f.read()
+    raw = read_regular_file(target, "checkpoint")
     try:
         header, leaves = _parse(raw)
     except _CkError as exc:

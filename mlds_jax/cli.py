@@ -4,7 +4,15 @@
   mlds-jax gradcheck    manual vs jax.grad vs finite differences, per leaf
   mlds-jax evaluate     score a saved checkpoint on a data set's test split
 
-Errors in options or values exit with status 2 and one line, never a traceback.
+Exit status: 0 success; 1 ``gradcheck`` found a failing leaf; 2 a bad option or value, a
+bad file or a model too large for memory (one line on stderr, never a traceback); 3 training
+diverged (non-finite loss or parameters: one line on stderr, nothing written to ``--out``);
+130 interrupted by Ctrl-C, 143 terminated by SIGTERM (with ``--out``, the last completed epoch
+is saved first for ``--resume``).
+
+``train`` holds out ``--validation-fraction`` of the training rows (stratified) for the epoch
+log and early stopping; the test split is scored once, at the end.  Logs, history, plots and
+JSON name the three splits train / val / test.
 
 Compiled programs are kept in JAX's persistent compilation cache, so a second run skips most
 of the compiling: ``$MLDS_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlds-jax/jax``, else
@@ -15,6 +23,7 @@ it off; delete the directory to clear it.  An unusable directory only warns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -23,6 +32,9 @@ import time
 from collections.abc import Sequence
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
 
@@ -37,11 +49,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_list(text: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 128,64, got {text!r}"
+            f"expected comma-separated integers like 128,64 (or 'none'), got {text!r}"
         ) from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
@@ -50,15 +64,33 @@ def _int_list(text: str) -> list[int]:
 
 def _positive(kind):
     def parse(text: str):
+        if kind is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            if value < 1:
+                raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+            return value
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not 0 < value < float("inf"):  # nan and inf too: --lr inf diverges at once
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -110,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_list,
         default=[128, 64],
         metavar="H1,H2",
-        help="hidden layer widths (default: 128,64)",
+        help="hidden layer widths (default: 128,64); 'none' for no hidden layer",
     )
     t.add_argument(
         "--activation",
@@ -144,19 +176,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradient source (default: manual, the hand-derived backprop)",
     )
     t.add_argument("--seed", type=_seed, default=0, help="seed for init, split and shuffles")
-    t.add_argument("--test-size", type=float, default=0.2, help="test fraction (default: 0.2)")
+    t.add_argument("--test-size", type=_fraction, default=0.2, help="test fraction (default: 0.2)")
+    t.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.1,
+        metavar="F",
+        help="fraction of the training rows held out (stratified) for the val metrics and "
+        "early stopping; the test split is scored once, at the end (default: 0.1)",
+    )
     t.add_argument(
         "--early-stopping",
         type=_positive(int),
         default=None,
         metavar="PATIENCE",
-        help="stop when the test-split loss stalls for PATIENCE epochs",
+        help="stop when the val loss stalls for PATIENCE epochs (restores the best epoch)",
     )
     t.add_argument(
         "--out",
         default=None,
         metavar="DIR",
         help="write model.npz, history.json, history.csv and curves.png here",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out DIR (train_state.npz, written every epoch and "
+        "on Ctrl-C/SIGTERM); same options, --epochs is the total",
     )
     t.add_argument(
         "--data-parallel",
@@ -233,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="split seed (default: the one recorded in the checkpoint)",
     )
-    e.add_argument("--test-size", type=float, default=None)
+    e.add_argument("--test-size", type=_fraction, default=None)
     _add_cache_flag(e)
     return parser
 
@@ -270,26 +316,60 @@ def _optimizer(name: str, lr: float):
 
 
 def _prepare_out(path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"cannot create --out directory {path!r}: {probe!r} is a file")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out directory {path!r}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"--out directory {path!r} is not writable")
+    if not os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a file, not a directory")
+    if not os.access(path, os.W_OK | os.X_OK) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out directory {path!r} (or its parent) is not writable")
     return path
 
 
-def _write_history(out: str, history: dict, summary: dict) -> None:
-    from mlds_jax.checkpoint import atomic_write
+def _cli_history(history: dict, dtype) -> dict:
+    """The history as the CLI writes it: train_/val_ names; metrics computed in float32 as
+    their shortest float32 repr (0.57968, not 0.5796799063682556)."""
+    import numpy as np
 
-    payload = {"summary": summary, "history": {k: list(v) for k, v in history.items()}}
-    atomic_write(os.path.join(out, "history.json"), json.dumps(payload, indent=2).encode())
-    rows = _history_rows(history)
+    renamed = {}
+    for k, v in history.items():
+        plain = k in _PLAIN_KEYS
+        name = k if k.startswith("val_") or plain else "train_" + k
+        short = not plain and np.dtype(dtype) == np.float32
+        renamed[name] = [_short(x) if short else x for x in v]
+    return renamed
+
+
+#: History keys that are not metrics of the training rows.
+_PLAIN_KEYS = ("time", "epsilon", "sharpness", "sharpness_epoch")
+
+
+def _short(x):
+    """A float32-computed value as its shortest float32 repr (0.57968 not 0.5796799063682556)."""
+    if isinstance(x, float):
+        import numpy as np
+
+        return float(str(np.float32(x))) if abs(x) < 3e38 else x
+    return x
+
+
+def _history_files(history: dict, summary: dict) -> dict[str, bytes]:
     import io
 
+    payload = {"summary": summary, "history": history}
     buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    atomic_write(os.path.join(out, "history.csv"), buf.getvalue().encode())
+    csv.writer(buf).writerows(_history_rows(history))
+    return {
+        "history.json": json.dumps(payload, indent=2).encode(),
+        "history.csv": buf.getvalue().encode(),
+    }
 
 
 def _dp_report(dp, history: dict, n: int) -> str:
@@ -306,7 +386,7 @@ def _dp_report(dp, history: dict, n: int) -> str:
 
 def _history_rows(history: dict) -> list[list]:
     """Per-epoch CSV rows; the sharpness (every K epochs) goes in the rows of its epochs."""
-    n = len(history.get("loss", []))
+    n = len(history.get("train_loss", []))
     keys = [k for k in history if k != "sharpness_epoch"]
     at = dict(zip(history.get("sharpness_epoch", []), history.get("sharpness", []), strict=True))
     rows = [["epoch", *keys]]
@@ -318,8 +398,9 @@ def _history_rows(history: dict) -> list[list]:
 
 
 def _plot_history(
-    out: str, history: dict, title: str, *, lr: float | None = None, optimizer: str = "sgd"
-) -> str:
+    history: dict, title: str, *, lr: float | None = None, optimizer: str = "sgd"
+) -> bytes:
+    """curves.png's bytes: train and val curves per metric (CLI history names)."""
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -329,10 +410,9 @@ def _plot_history(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    from mlds_jax.checkpoint import atomic_write
-
-    metrics = [m for m in ("accuracy", "r2") if m in history]
+    metrics = [m for m in ("accuracy", "r2") if "train_" + m in history or "val_" + m in history]
     sharp = "sharpness" in history
     panels = 1 + len(metrics) + sharp
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
@@ -346,18 +426,17 @@ def _plot_history(
         ax.set(xlabel="epoch", ylabel="λ_max of the Hessian", title="sharpness" + bound)
         if min(history["sharpness"]) > 0:  # λ_max and 2/η can be orders of magnitude apart
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    epochs = range(1, len(history.get("loss", [])) + 1)  # empty if epoch 1 diverged
-    axes[0].plot(epochs, history.get("loss", []), label="train")
-    if "val_loss" in history:
-        axes[0].plot(epochs, history["val_loss"], label="test")
-    axes[0].set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    axes[0].legend()
-    for ax, m in zip(axes[1:], metrics, strict=True):
-        ax.plot(epochs, history[m], label="train")
-        if "val_" + m in history:
-            ax.plot(epochs, history["val_" + m], label="test")
+    epochs = range(1, len(history["train_loss"]) + 1)
+    for ax, m in zip(axes, ["loss", *metrics], strict=False):
+        for split in ("train", "val"):
+            if f"{split}_{m}" in history:
+                ax.plot(epochs, history[f"{split}_{m}"], label=split)
         ax.set(xlabel="epoch", ylabel=m, title=m)
+        if m == "loss" and min(history["train_loss"]) > 0:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -366,9 +445,7 @@ def _plot_history(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    path = os.path.join(out, "curves.png")
-    atomic_write(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def _epoch_logger(epochs: int):
@@ -376,47 +453,184 @@ def _epoch_logger(epochs: int):
 
     def log(e: int, metrics: dict) -> None:
         if (e + 1) % every == 0 or e == 0 or e + 1 == epochs:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "time")
+            shown = "  ".join(
+                f"{'' if k.startswith('val_') else 'train_'}{k} {v:.4g}"
+                for k, v in metrics.items()
+                if k not in _PLAIN_KEYS
+            )
             print(f"epoch {e + 1:>4}/{epochs}  {shown}", flush=True)
 
     return log
 
 
+def _targets(ds, loss: str):
+    """(Y_train, Y_test, n_outputs) in the form ``loss`` needs, or UsageError up front."""
+    from mlds_jax.datasets import one_hot
+    from mlds_jax.losses import LOSSES
+
+    kind = LOSSES[loss].targets
+    if ds.task == "regression":
+        if kind != "real":
+            raise UsageError(
+                f"--loss {loss} needs class labels, but {ds.name} is a regression data set: "
+                f"use --loss mse or half_squared_error"
+            )
+        return ds.targets("train"), ds.targets("test"), ds.n_outputs
+    k = ds.n_outputs if ds.task == "multiclass" else 2
+    if kind == "class":  # integer labels; a binary task gets two softmax outputs
+        return ds.y_train, ds.y_test, k
+    if ds.task == "binary":  # (n, 1) 0/1 targets: sigmoid/BCE, or a regression loss
+        return ds.targets("train"), ds.targets("test"), 1
+    return (  # multiclass with BCE or a regression loss: one-hot rows
+        one_hot(ds.y_train, k, dtype=ds.dtype),
+        one_hot(ds.y_test, k, dtype=ds.dtype),
+        k,
+    )
+
+
+def _check_fits_in_memory(sizes: list[int], dtype, device, optimizer: str) -> None:
+    """UsageError naming the sizes when params, gradients and optimizer state cannot fit."""
+    import numpy as np
+
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    copies = {"sgd": 3, "momentum": 4, "adam": 5}[optimizer]  # params, grads, best, state
+    need = n_params * np.dtype(dtype).itemsize * copies
+    limit = None
+    try:
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+    except Exception:  # noqa: BLE001 (not every backend reports)
+        limit = None
+    if limit is None:
+        try:
+            limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > limit:
+        raise UsageError(
+            f"model too large: MLP {'-'.join(map(str, sizes))} has {n_params:,} parameters; "
+            f"training it with {optimizer} needs about {need / 2**30:.1f} GiB, but the "
+            f"{device.platform.upper()} has {limit / 2**30:.1f} GiB"
+        )
+
+
+def _write_set(out: str, files: dict[str, bytes]) -> None:
+    """Replace the contents of ``out`` with ``files`` as one set: they are written to a
+    sibling directory, fsync'ed, and swapped in (an atomic exchange where the OS has one), so
+    a failure at any point leaves either the previous complete set or the new one."""
+    import secrets
+    import shutil
+
+    out = os.path.abspath(out)
+    parent, base = os.path.split(out)
+    token = secrets.token_hex(6)
+    stage = os.path.join(parent, f".{base}.new-{token}")
+    os.mkdir(stage)
+    try:
+        for name, data in files.items():
+            with open(os.path.join(stage, name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync(stage)
+        if not os.path.exists(out):
+            os.rename(stage, out)
+        elif not _exchange(stage, out):
+            old = os.path.join(parent, f".{base}.old-{token}")
+            os.rename(out, old)
+            try:
+                os.rename(stage, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            stage = old  # removed below
+        _fsync(parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _fsync(directory: str) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so training stops like on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def cmd_train(args) -> int:
+    import warnings
+
     import jax
 
     import mlds_jax as mj
-    from mlds_jax.checkpoint import save
+    from mlds_jax.checkpoint import checkpoint_bytes
     from mlds_jax.datasets import load_dataset
     from mlds_jax.losses import LOSSES
+    from mlds_jax.training import validation_split_indices
 
-    if not 0 < args.test_size < 1:
-        raise UsageError(f"--test-size must be in (0, 1), got {args.test_size}")
     if (args.dp_clip is None) != (args.dp_noise is None):
         raise UsageError("--dp-clip C and --dp-noise SIGMA go together: give both or neither")
     dp = None if args.dp_clip is None else mj.DPSGD(args.dp_clip, args.dp_noise)
     if dp is not None and args.data_parallel:
         raise UsageError("--dp-clip/--dp-noise cannot be combined with --data-parallel")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR (the run's train_state.npz lives there)")
     out = _prepare_out(args.out) if args.out else None
     ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
     loss = args.loss or ds.default_loss
+    Y_train, Y_test, n_out = _targets(ds, loss)
     allowed = LOSSES[loss].outputs  # the registry says which outputs a loss needs
     output = allowed[0] if allowed else ds.default_output
-    sizes = [ds.n_features, *args.hidden_sizes, ds.n_outputs]
+    sizes = [ds.n_features, *args.hidden_sizes, n_out]
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    device = jax.devices()[0]
+    _check_fits_in_memory(sizes, ds.dtype, device, args.optimizer)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
     params = mj.init_mlp(key_init, sizes, hidden=args.activation, output=output)
-    Y_train, Y_test = ds.targets("train"), ds.targets("test")
-    device = jax.devices()[0]
     mesh = mj.data_parallel_mesh(jax.local_devices()) if args.data_parallel else None
+    n_dev = len(jax.local_devices())
+    kind = "" if device.device_kind.lower() == device.platform.lower() else f" {device.device_kind}"
     where = (
-        f"{len(jax.local_devices())} {device.platform.upper()} devices (data parallel)"
+        f"{n_dev} {device.platform.upper()} device{'s' if n_dev > 1 else ''} (data parallel)"
         if mesh is not None
-        else f"{device.platform.upper()} ({device.device_kind})"
+        else f"{device.platform.upper()}{kind}"
     )
+    n_val = len(
+        validation_split_indices(
+            key_fit, Y_train, args.validation_fraction, stratify=LOSSES[loss].is_classification
+        )[1]
+    )
+    acts = f"{args.activation}/{output}" if args.hidden_sizes else output
     print(
-        f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train)} train / {len(ds.X_test)} "
-        f"test rows), MLP {'-'.join(map(str, sizes))} {args.activation}/{output}, loss {loss}, "
+        f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train) - n_val} train / {n_val} val "
+        f"/ {len(ds.X_test)} test rows), MLP {'-'.join(map(str, sizes))} {acts}, loss {loss}, "
         f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
         f"on {where}",
         flush=True,
@@ -424,26 +638,44 @@ def cmd_train(args) -> int:
     interactive = not args.no_progress and sys.stderr.isatty()
     log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
     t0 = time.perf_counter()
-    params, history = mj.fit(
-        params,
-        ds.X_train,
-        Y_train,
-        loss=loss,
-        optimizer=_optimizer(args.optimizer, lr),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        key=key_fit,
-        validation_data=(ds.X_test, Y_test),
-        grads=args.grads,
-        early_stopping=args.early_stopping,
-        progress=interactive,
-        on_epoch_end=log,
-        mesh=mesh,
-        dp=dp,
-        track_sharpness=args.track_sharpness,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", mj.TrainingDivergedWarning)
+        params, history = mj.fit(
+            params,
+            ds.X_train,
+            Y_train,
+            loss=loss,
+            optimizer=_optimizer(args.optimizer, lr),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            key=key_fit,
+            validation_split=args.validation_fraction,
+            grads=args.grads,
+            early_stopping=args.early_stopping,
+            progress=interactive,
+            on_epoch_end=log,
+            mesh=mesh,
+            dp=dp,
+            track_sharpness=args.track_sharpness,
+            checkpoint_dir=out,
+            resume=args.resume,
+        )
+    for w in caught:
+        if not issubclass(w.category, mj.TrainingDivergedWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if history.stop_reason == "diverged":
+        message = next(
+            str(w.message) for w in caught if issubclass(w.category, mj.TrainingDivergedWarning)
+        )
+        if out and not args.resume:  # a diverged run leaves nothing to resume
+            from mlds_jax.train_state import state_path
+
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(state_path(out))
+        print(f"mlds-jax train: error: {message} Nothing written.", file=sys.stderr)
+        return EXIT_DIVERGED
     seconds = time.perf_counter() - t0
-    scores = mj.evaluate(params, ds.X_test, Y_test, loss)
+    scores = mj.evaluate(params, ds.X_test, Y_test, loss)  # the test split, once
     n_epochs = len(history.get("loss", []))
     summary = {
         "dataset": ds.name,
@@ -457,9 +689,11 @@ def cmd_train(args) -> int:
         "grads": args.grads,
         "seed": args.seed,
         "test_size": args.test_size,
+        "validation_fraction": args.validation_fraction,
         "epochs_run": n_epochs,
-        "data_parallel_devices": len(jax.local_devices()) if mesh is not None else 1,
+        "data_parallel_devices": n_dev if mesh is not None else 1,
         "stop_reason": history.stop_reason,
+        **({"best_epoch": history.best_epoch + 1} if history.best_epoch is not None else {}),
         **({"dp_clip": args.dp_clip, "dp_noise": args.dp_noise} if dp is not None else {}),
         **({"epsilon": history["epsilon"][-1]} if history.get("epsilon") else {}),
         **({"final_sharpness": history["sharpness"][-1]} if history.get("sharpness") else {}),
@@ -471,16 +705,21 @@ def cmd_train(args) -> int:
     if dp is not None:
         print(_dp_report(dp, history, len(ds.X_train)))
     if out:
-        save(os.path.join(out, "model.npz"), params, metadata=summary)
-        _write_history(out, history, summary)
-        png = _plot_history(
-            out,
-            history,
+        cli_history = _cli_history(history, ds.dtype)
+        files = {"model.npz": checkpoint_bytes(params, metadata=summary)}
+        files.update(_history_files(cli_history, summary))
+        files["curves.png"] = _plot_history(
+            cli_history,
             f"{ds.name}: MLP {'-'.join(map(str, sizes))}",
             lr=lr,
             optimizer=args.optimizer,
         )
-        print(f"wrote {os.path.join(out, 'model.npz')}, history.json, history.csv, {png}")
+        from mlds_jax.checkpoint import read_regular_file
+        from mlds_jax.train_state import state_path
+
+        files["train_state.npz"] = read_regular_file(state_path(out), "training state")
+        _write_set(out, files)
+        print(f"wrote {os.path.join(out, 'model.npz')}, history.json, history.csv, curves.png")
     return 0
 
 
@@ -525,13 +764,42 @@ def cmd_evaluate(args) -> int:
     test_size = args.test_size if args.test_size is not None else meta.get("test_size", 0.2)
     ds = load_dataset(name, test_size=test_size, seed=seed)
     loss = args.loss or meta.get("loss") or ds.default_loss
-    scores = mj.evaluate(params, ds.X_test, ds.targets("test"), loss)
+    trained_on = (meta.get("dataset"), meta.get("seed"), meta.get("test_size"))
+    if (
+        trained_on[0] == name
+        and None not in trained_on[1:]
+        and trained_on[1:]
+        != (
+            seed,
+            test_size,
+        )
+    ):
+        print(
+            f"mlds-jax evaluate: warning: the checkpoint was trained on the {name} split with "
+            f"seed {trained_on[1]}, test size {trained_on[2]}; this split (seed {seed}, test "
+            f"size {test_size}) holds rows it was trained on, so the score is optimistic",
+            file=sys.stderr,
+        )
+    _, Y_test, _ = _targets(ds, loss)
+    scores = mj.evaluate(params, ds.X_test, Y_test, loss)
     sizes = "-".join(map(str, mj.layer_sizes(params)))
     print(
         f"{args.checkpoint}: MLP {sizes} on {name} test split ({len(ds.X_test)} rows): "
         + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
     )
     return 0
+
+
+def _resumable(args) -> str:
+    """ "; saved ...": the saved epoch of an interrupted train run with --out, else ""."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or not out:
+        return ""
+    from mlds_jax.train_state import state_path
+
+    if not os.path.isfile(state_path(out)):
+        return ""
+    return f"; the last completed epoch is saved in {state_path(out)}: rerun with --resume"
 
 
 COMMANDS = {"train": cmd_train, "gradcheck": cmd_gradcheck, "evaluate": cmd_evaluate}
@@ -542,14 +810,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _enable_cache(args)
+    import signal
+
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handler
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, TypeError, OSError) as exc:
         # bad values found by the library's own checks: one line, no traceback
         print(f"mlds-jax {args.command}: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"mlds-jax {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"mlds-jax {args.command}: interrupted{_resumable(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"mlds-jax {args.command}: terminated{_resumable(args)}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except Exception as exc:
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0]
+        print(f"mlds-jax {args.command}: error: out of memory: {first}", file=sys.stderr)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_USAGE
 
 

@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import math
 import numbers
+import os
 import sys
 import time
 import types
@@ -40,7 +41,7 @@ import optax
 from jax import Array
 from jax.typing import ArrayLike
 
-from mlds_jax import core, parallel, validation
+from mlds_jax import core, parallel, train_state, validation
 from mlds_jax.extensions.curvature import lanczos_core
 from mlds_jax.extensions.dp import DPSGD, dp_epsilon, dp_value_and_grads
 from mlds_jax.layers import Params
@@ -58,6 +59,7 @@ __all__ = [
     "l2_penalty",
     "make_train_step",
     "shuffle_order",
+    "validation_split_indices",
 ]
 
 GRADS = core.GRAD_METHODS
@@ -408,6 +410,7 @@ def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None
       as scikit-learn's ``r2_score``.  An overflowed loss raises ValueError, as in
       :func:`mlds_jax.loss`.
     """
+    validation.reject_tracers("evaluate", params, X, Y)
     validation.check_params(params)
     loss = default_loss(params) if loss is None else loss
     validation.check_params_finite(params)
@@ -771,6 +774,100 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     return epoch
 
 
+#: Inputs whose largest column standard deviation exceeds this are called "unscaled".
+_LARGE_INPUT_SCALE = 10.0
+
+
+def _input_scale(X) -> float | None:
+    """The largest column standard deviation of X (host), or None if X is not an array."""
+    try:
+        x = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if x.ndim != 2 or x.shape[0] == 0 or not np.all(np.isfinite(x)):
+        return None
+    return float(np.max(np.std(x, axis=0), initial=0.0))
+
+
+def _divergence_cause(input_scale: float | None) -> str:
+    """One sentence: the likely cause of a divergence, inputs' scale or the learning rate."""
+    if input_scale is not None and input_scale > _LARGE_INPUT_SCALE:
+        return (
+            f"Likely cause: the input scale (a feature has standard deviation "
+            f"{input_scale:.3g}); standardise X to mean 0 and variance 1."
+        )
+    return "Likely cause: the learning rate is too large (the inputs are on a unit scale)."
+
+
+#: The entropy tag that separates the validation split's RNG stream from the shuffles'.
+_SPLIT_STREAM = (0x76616C, 0x73706C)
+
+
+def validation_split_indices(
+    key: ArrayLike, Y: ArrayLike, fraction: float, *, stratify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) row indices ``fit(..., validation_split=fraction)`` uses.
+
+    Deterministic from ``key`` (and independent of the per-epoch shuffles).  Stratified by
+    class when ``stratify`` (Y (N,) labels or (N, k) one-hot/probability rows: argmax, or
+    y > 0.5 for one column): each class gives round(fraction · its count) rows.  At least one
+    row lands on each side.
+
+    Args:
+      key: ``jax.random`` key.  Y: (N,) or (N, k) targets.  fraction: in (0, 1).
+
+    Returns:
+      (train_idx, val_idx), sorted int64 arrays partitioning range(N).
+    """
+    key = validation.check_key(key)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise TypeError(f"validation_split must be a float in (0, 1), got {fraction!r}")
+    if not 0 < float(fraction) < 1:
+        raise ValueError(f"validation_split must lie strictly between 0 and 1, got {fraction!r}")
+    y = np.asarray(Y)
+    n = y.shape[0] if y.ndim >= 1 else 0
+    if n < 2:
+        raise ValueError(f"validation_split needs at least 2 rows, got {n}")
+    rng = np.random.default_rng([*_key_words(key), *_SPLIT_STREAM])
+    if stratify:
+        if y.ndim == 1:
+            labels = y
+        elif y.shape[1] == 1:
+            labels = (y[:, 0] > 0.5).astype(np.int64)
+        else:
+            labels = np.argmax(y, axis=1)
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    else:
+        groups = [np.arange(n)]
+    val: list[np.ndarray] = []
+    for rows in groups:
+        rows = rows[rng.permutation(rows.size)]
+        val.append(rows[: int(round(float(fraction) * rows.size))])
+    val_idx = np.sort(np.concatenate(val))
+    if val_idx.size == 0:  # tiny data: one row from the largest group
+        val_idx = np.sort(max(groups, key=len)[rng.integers(max(map(len, groups)))][None])
+    if val_idx.size == n:
+        val_idx = val_idx[1:]
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+def _split_off_validation(params, X, Y, loss, sample_weight, fraction, key):
+    """(X_train, Y_train, (X_val, Y_val), sample_weight_train): the held-out split of fit."""
+    Xc, Yc = validation.check_data(params, X, Y, loss)
+    Xh, Yh = np.asarray(Xc), np.asarray(Yc)
+    stratify = get_loss(loss).targets in ("class", "probability")
+    train_idx, val_idx = validation_split_indices(key, Yh, fraction, stratify=stratify)
+    if sample_weight is not None:
+        s = np.asarray(sample_weight)
+        if s.shape != (Xh.shape[0],):
+            raise ValueError(
+                f"sample_weight must have shape ({Xh.shape[0]},) (one per row), got {s.shape}"
+            )
+        sample_weight = s[train_idx]
+    return Xh[train_idx], Yh[train_idx], (Xh[val_idx], Yh[val_idx]), sample_weight
+
+
 def _progress_enabled(progress: bool) -> bool:
     """A bar on a terminal, when tqdm (the ``progress`` extra) is installed."""
     if not (bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
@@ -801,6 +898,10 @@ def fit(
     dp_delta: float | None = None,
     track_sharpness: int | None = None,
     sharpness_data: tuple[ArrayLike, ArrayLike] | None = None,
+    validation_split: float | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> tuple[Params, History]:
     """Train with minibatches; every epoch is one compiled call on device.
 
@@ -817,12 +918,30 @@ def fit(
         The same key gives bit-identical parameters and history; :func:`shuffle_order`
         returns the row order of any epoch.
       validation_data: optional (X_val, Y_val), evaluated after every epoch.
+      validation_split: optional fraction in (0, 1) of the rows of (X, Y) held out as the
+        validation data instead (not with ``validation_data``): stratified by class for
+        classification losses, deterministic from ``key`` and independent of the shuffles;
+        :func:`validation_split_indices` gives the rows.  ``sample_weight`` follows its rows.
       grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
       early_stopping: patience as an int, or an :class:`EarlyStopping`; monitors val_loss
         (needs validation_data) and restores the best parameters.
       progress: show a progress bar with the metrics (only when stderr is a terminal).
       on_epoch_end: optional ``callback(epoch_index, metrics)`` after every finished epoch
-        (metrics as floats); e.g. to log when no terminal shows the bar.
+        (metrics as floats); e.g. to log when no terminal shows the bar.  Returning ``True``
+        stops training after that epoch (``history.stop_reason == "callback"``); any other
+        return value (None) continues.
+      checkpoint_dir: optional directory (it must exist): the training state (params,
+        optimizer state, epoch, RNG position, history, early-stopping state; see
+        :mod:`mlds_jax.train_state`) is written atomically to ``checkpoint_dir/
+        train_state.npz`` every ``checkpoint_every`` epochs (default 1), when training ends,
+        and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
+        handler: the last completed epoch is saved, then the exception propagates).
+      checkpoint_every: k >= 1, with ``checkpoint_dir``.
+      resume: continue from ``checkpoint_dir``'s state (FileNotFoundError if there is none).
+        Pass the same data, key, optimizer, loss, batch size and architecture: the run then
+        ends bit-identical (params and history but "time") to an uninterrupted one; a state
+        of another optimizer or architecture is refused naming the mismatch.  ``epochs`` is
+        the total, so it may be raised to train further.
       mesh: optional ``jax.sharding.Mesh`` with a "batch" axis for data-parallel training
         (see :func:`make_train_step`); the data and parameters are replicated on its devices
         and every minibatch is split along its rows.
@@ -885,10 +1004,19 @@ def fit(
       ``on_epoch_end`` never trigger a compile.  Across processes, see
       :func:`mlds_jax.enable_compilation_cache`.
     """
+    validation.reject_tracers("fit", params, X, Y, validation_data, sample_weight)
     validation.check_params(params)
     loss = default_loss(params) if loss is None else loss
     validation.check_params_finite(params)
     validation.check_loss_output(params, loss)
+    key = jax.random.key(0) if key is None else validation.check_key(key)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        X, Y, validation_data, sample_weight = _split_off_validation(
+            params, X, Y, loss, sample_weight, validation_split, key
+        )
+    input_scale = _input_scale(X)
     X, Y, n = _checked_bucketed(params, X, Y, loss)  # padding rows weigh 0, never sampled
     n = X.shape[0] if n is None else n
     epochs = validation.positive_int(epochs, "epochs")
@@ -896,7 +1024,6 @@ def fit(
     _check_grads_name(grads)
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     _check_optimizer(optimizer)
-    key = jax.random.key(0) if key is None else validation.check_key(key)
     has_val = validation_data is not None
     if has_val:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -923,6 +1050,23 @@ def fit(
                 "early stopping monitors val_loss: pass validation_data=(X_val, Y_val)"
             )
 
+    if checkpoint_dir is None:
+        if checkpoint_every is not None or resume:
+            raise ValueError("checkpoint_every and resume need checkpoint_dir=")
+        state_file = None
+    else:
+        if not os.path.isdir(checkpoint_dir):
+            raise NotADirectoryError(
+                f"checkpoint_dir {os.fspath(checkpoint_dir)!r} is not a directory"
+            )
+        state_file = train_state.state_path(checkpoint_dir)
+    every = (
+        1
+        if checkpoint_every is None
+        else validation.positive_int(checkpoint_every, "checkpoint_every")
+    )
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {resume!r}")
     mesh = None if mesh is None else parallel.check_mesh(mesh)
     l2 = _check_l2(l2)
     if not isinstance(shuffle, bool):
@@ -965,6 +1109,26 @@ def fit(
     else:
         wv = None
     opt_state = optimizer.init(params)  # pyright: ignore[reportArgumentType]
+    history = History()
+    best_value, best_params, since_best = math.inf, params, 0
+    key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
+    run_id = {"key": list(key_words), "n": n, "batch_size": batch_size, "loss": loss}
+    start = 0
+    if resume:
+        assert state_file is not None
+        saved, params, opt_state, best_params = train_state.load_train_state(
+            state_file, params, opt_state
+        )
+        if saved.get("run") != run_id:
+            raise ValueError(
+                f"training state {state_file} is of another run ({saved.get('run')}); this "
+                f"call has {run_id}: resume with the same key, data, batch size and loss"
+            )
+        start = int(saved["epoch"])
+        history.update({k: list(v) for k, v in saved["history"].items()})
+        history.stop_reason = saved["stop_reason"]
+        history.best_epoch = saved["best_epoch"]
+        best_value, since_best = float(saved["best_value"]), int(saved["since_best"])
     put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
@@ -974,9 +1138,6 @@ def fit(
         put = functools.partial(jax.device_put, device=rep)
     mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
     l2_data = put(np.asarray(l2, dtype))
-    history = History()
-    best_value, best_params, since_best = math.inf, params, 0
-    key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
     noise_key = sharp_key = None
     if dp is not None or track_sharpness is not None:
         noise_key, sharp_key = jax.random.split(key if _is_typed_key(key) else _as_typed(key))
@@ -992,8 +1153,29 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr)
+    done = (start, params, opt_state, best_value, best_params, since_best, history.best_epoch)
+    lengths = {k: len(v) for k, v in history.items()}
+    saved_at = start if resume else -1
+
+    def save_state(stop_reason: str) -> None:
+        e_done, p, s, bv, bp, sb, be = done
+        state = {
+            "run": run_id,
+            "epoch": e_done,
+            "history": {k: list(history[k][:m]) for k, m in lengths.items()},
+            "stop_reason": stop_reason,
+            "best_epoch": be,
+            "best_value": bv,
+            "since_best": sb,
+        }
+        assert state_file is not None
+        train_state.save_train_state(state_file, p, s, bp, state)
+
+    finished = history.stop_reason != "completed" or start >= epochs
     try:
-        for e in range(epochs):
+        for e in range(start, epochs):
+            if finished:
+                break
             t0 = time.perf_counter()
             idx = put(_epoch_indices(plan, key_words, e, shuffle))
             new_params, new_state, values = epoch_fn(
@@ -1017,9 +1199,9 @@ def fit(
             if not finite:
                 history.stop_reason = "diverged"
                 warnings.warn(
-                    f"training diverged in epoch {e + 1}: non-finite loss or parameters "
-                    f"(metrics {metrics}); returning the parameters after epoch {e} "
-                    "(the last finite ones). Try a smaller learning rate.",
+                    f"training diverged in epoch {e + 1}: non-finite loss or parameters; "
+                    f"returning the parameters after epoch {e} (the last finite ones). "
+                    + _divergence_cause(input_scale),
                     TrainingDivergedWarning,
                     stacklevel=2,
                 )
@@ -1040,8 +1222,6 @@ def fit(
                 lam, _, _ = lanczos_core(params, Xs, Ys, loss, jax.random.fold_in(sharp_key, e))
                 history.setdefault("sharpness", []).append(float(lam))
                 history.setdefault("sharpness_epoch", []).append(e + 1)
-            if on_epoch_end is not None:
-                on_epoch_end(e, dict(metrics))
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
                 bar.update(1)
@@ -1054,7 +1234,24 @@ def fit(
                     since_best += 1
                     if since_best >= early_stopping.patience:
                         history.stop_reason = "early_stopping"
-                        break
+            done = (e + 1, params, opt_state, best_value, best_params, since_best,
+                    history.best_epoch)  # fmt: skip
+            lengths = {k: len(v) for k, v in history.items()}
+            if state_file is not None and (e + 1) % every == 0:
+                save_state(history.stop_reason)
+                saved_at = e + 1
+            if on_epoch_end is not None and on_epoch_end(e, dict(metrics)) is True:
+                if history.stop_reason == "completed":
+                    history.stop_reason = "callback"
+                break
+            if history.stop_reason != "completed":
+                break
+        if state_file is not None and saved_at != done[0]:
+            save_state(history.stop_reason)
+    except BaseException:
+        if state_file is not None and saved_at != done[0]:
+            save_state("completed")  # interrupted: the last completed epoch, resumable
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -607,3 +607,98 @@ def test_fault_checkpoint_from_a_future_version(tmp_path):
     assert rc == 2 and out == ""
     assert re.search(regex, one_error_line(err))
 
+
+
+# --- issue 12: fault classes of load and save ---------------------------------------------------
+def _good(tmp_path):
+    path = tmp_path / "good.npz"
+    save(path, _params(), metadata={"a": 1})
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_load_refuses_a_fifo_without_blocking(tmp_path):
+    import signal
+
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.npz"
+    link.symlink_to(fifo)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("load blocked on a FIFO"))
+    signal.alarm(5)
+    try:
+        for path in (fifo, link):
+            with pytest.raises(ValueError, match=f"{re.escape(str(path))} is a FIFO"):
+                load(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_load_refuses_devices_and_symlinks_to_directories(tmp_path):
+    if os.path.exists("/dev/null"):
+        with pytest.raises(ValueError, match="is a device"):
+            load("/dev/null")
+    link = tmp_path / "dir.npz"
+    link.symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="directory"):
+        load(link)
+
+
+def _repack(path, out, *, compress=False, duplicate=False):
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            kind = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+            dst.writestr(info.filename, data, compress_type=kind)
+            if duplicate and info.filename.startswith("layer0/W"):
+                with pytest.warns(UserWarning, match="Duplicate"):
+                    dst.writestr(info.filename, data, compress_type=kind)
+        dst.comment = src.comment
+    raw = out.read_bytes()  # re-signed: the member checks, not the checksum, must refuse it
+    body = raw[:-64]
+    out.write_bytes(body + hashlib.sha256(body).hexdigest().encode("ascii"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"), [({"compress": True}, "compressed"), ({"duplicate": True}, "duplicate")]
+)
+def test_load_refuses_compressed_or_duplicate_members(tmp_path, kwargs, needle):
+    bad = tmp_path / "bad.npz"
+    _repack(_good(tmp_path), bad, **kwargs)
+    with pytest.raises(ValueError, match=needle):
+        load(bad)
+
+
+def test_save_refuses_metadata_load_would_refuse_and_keeps_the_good_file(tmp_path, monkeypatch):
+    path = _good(tmp_path)
+    before = path.read_bytes()
+    deep: dict = {}
+    node = deep
+    for _ in range(checkpoint.MAX_METADATA_DEPTH + 1):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ValueError, match="nested"):
+        save(path, _params(), metadata=deep)
+    monkeypatch.setattr(checkpoint, "_MAX_HEADER_BYTES", 4096)
+    with pytest.raises(ValueError, match="header .* bytes"):
+        save(path, _params(), metadata={"big": "x" * 5000})
+    with pytest.raises(TypeError, match="JSON"):
+        save(path, _params(), metadata={"f": object()})
+    assert path.read_bytes() == before
+    load(path)
+
+
+def test_save_under_a_file_says_the_parent_is_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"{re.escape(str(blocker))} is a file"):
+        save(blocker / "sub" / "model.npz", _params())
+
+
+def test_evaluate_refuses_tracers():
+    params = _params()
+    X = jnp.ones((2, mj.layer_sizes(params)[0]))
+    y = jnp.zeros(2, jnp.int32)
+    with pytest.raises(TypeError, match="evaluate .*cannot be traced"):
+        jax.jit(lambda p: mj.evaluate(p, X, y)["loss"])(params)

@@ -24,12 +24,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from helpers import one_error_line, patching, run_cli
 
 import mlds_jax as mj
 from mlds_jax import cli, compilation
+from mlds_jax.training import validation_split_indices
 
 REAL_ENABLE = compilation.enable_compilation_cache
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -79,23 +81,32 @@ def test_train_writes_model_history_and_curves(trained):
     assert trained["stderr"] == ""
     out: Path = trained["out"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "history.csv", "history.json", "model.npz"]
+        "curves.png", "history.csv", "history.json", "model.npz", "train_state.npz"]
 
     payload = json.loads((out / "history.json").read_text())
     assert set(payload) == {"history", "summary"}
     history, summary = payload["history"], payload["summary"]
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert set(history) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "time"}
     assert all(len(v) == 2 for v in history.values())
+    # float32 results are written as their shortest float32 repr, not float64 noise
+    assert all(str(np.float32(v)) == repr(v) for v in history["train_loss"])
     assert summary["dataset"] == "iris"
     assert summary["sizes"] == [4, 16, 8, 3]
     assert summary["epochs_run"] == 2
     assert summary["stop_reason"] == "completed"
     assert summary["optimizer"] == "momentum" and summary["grads"] == "manual"
     assert 0 <= summary["test_accuracy"] <= 1
-    # the test split is the validation data and nothing stops early: the final scores agree
-    np.testing.assert_allclose(summary["test_accuracy"], history["val_accuracy"][-1],
-                               rtol=1e-6)
-    np.testing.assert_allclose(summary["test_loss"], history["val_loss"][-1], rtol=1e-6)
+    assert summary["validation_fraction"] == 0.1
+    # the val metrics come from held-out training rows, not from the test split
+    ds = mj.load_dataset("iris", seed=1)
+    _, val_idx = validation_split_indices(
+        jax.random.split(jax.random.key(1))[1], ds.y_train, 0.1, stratify=True)
+    X_val, y_val = ds.X_train[val_idx], ds.y_train[val_idx]
+    params = mj.load(out / "model.npz")
+    val = mj.evaluate(params, X_val, y_val)
+    np.testing.assert_allclose(history["val_loss"][-1], val["loss"], rtol=1e-5)
+    test = mj.evaluate(params, ds.X_test, ds.y_test)
+    np.testing.assert_allclose(summary["test_loss"], test["loss"], rtol=1e-6)
 
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -113,7 +124,9 @@ def test_train_writes_model_history_and_curves(trained):
 
 def test_train_prints_header_epoch_log_and_summary(trained):
     lines = trained["stdout"].splitlines()
-    assert lines[0].startswith("mlds-jax train: iris")
+    assert lines[0].startswith("mlds-jax train: iris (multiclass, 108 train / 12 val / 30 test")
+    assert lines[0].endswith("on CPU")
+    assert "train_loss" in lines[1] and "val_loss" in lines[1]
     assert any(line.startswith("epoch    1/2") for line in lines)
     assert any(line.startswith("epoch    2/2") for line in lines)
     assert any(line.startswith("trained 2 epochs") and "test accuracy" in line for line in lines)
@@ -164,6 +177,11 @@ def test_help_exits_zero(argv, capsys):
         (["train", "--optimizer", "foo"], "--optimizer"),
         (["train", "--epochs", "0"], "--epochs"),
         (["train", "--epochs", "two"], "--epochs"),
+        (["train", "--epochs", "2.5"], "expected a whole number"),
+        (["train", "--epochs", "0"], "must be a whole number >= 1"),
+        (["train", "--hidden-sizes", ""], "--hidden-sizes"),
+        (["train", "--validation-fraction", "1"], "--validation-fraction"),
+        (["train", "--dataset", "diabetes", "--loss", "cross_entropy"], "regression"),
         (["train", "--hidden-sizes", "a,b"], "--hidden-sizes"),
         (["train", "--lr", "-0.1"], "--lr"),
         (["train", "--dataset", "mnist"], "--dataset"),
@@ -223,25 +241,22 @@ def test_evaluate_truncated_checkpoint_exits_2(trained, tmp_path, capsys):
     assert "corrupt" in assert_one_error_line(err)
 
 
-def test_train_diverging_in_first_epoch_still_writes_outputs(tmp_path, capsys):
-    """Regression: with --out, a run whose first epoch diverges (empty history) used to die
-    with a KeyError traceback in the history/curve writers."""
+def test_train_diverging_exits_3_with_one_line_and_writes_nothing(tmp_path, capsys):
+    """Divergence is a failure: exit 3, one line naming the likely cause (no raw warning),
+    and --out keeps its previous contents (no model that looks like a success)."""
     out = tmp_path / "run"
-    with pytest.warns(mj.TrainingDivergedWarning):
-        rc = run_main(["train", "--dataset", "iris", "--epochs", "2", "--optimizer", "sgd",
-                       "--lr", "1e300", "--hidden-sizes", "8", "--no-progress",
-                       "--out", str(out)])
+    out.mkdir()
+    (out / "model.npz").write_bytes(b"previous")
+    rc = run_main(["train", "--dataset", "iris", "--epochs", "2", "--optimizer", "sgd",
+                   "--lr", "1e300", "--hidden-sizes", "8", "--no-progress",
+                   "--out", str(out)])
     stdout, err = capsys.readouterr()
-    assert rc == 0, err
-    assert "Traceback" not in err
-    assert "trained 0 epochs" in stdout and "(diverged)" in stdout
-    payload = json.loads((out / "history.json").read_text())
-    assert payload["history"] == {}
-    assert payload["summary"]["stop_reason"] == "diverged"
-    assert payload["summary"]["epochs_run"] == 0
-    assert (out / "history.csv").read_text().strip() == "epoch"
-    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
-    mj.load(out / "model.npz")  # the initial parameters, all finite
+    assert rc == cli.EXIT_DIVERGED == 3
+    line = assert_one_error_line(err)
+    assert "diverged" in line and "learning rate" in line
+    assert "trained" not in stdout
+    assert os.listdir(out) == ["model.npz"]
+    assert (out / "model.npz").read_bytes() == b"previous"
 
 
 def _console_script() -> str:
@@ -394,3 +409,93 @@ def test_train_bad_dp_and_sharpness_options_exit_2(argv, needle, capsys):
     out, err = capsys.readouterr()
     assert needle in assert_one_error_line(err)
     assert out == ""
+
+
+# --- issue 12: splits named, targets for any loss, memory, --out as a set ----------------------
+def test_evaluate_warns_when_the_split_overlaps_the_training_rows(trained, capsys):
+    rc = run_main(["evaluate", "--checkpoint", str(trained["out"] / "model.npz"), "--seed", "2"])
+    _, err = capsys.readouterr()
+    assert rc == 0
+    assert "warning" in err and "trained on" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_prepares_targets_for_a_regression_loss_on_labels(tmp_path, capsys):
+    rc = run_main(["train", "--dataset", "iris", "--epochs", "1", "--optimizer", "sgd",
+                   "--loss", "mse", "--hidden-sizes", "none", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "MLP 4-3 softmax, loss mse" in out
+
+
+def test_train_model_too_large_exits_2_naming_the_sizes(capsys):
+    rc = run_main(["train", "--dataset", "iris", "--hidden-sizes", "4000000,4000000",
+                   "--no-progress"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    line = assert_one_error_line(err)
+    assert "model too large" in line and "4-4000000-4000000-3" in line and "GiB" in line
+
+
+def test_out_is_replaced_as_a_set_or_not_at_all(tmp_path):
+    out = tmp_path / "run"
+    cli._write_set(str(out), {"a": b"1", "b": b"2"})
+    assert sorted(os.listdir(out)) == ["a", "b"]
+
+    def failing_open(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with patching() as mp:  # disk full while writing the second file of the new set
+        real_open = open
+        calls = []
+
+        def counting_open(path, mode="r", *a, **k):
+            calls.append(path)
+            if len(calls) == 2:
+                failing_open()
+            return real_open(path, mode, *a, **k)
+
+        mp.setattr("builtins.open", counting_open)
+        with pytest.raises(OSError, match="No space"):
+            cli._write_set(str(out), {"a": b"new", "c": b"3"})
+    assert sorted(os.listdir(out)) == ["a", "b"] and (out / "a").read_bytes() == b"1"
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no staging directory left behind
+    cli._write_set(str(out), {"a": b"new", "c": b"3"})
+    assert sorted(os.listdir(out)) == ["a", "c"] and (out / "a").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path, capsys):
+    """SIGTERM (raised from the handler as in a real signal) after epoch 2 of 3: exit 143,
+    one line, the state of epoch 2 saved; --resume completes the run to the same model as an
+    uninterrupted one."""
+    args = ["train", "--dataset", "iris", "--epochs", "3", "--optimizer", "sgd",
+            "--hidden-sizes", "8", "--no-progress"]
+    ref = tmp_path / "ref"
+    assert run_main([*args, "--out", str(ref)]) == 0
+    out = tmp_path / "run"
+    real_logger = cli._epoch_logger
+
+    def logger(epochs):
+        def log(e, metrics):
+            if e == 1:
+                cli._on_sigterm(15, None)
+        return log
+
+    capsys.readouterr()
+    with patching() as mp:
+        mp.setattr(cli, "_epoch_logger", logger)
+        rc = run_main([*args[:-1], "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert rc == cli.EXIT_TERMINATED == 143
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("mlds-jax train: terminated; the last completed epoch is saved")
+    assert os.listdir(out) == ["train_state.npz"]
+    assert real_logger is cli._epoch_logger
+    assert run_main([*args, "--out", str(out), "--resume"]) == 0
+    a, b = mj.load(ref / "model.npz"), mj.load(out / "model.npz")
+    for la, lb in zip(a, b, strict=True):
+        assert np.array_equal(la.W, lb.W) and np.array_equal(la.b, lb.b)
+    ha = json.loads((ref / "history.json").read_text())["history"]
+    hb = json.loads((out / "history.json").read_text())["history"]
+    assert {k: v for k, v in ha.items() if k != "time"} == {
+        k: v for k, v in hb.items() if k != "time"}

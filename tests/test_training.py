@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import warnings
 
@@ -1198,3 +1199,126 @@ def test_fit_rejects_bad_sharpness_arguments(key, kwargs, error, match):
     params, X, Y = _regression_problem(key)
     with pytest.raises(error, match=match):
         mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# --- issue 12: a validation split that never touches other rows; divergence causes -------------
+def _tiny_classification(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = np.arange(n) % 4
+    return X, y, mj.init_mlp(jax.random.key(seed), [3, 5, 4], output="softmax")
+
+
+def test_validation_split_is_stratified_deterministic_and_equals_explicit_data():
+    from mlds_jax.training import validation_split_indices
+
+    X, y, params = _tiny_classification()
+    key = jax.random.key(3)
+    train, val = validation_split_indices(key, y, 0.25, stratify=True)
+    assert np.bincount(y[val]).tolist() == [2, 2, 2, 2]  # round(0.25 * 10) of each class
+    assert sorted([*train, *val]) == list(range(40))
+    again = validation_split_indices(key, y, 0.25, stratify=True)
+    assert np.array_equal(again[1], val)
+    opt = optax.sgd(0.1)
+    p1, h1 = mj.fit(params, X, y, optimizer=opt, epochs=2, key=key, validation_split=0.25,
+                    progress=False)
+    p2, h2 = mj.fit(params, X[train], y[train], optimizer=opt, epochs=2, key=key,
+                    validation_data=(X[val], y[val]), progress=False)
+    assert_bit_identical(p1, p2)
+    assert {k: v for k, v in h1.items() if k != "time"} == {
+        k: v for k, v in h2.items() if k != "time"}
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, "0.1"])
+def test_validation_split_bad_values(bad):
+    X, y, params = _tiny_classification()
+    with pytest.raises((ValueError, TypeError), match="validation_split"):
+        mj.fit(params, X, y, epochs=1, validation_split=bad, progress=False)
+
+
+def test_validation_split_with_validation_data_is_refused():
+    X, y, params = _tiny_classification()
+    with pytest.raises(ValueError, match="not both"):
+        mj.fit(params, X, y, epochs=1, validation_split=0.2, validation_data=(X, y),
+               progress=False)
+
+
+@pytest.mark.parametrize(("scale", "cause"), [(1.0, "learning rate"), (1e3, "input scale")])
+def test_divergence_warning_names_the_likely_cause(scale, cause):
+    X, y, params = _tiny_classification()
+    with pytest.warns(mj.TrainingDivergedWarning, match=cause):
+        mj.fit(params, X * scale, y, optimizer=optax.sgd(1e300), epochs=2, progress=False)
+
+
+def test_fit_refuses_tracers():
+    X, y, params = _tiny_classification()
+    with pytest.raises(TypeError, match="fit .*cannot be traced"):
+        jax.jit(lambda p: mj.fit(p, X, y, epochs=1, progress=False)[0])(params)
+
+
+# --- issue 12: resumable training, bit-identical ------------------------------------------------
+def _stop_after(k):
+    def callback(e, metrics):
+        if e + 1 == k:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("patience", [None, 2])
+def test_interrupted_and_resumed_fit_is_bit_identical(tmp_path, opt_name, patience):
+    X, y, params = _tiny_classification(n=24)
+    Xv, yv, _ = _tiny_classification(n=8, seed=1)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam, see the module docstring
+        opt = optax.sgd(0.5) if opt_name == "sgd" else optax.adam(0.3)
+        kw = dict(optimizer=opt, epochs=6, batch_size=10, key=jax.random.key(2),
+                  validation_data=(Xv, yv), early_stopping=patience, progress=False)
+        p_ref, h_ref = mj.fit(params, X, y, **kw)
+        k = len(h_ref["loss"]) - 1  # interrupted one epoch before the end
+        assert k >= 2
+        with pytest.raises(KeyboardInterrupt):
+            mj.fit(params, X, y, checkpoint_dir=tmp_path, checkpoint_every=2,
+                   on_epoch_end=_stop_after(k), **kw)
+        state = np.load(tmp_path / "train_state.npz")  # the last completed epoch was saved
+        assert json.loads(state["__header__"].tobytes())["state"]["epoch"] == k
+        p_res, h_res = mj.fit(params, X, y, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert_bit_identical(p_res, p_ref)
+    strip = lambda h: {k: v for k, v in h.items() if k != "time"}  # noqa: E731
+    assert strip(h_res) == strip(h_ref)
+    assert len(h_res["time"]) == len(h_ref["time"])
+    assert (h_res.stop_reason, h_res.best_epoch) == (h_ref.stop_reason, h_ref.best_epoch)
+    if patience is not None:  # the early-stopping state crossed the interruption
+        assert h_ref.best_epoch is not None
+
+
+def test_resume_refuses_another_optimizer_state_naming_the_mismatch(tmp_path):
+    X, y, params = _tiny_classification(n=24)
+    mj.fit(params, X, y, optimizer=optax.sgd(0.1, momentum=0.9), epochs=1,
+           checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="opt_state does not match .*structure"):
+        mj.fit(params, X, y, optimizer=optax.sgd(0.1), epochs=2, checkpoint_dir=tmp_path,
+               resume=True, progress=False)
+    wider = mj.init_mlp(jax.random.key(0), [3, 6, 4], output="softmax")
+    with pytest.raises(ValueError, match=r"leaf 0 is float64 \[3, 5\], expected float64 \[3, 6"):
+        mj.fit(wider, X, y, optimizer=optax.sgd(0.1, momentum=0.9), epochs=2,
+               checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="another run"):
+        mj.fit(params, X, y, optimizer=optax.sgd(0.1, momentum=0.9), epochs=2,
+               key=jax.random.key(9), checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_without_a_state_and_a_corrupt_state(tmp_path):
+    X, y, params = _tiny_classification(n=24)
+    with pytest.raises(FileNotFoundError, match="train_state.npz"):
+        mj.fit(params, X, y, epochs=1, checkpoint_dir=tmp_path, resume=True, progress=False)
+    (tmp_path / "train_state.npz").write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(ValueError, match="corrupt"):
+        mj.fit(params, X, y, epochs=1, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_on_epoch_end_returning_true_stops_training():
+    X, y, params = _tiny_classification(n=24)
+    _, h = mj.fit(params, X, y, optimizer=optax.sgd(0.1), epochs=5, progress=False,
+                  on_epoch_end=lambda e, m: e == 1)
+    assert len(h["loss"]) == 2 and h.stop_reason == "callback"
