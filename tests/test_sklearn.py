@@ -55,8 +55,8 @@ def _expected_failed_checks(estimator) -> dict[str, str]:
 
 @parametrize_with_checks(
     [
-        MLPClassifier(hidden_layer_sizes=(16,), max_iter=100, random_state=0),
-        MLPRegressor(hidden_layer_sizes=(16,), max_iter=100, random_state=0),
+        MLPClassifier(hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0),
+        MLPRegressor(hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
