@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import importlib.util
 import math
+import numbers
 import sys
 import time
 import types
@@ -40,6 +41,8 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, parallel, validation
+from mlds_jax.extensions.curvature import lanczos_core
+from mlds_jax.extensions.dp import DPSGD, dp_epsilon, dp_value_and_grads
 from mlds_jax.layers import Params
 from mlds_jax.losses import default_loss_for, get_loss
 from mlds_jax.network import check_loss_finite
@@ -52,6 +55,7 @@ __all__ = [
     "default_loss",
     "evaluate",
     "fit",
+    "l2_penalty",
     "make_train_step",
     "shuffle_order",
 ]
@@ -137,11 +141,61 @@ def _batch_metrics(loss: str, value: Array, A: Array, Y: Array, row_weights=None
     return metrics
 
 
-def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True) -> Callable:
+def l2_penalty(params: Params, l2: ArrayLike, total: ArrayLike) -> tuple[Array, Params]:
+    r"""scikit-learn's L2 term and its gradient, equation (R1).
+
+    .. math:: R = \frac{\lambda}{2S}\sum_l \|W^{(l)}\|_F^2, \qquad
+              \frac{\partial R}{\partial W^{(l)}} = \frac{\lambda}{S} W^{(l)}, \qquad
+              \frac{\partial R}{\partial b^{(l)}} = 0
+
+    Args:
+      params: L layers.
+      l2: λ ≥ 0, a scalar (a Python float or a traced array: data, not a constant).
+      total: S > 0, the batch's total sample weight (its number of rows when unweighted).
+
+    Returns:
+      (R scalar, ∂R/∂params like params: λW^(l)/S for the weights, zeros for the biases).
+    """
+    scale = l2 / total
+    value = jnp.asarray(0.5 * scale * sum(jnp.sum(layer.W * layer.W) for layer in params))  # (R1)
+    grads = tuple(
+        dataclasses.replace(layer, W=scale * layer.W, b=jnp.zeros_like(layer.b))  # (R1)
+        for layer in params
+    )
+    return value, grads
+
+
+def _add_penalty(value, g, params, l2, total):
+    """(value + R, g + ∂R/∂params), equation (R1)."""
+    penalty, g_penalty = l2_penalty(params, l2, total)
+    return value + penalty, jax.tree_util.tree_map(jnp.add, g, g_penalty)
+
+
+def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True, dp=None) -> Callable:
+    """``step_core(params, opt_state, X, Y, row_weights, l2, total, key)``, pure.
+
+    ``row_weights`` (N,) sum to 1 over the batch (None: 1/N); ``l2`` (None: no penalty) and
+    ``total`` = S, the batch's total sample weight, give the (R1) term.  With ``dp`` the
+    gradient is :func:`mlds_jax.extensions.dp.dp_value_and_grads` (D1)-(D3) with noise key
+    ``key`` (rows with w_n > 0 each count once).
+    """
     vga = _value_grads_aux(grads, fused)
 
-    def step_core(params, opt_state, X, Y, row_weights=None):
-        value, A, g = vga(params, X, Y, loss, row_weights)
+    def step_core(params, opt_state, X, Y, row_weights=None, l2=None, total=None, key=None):
+        if dp is None:
+            value, A, g = vga(params, X, Y, loss, row_weights)
+        else:
+            assert key is not None, "a DP-SGD step needs its noise key"
+            value, g = dp_value_and_grads(params, X, Y, loss, dp, key, row_weights)
+            A = core.forward(params, X)  # Ŷ for the accuracy metric
+        if l2 is not None:
+            if total is None:
+                total = (
+                    jnp.asarray(X.shape[0], X.dtype)
+                    if row_weights is None
+                    else jnp.sum(row_weights > 0).astype(X.dtype)
+                )
+            value, g = _add_penalty(value, g, params, l2, total)  # (R1)
         updates, opt_state = optimizer.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)  # (G1): sgd's update is −α ∂L/∂W
         return params, opt_state, _batch_metrics(loss, value, A, Y, row_weights)
@@ -152,27 +206,44 @@ def _make_step_core(optimizer, loss: str, grads: str, fused: bool = True) -> Cal
 class TrainStep:
     """A compiled train step: ``step(params, opt_state, X, Y) -> (params, opt_state, metrics)``.
 
+    With DP-SGD settings (``make_train_step(..., dp=DPSGD(C, σ))``) the noise key is required:
+    ``step(params, opt_state, X, Y, key=k)``.
+
     Attributes:
       jitted: the underlying ``jax.jit`` function (no input checks), for tight loops:
-        ``jitted(params, opt_state, X, Y)``; with a mesh ``jitted(params, opt_state, X, Y, w)``
-        with row weights ``w`` (see :func:`mlds_jax.parallel.pad_rows`).
+        ``jitted(params, opt_state, X, Y)`` (with dp: ``jitted(params, opt_state, X, Y, None,
+        key)``); with a mesh ``jitted(params, opt_state, X, Y, w)`` with row weights ``w``
+        (see :func:`mlds_jax.parallel.pad_rows`).
       trace_count: how many times it has been traced (compiled once per input shape).
       mesh: the data-parallel mesh, or None.
+      l2: the (R1) weight penalty λ (0: none).
+      dp: the :class:`mlds_jax.DPSGD` settings, or None.
     """
 
     def __init__(
-        self, optimizer, loss: str, grads: str, *, fused: bool, check_inputs: bool, mesh=None
+        self,
+        optimizer,
+        loss: str,
+        grads: str,
+        *,
+        fused: bool,
+        check_inputs: bool,
+        mesh=None,
+        l2: float = 0.0,
+        dp: DPSGD | None = None,
     ):
         self.optimizer, self.loss, self.grads = optimizer, loss, grads
         self.check_inputs = check_inputs
         self.trace_count = 0
+        self.l2, self.dp = l2, dp
         self._state_structures: dict = {}
         self.mesh = None if mesh is None else parallel.check_mesh(mesh)
-        core = _make_step_core(optimizer, loss, grads, fused)
+        core = _make_step_core(optimizer, loss, grads, fused, dp)
+        penalty = l2 if l2 > 0 else None  # l2 = 0: the plain step, bit for bit
 
-        def traced(params, opt_state, X, Y, row_weights=None):
+        def traced(params, opt_state, X, Y, row_weights=None, key=None):
             self.trace_count += 1  # Python side effect: runs only while tracing
-            return core(params, opt_state, X, Y, row_weights)
+            return core(params, opt_state, X, Y, row_weights, penalty, None, key)
 
         if self.mesh is None:
             self.jitted = jax.jit(traced)
@@ -183,12 +254,31 @@ class TrainStep:
                 traced, in_shardings=(rep, rep, rows, rows, rows), out_shardings=(rep, rep, rep)
             )
 
-    def __call__(self, params: Params, opt_state: Any, X: ArrayLike, Y: ArrayLike):
+    def __call__(
+        self,
+        params: Params,
+        opt_state: Any,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        key: ArrayLike | None = None,
+    ):
+        if self.dp is not None and key is None:
+            raise ValueError(
+                "this train step does DP-SGD: pass its noise key, step(params, opt_state, X, Y, "
+                "key=jax.random.key(seed)), a new one for every step"
+            )
+        if self.dp is None and key is not None:
+            raise ValueError("key is only used by a DP-SGD step (make_train_step(..., dp=...))")
         if self.check_inputs:
             X, Y = validation.check_batch(params, X, Y, self.loss)
             self._check_opt_state(params, opt_state)
+        if key is not None:
+            key = validation.check_key(key)
         if self.mesh is None:
-            return self.jitted(params, opt_state, X, Y)
+            if key is None:
+                return self.jitted(params, opt_state, X, Y)
+            return self.jitted(params, opt_state, X, Y, None, key)
         rep, rows = self._shardings
         X, Y, w = parallel.pad_rows(jnp.asarray(X), jnp.asarray(Y), parallel.n_shards(self.mesh))
         params, opt_state = jax.device_put((params, opt_state), rep)
@@ -214,6 +304,22 @@ class TrainStep:
         return f"TrainStep(loss={self.loss!r}, grads={self.grads!r}, mesh={self.mesh})"
 
 
+def _check_l2(l2) -> float:
+    """λ of (R1) as a finite float ≥ 0."""
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real):
+        raise TypeError(f"l2 must be a real number >= 0, got {l2!r}")
+    value = float(l2)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    return value
+
+
+def _check_dp(dp) -> DPSGD | None:
+    if dp is not None and not isinstance(dp, DPSGD):
+        raise TypeError(f"dp must be None or an mlds_jax.DPSGD, got {type(dp).__name__}")
+    return dp
+
+
 def make_train_step(
     optimizer: optax.GradientTransformation,
     loss: str,
@@ -222,6 +328,8 @@ def make_train_step(
     fused: bool = True,
     check_inputs: bool = True,
     mesh=None,
+    l2: float = 0.0,
+    dp: DPSGD | None = None,
 ) -> TrainStep:
     """Build a jit-compiled training step.
 
@@ -236,6 +344,15 @@ def make_train_step(
       mesh: optional ``jax.sharding.Mesh`` with a "batch" axis: the batch is sharded along
         its rows over the mesh, params and optimizer state are replicated, and XLA reduces
         the gradients; a batch that does not divide evenly is padded with zero-weight rows.
+      l2: λ ≥ 0, scikit-learn's ``alpha``: the step minimises L + λ/(2S) Σ_l ‖W^(l)‖²_F,
+        equation (R1), with S the number of rows of the batch; biases are not penalised.
+        ``metrics["loss"]`` then includes the penalty (as scikit-learn's ``loss_``).  0 (the
+        default) is the plain step, bit for bit.
+      dp: optional :class:`mlds_jax.DPSGD` (clip norm C, noise multiplier σ): the gradient
+        is DP-SGD's (D1)-(D3) (:func:`mlds_jax.extensions.dp.dp_value_and_grads`) and the
+        step then requires ``key=`` (a fresh ``jax.random`` key per step).  With l2 the
+        (R1) gradient is added after the noise (it does not depend on the data).  Not with
+        a mesh.
 
     Returns:
       A :class:`TrainStep`; initialise the optimizer state with ``optimizer.init(params)``.
@@ -248,7 +365,13 @@ def make_train_step(
     get_loss(loss)
     _check_grads_name(grads)
     _check_optimizer(optimizer)
-    return TrainStep(optimizer, loss, grads, fused=fused, check_inputs=check_inputs, mesh=mesh)
+    l2 = _check_l2(l2)
+    dp = _check_dp(dp)
+    if dp is not None and mesh is not None:
+        raise ValueError("dp with a mesh is not supported: pass one or the other")
+    return TrainStep(
+        optimizer, loss, grads, fused=fused, check_inputs=check_inputs, mesh=mesh, l2=l2, dp=dp
+    )
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -387,14 +510,52 @@ def shuffle_order(key: ArrayLike, n: int, epoch: int) -> np.ndarray:
     return _permutation(_key_words(key), epoch, n)
 
 
-def _epoch_indices(plan: _BatchPlan, key_words: tuple[int, ...], epoch: int) -> np.ndarray:
+def _epoch_indices(
+    plan: _BatchPlan, key_words: tuple[int, ...], epoch: int, shuffle: bool = True
+) -> np.ndarray:
     """The epoch's shuffled row indices laid out as ``plan`` (padding gathers row 0).
 
     The permutation is over the real rows only: rows added to reach a row bucket (see
-    :func:`_row_bucket`) are never gathered as real rows.
+    :func:`_row_bucket`) are never gathered as real rows.  ``shuffle=False``: the identity.
     """
-    perm = _permutation(key_words, epoch, int(plan.counts.sum()))
+    n = int(plan.counts.sum())
+    perm = _permutation(key_words, epoch, n) if shuffle else np.arange(n)
     return np.where(plan.pos >= 0, perm[np.maximum(plan.pos, 0)], 0).astype(np.int32)
+
+
+def _check_sample_weight(sample_weight, n: int, rows: int, dtype) -> np.ndarray:
+    """(rows,) host array: the validated s_n on the n real rows, 0 on the bucket padding."""
+    sw = np.zeros(rows, dtype)
+    if sample_weight is None:
+        sw[:n] = 1
+        return sw
+    try:
+        s = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"sample_weight must be an array of numbers, got {type(sample_weight).__name__}"
+        ) from None
+    if s.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) (one per row), got {s.shape}")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if bad.size:
+        raise ValueError(f"sample_weight has a non-finite value at index {bad[0]}: {s[bad[0]]}")
+    neg = np.flatnonzero(s < 0)
+    if neg.size:
+        raise ValueError(f"sample_weight must be >= 0; index {neg[0]} is {s[neg[0]]}")
+    if not np.any(s > 0):
+        raise ValueError("sample_weight is all zero: no row would count")
+    sw[:n] = s
+    return sw
+
+
+def _is_typed_key(key) -> bool:
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _as_typed(key):
+    """A legacy uint32 key as a new-style one (same bits)."""
+    return jax.random.wrap_key_data(key)
 
 
 def _metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
@@ -526,23 +687,24 @@ _EPOCH_CACHE_SIZE = 32
 _EPOCH_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 
-def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh) -> Callable:
+def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh, dp=None) -> Callable:
     """The jitted epoch for this computation, built once and reused by later ``fit`` calls.
 
     Keyed on everything the traced program closes over: the optimizer's ``update`` (only
     ``update`` is traced; ``init`` runs outside, so the hyperparameters that
     ``optax.inject_hyperparams`` keeps in the state do not enter the key), the loss, the
-    gradient source, whether there is validation data and the mesh.  Shapes, dtypes and the
-    params' structure (activations included) are handled by ``jax.jit``'s own cache.
+    gradient source, whether there is validation data, the mesh and the DP-SGD settings.
+    Shapes, dtypes and the params' structure (activations included) are handled by
+    ``jax.jit``'s own cache; the sample weights and λ of (R1) are arguments (data).
     """
-    key = (_fingerprint(optimizer.update), loss, grads, has_val, mesh)
+    key = (_fingerprint(optimizer.update), loss, grads, has_val, mesh, dp)
     try:
         hash(key)
     except TypeError:  # an unhashable leaf somewhere: no reuse, but still correct
-        key = ("unhashable", id(optimizer), loss, grads, has_val, id(mesh))
+        key = ("unhashable", id(optimizer), loss, grads, has_val, id(mesh), dp)
     entry = _EPOCH_CACHE.get(key)
     if entry is None:
-        step_core = _make_step_core(optimizer, loss, grads)
+        step_core = _make_step_core(optimizer, loss, grads, dp=dp)
         entry = (jax.jit(_make_epoch(step_core, loss, has_val, mesh)), optimizer, mesh)
         _EPOCH_CACHE[key] = entry  # keeps optimizer (what "id" fingerprints name) alive
         while len(_EPOCH_CACHE) > _EPOCH_CACHE_SIZE:
@@ -556,34 +718,47 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     """One epoch as one compiled function: a ``lax.scan`` over the padded minibatches.
 
     Args of the returned function: params, opt_state, idx (n_batches, B') row indices,
-    weights (n_batches, B'), counts (n_batches,), X, Y (row-bucketed), X_val, Y_val,
-    val_weights (row-bucketed validation data; ``val_weights`` 1/N_val on real rows, 0 on
-    padding).  Returns params, opt_state and a vector of the metrics in ``_metric_names``
-    order followed by a finiteness flag of the new params: one array, read back with one
-    transfer.
+    mask (n_batches, B') 1 on real rows and 0 on padding, sw (rows,) the sample weights s_n
+    (row-bucketed, 0 on bucket padding), l2 (λ of (R1), a scalar), X, Y (row-bucketed),
+    X_val, Y_val, val_weights (row-bucketed validation data; ``val_weights`` 1/N_val on
+    real rows, 0 on padding), key (the DP noise key, or None) and epoch (an int32 scalar).
+    Returns params, opt_state and a vector of the metrics in ``_metric_names`` order followed
+    by a finiteness flag of the new params: one array, read back with one transfer.
+
+    Minibatch i: s_n = sw[row] · mask, S = Σ s_n, row weights w_n = s_n / S (the weighted
+    mean), (R1) with this S; a batch with S = 0 leaves params and optimizer state as they
+    are (a skipped update).  The epoch's metrics are the S-weighted means of the minibatch
+    metrics.  The noise key of step i is fold_in(fold_in(key, epoch), i).
 
     With a mesh, each gathered minibatch and its weights are constrained to be row-sharded
     over "batch" (B' is a multiple of the device count).
     """
     n_train = 2 if get_loss(loss).is_classification else 1
 
-    def epoch(params, opt_state, idx, weights, counts, X, Y, Xv, Yv, wv):
+    def epoch(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e):
         def body(carry, xs):
-            p, s, sums = carry
-            rows, w, c = xs
-            Xb, Yb = X[rows], Y[rows]  # minibatch gathered on device
+            p, s, sums, total = carry
+            rows, m, i = xs
+            Xb, Yb, sb = X[rows], Y[rows], sw[rows] * m  # minibatch gathered on device
             if mesh is not None:
                 sharded = parallel.shardings(mesh)[1]
-                Xb, Yb, w = (jax.lax.with_sharding_constraint(a, sharded) for a in (Xb, Yb, w))
-            p, s, m = step_core(p, s, Xb, Yb, w)
-            batch = jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]])
-            return (p, s, sums + batch * c), None
+                Xb, Yb, sb = (jax.lax.with_sharding_constraint(a, sharded) for a in (Xb, Yb, sb))
+            S = jnp.sum(sb)
+            ok = S > 0
+            S_safe = jnp.where(ok, S, jnp.ones_like(S))
+            step_key = None if key is None else jax.random.fold_in(jax.random.fold_in(key, e), i)
+            p_new, s_new, met = step_core(p, s, Xb, Yb, sb / S_safe, l2, S_safe, step_key)
+            keep = functools.partial(jax.tree_util.tree_map, lambda a, b: jnp.where(ok, a, b))
+            p, s = keep(p_new, p), keep(s_new, s)  # S = 0: no rows count, no update
+            batch = jnp.stack([met["loss"], met["accuracy"]] if n_train == 2 else [met["loss"]])
+            return (p, s, sums + batch * S, total + S), None
 
         sums0 = jnp.zeros((n_train,), X.dtype)
-        (params, opt_state, sums), _ = jax.lax.scan(
-            body, (params, opt_state, sums0), (idx, weights, counts)
+        steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
+        (params, opt_state, sums, total), _ = jax.lax.scan(
+            body, (params, opt_state, sums0, jnp.zeros((), X.dtype)), (idx, mask, steps)
         )
-        values = [sums / jnp.sum(counts)]  # size-weighted mean over the minibatches
+        values = [sums / total]  # the S-weighted mean over the minibatches
         if has_val:  # padding rows weigh 0: the mean over the real validation rows
             cache = core.forward_cache(params, Xv)
             value = core.loss_value(cache, Yv, loss, row_weights=wv)
@@ -618,6 +793,13 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     mesh=None,
+    l2: float = 0.0,
+    sample_weight: ArrayLike | None = None,
+    shuffle: bool = True,
+    dp: DPSGD | None = None,
+    dp_delta: float | None = None,
+    track_sharpness: int | None = None,
+    sharpness_data: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> tuple[Params, History]:
     """Train with minibatches; every epoch is one compiled call on device.
 
@@ -643,11 +825,43 @@ def fit(
       mesh: optional ``jax.sharding.Mesh`` with a "batch" axis for data-parallel training
         (see :func:`make_train_step`); the data and parameters are replicated on its devices
         and every minibatch is split along its rows.
+      l2: λ ≥ 0, scikit-learn's ``alpha``: each update minimises the batch loss plus
+        λ/(2S) Σ_l ‖W^(l)‖²_F, equation (R1), S the batch's total sample weight (its number
+        of rows when unweighted); biases are not penalised.  The recorded "loss" includes the
+        penalty (as scikit-learn's ``loss_``); "val_loss" does not.  λ is data: changing it
+        does not recompile.
+      sample_weight: optional (N,) non-negative finite weights s_n, not all zero.  In a
+        minibatch the loss is Σ s_n ℓ_n / Σ s_m (scikit-learn's weighted mean), i.e. row
+        weights w_n = s_n / S; a minibatch whose rows all weigh 0 is skipped (params and
+        optimizer state unchanged, no NaN).  The epoch's "loss" and "accuracy" are then
+        sample-weighted too: Σ_batches S_b · metric_b / Σ_b S_b, i.e. the weighted mean over
+        the epoch's rows of the pre-update values.  Validation metrics stay unweighted.  The
+        weights are data: changing them does not recompile.
+      shuffle: draw a new row order every epoch (default); ``False`` keeps the given order:
+        minibatch i is rows i·batch_size .. (i+1)·batch_size − 1 in every epoch.
+      dp: optional :class:`mlds_jax.DPSGD`: every update is DP-SGD's (D1)-(D3) by ghost
+        clipping, with the noise key of step i of epoch e fold_in(fold_in(k, e), i),
+        k = ``jax.random.split(key)[0]``.  Not with ``sample_weight`` (each example must
+        count once) or a mesh.
+        ``history["epsilon"]`` records after every epoch the ε spent so far (RDP accountant,
+        sample rate min(1, batch_size/N), steps so far, δ = ``dp_delta``) when the optional
+        ``dp-accounting`` package is installed and σ > 0; otherwise it is omitted.
+        σ = 0 with C = ∞ is the plain fit.
+      dp_delta: δ for ``history["epsilon"]``, in (0, 1); default 1/N.
+      track_sharpness: k ≥ 1: after every k-th epoch record λ_max of the Hessian of the
+        (unpenalised) loss on ``sharpness_data`` in ``history["sharpness"]`` and the 1-based
+        epoch in ``history["sharpness_epoch"]``; Lanczos (H11) from
+        :func:`mlds_jax.extensions.curvature.lanczos_core` with its default tolerance.
+        Compare it with 2/η (the edge of stability of plain gradient descent).
+      sharpness_data: (X_s, Y_s) for ``track_sharpness``, validated once; default the first
+        min(N, 1024) training rows.
 
     Returns:
       ``(params, history)``.  ``history`` is a :class:`History` (a dict) of per-epoch lists:
-      "loss" (mean minibatch loss over the epoch, before each update), "accuracy" for
-      classification, "val_loss"/"val_accuracy" with validation data, and "time" (seconds).
+      "loss" (mean minibatch loss over the epoch, before each update; with ``l2`` including
+      the (R1) penalty), "accuracy" for classification, "val_loss"/"val_accuracy" with
+      validation data, "epsilon" with ``dp`` (see above) and "time" (seconds); with
+      ``track_sharpness`` also "sharpness" and "sharpness_epoch" (one entry per k epochs).
       If the loss or parameters become non-finite, training stops with a
       :class:`TrainingDivergedWarning` and the last finite parameters are returned.
 
@@ -665,7 +879,8 @@ def fit(
       from ``optax.inject_hyperparams`` (``optax.inject_hyperparams(optax.adam)(
       learning_rate=3e-4)``), whose hyperparameters are data: one compile serves every
       learning rate.  An optimizer closing over arrays or other objects is reused only as
-      the same object.  ``epochs``, ``key``, ``early_stopping``, ``progress`` and
+      the same object.  ``dp`` settings are constants of the program too.  ``epochs``,
+      ``key``, ``l2``, ``sample_weight``, ``shuffle``, ``early_stopping``, ``progress`` and
       ``on_epoch_end`` never trigger a compile.  Across processes, see
       :func:`mlds_jax.enable_compilation_cache`.
     """
@@ -708,10 +923,40 @@ def fit(
             )
 
     mesh = None if mesh is None else parallel.check_mesh(mesh)
+    l2 = _check_l2(l2)
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
+    dp = _check_dp(dp)
+    if dp is not None and sample_weight is not None:
+        raise ValueError("dp and sample_weight cannot be combined: DP-SGD counts each row once")
+    if dp is not None and mesh is not None:
+        raise ValueError("dp with a mesh is not supported: pass one or the other")
+    if dp_delta is not None:
+        if dp is None:
+            raise ValueError("dp_delta is only used with dp=DPSGD(...)")
+        dp_delta = validation.positive_float(dp_delta, "dp_delta")
+        if dp_delta >= 1:
+            raise ValueError(f"dp_delta must lie in (0, 1), got {dp_delta}")
+    sw = _check_sample_weight(sample_weight, n, X.shape[0], np.dtype(X.dtype))
+    if track_sharpness is not None:
+        track_sharpness = validation.positive_int(track_sharpness, "track_sharpness")
+        if sharpness_data is None:
+            Xs, Ys = X[: min(n, 1024)], Y[: min(n, 1024)]
+        else:
+            if not isinstance(sharpness_data, (tuple, list)) or len(sharpness_data) != 2:
+                raise TypeError("sharpness_data must be a tuple (X_s, Y_s)")
+            Xs, Ys = validation.check_data(
+                params, *sharpness_data, loss, x_name="sharpness X", y_name="sharpness Y"
+            )
+    elif sharpness_data is not None:
+        raise ValueError("sharpness_data is only used with track_sharpness=k")
+    else:
+        Xs = Ys = None
     multiple = 1 if mesh is None else parallel.n_shards(mesh)
-    plan = _batch_plan(n, batch_size, multiple, np.dtype(X.dtype))
+    dtype = np.dtype(X.dtype)
+    plan = _batch_plan(n, batch_size, multiple, dtype)
     names = _metric_names(loss, has_val)
-    epoch_fn = _cached_epoch(optimizer, loss, grads, has_val, mesh)
+    epoch_fn = _cached_epoch(optimizer, loss, grads, has_val, mesh, dp)
     if Xv is not None:  # validation rows beyond n_val (bucket padding) weigh 0
         wv = np.zeros(Xv.shape[0], np.dtype(X.dtype))
         wv[:n_val] = 1.0 / n_val
@@ -726,10 +971,20 @@ def fit(
             (params, opt_state, X, Y, Xv, Yv, wv), rep
         )
         put = functools.partial(jax.device_put, device=rep)
-    weights, counts = put(plan.weights), put(plan.counts)
+    mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
+    l2_data = put(np.asarray(l2, dtype))
     history = History()
     best_value, best_params, since_best = math.inf, params, 0
     key_words = _key_words(key)  # epoch e shuffles with (key, e): see shuffle_order
+    noise_key = sharp_key = None
+    if dp is not None or track_sharpness is not None:
+        noise_key, sharp_key = jax.random.split(key if _is_typed_key(key) else _as_typed(key))
+    want_epsilon = (
+        dp is not None
+        and dp.noise_multiplier > 0
+        and importlib.util.find_spec("dp_accounting") is not None
+    )
+    delta = (1.0 / n if dp_delta is None else dp_delta) if dp is not None else None
 
     bar = None
     if _progress_enabled(progress):
@@ -739,9 +994,21 @@ def fit(
     try:
         for e in range(epochs):
             t0 = time.perf_counter()
-            idx = put(_epoch_indices(plan, key_words, e))
+            idx = put(_epoch_indices(plan, key_words, e, shuffle))
             new_params, new_state, values = epoch_fn(
-                params, opt_state, idx, weights, counts, X, Y, Xv, Yv, wv
+                params,
+                opt_state,
+                idx,
+                mask,
+                sw,
+                l2_data,
+                X,
+                Y,
+                Xv,
+                Yv,
+                wv,
+                None if dp is None else noise_key,
+                jnp.asarray(e, jnp.int32),
             )
             values = np.asarray(values).tolist()  # the epoch's one device-to-host read
             metrics = dict(zip(names, values[:-1], strict=True))
@@ -757,9 +1024,21 @@ def fit(
                 )
                 break
             params, opt_state = new_params, new_state
+            if want_epsilon:
+                metrics["epsilon"] = dp_epsilon(
+                    dp.noise_multiplier,  # pyright: ignore[reportOptionalMemberAccess]
+                    min(1.0, batch_size / n),
+                    (e + 1) * len(plan.counts),
+                    delta,  # pyright: ignore[reportArgumentType]
+                )
             metrics["time"] = time.perf_counter() - t0
             for k, v in metrics.items():
                 history.setdefault(k, []).append(v)
+            if track_sharpness is not None and (e + 1) % track_sharpness == 0:
+                assert Xs is not None and Ys is not None and sharp_key is not None
+                lam, _, _ = lanczos_core(params, Xs, Ys, loss, jax.random.fold_in(sharp_key, e))
+                history.setdefault("sharpness", []).append(float(lam))
+                history.setdefault("sharpness_epoch", []).append(e + 1)
             if on_epoch_end is not None:
                 on_epoch_end(e, dict(metrics))
             if bar is not None:

@@ -934,3 +934,267 @@ def test_determinism_the_recompile_counters_do_detect_recompiles():
             mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.1003), epochs=2, progress=False)
     assert compiled.count("jit(epoch)") == 2
 
+
+
+# === weight penalty (R1), sample weights, shuffle=False =======================================
+def _jnp_ce(params, X, Y1h, s, lam):
+    """The penalised, sample-weighted cross-entropy of a tanh/softmax MLP, written from the
+    definitions: (1/S) Σ s_n ℓ_n + λ/(2S) Σ_l ‖W^(l)‖², S = Σ s_n; biases not penalised."""
+    A = X
+    for layer in params[:-1]:
+        A = jnp.tanh(A @ layer.W + layer.b[None, :])
+    A = jax.nn.softmax(A @ params[-1].W + params[-1].b[None, :], axis=-1)
+    terms = -jnp.sum(Y1h * jnp.log(A), axis=1)
+    S = jnp.sum(s)
+    return (s @ terms) / S + 0.5 * lam * sum(jnp.sum(layer.W**2) for layer in params) / S
+
+
+def test_l2_manual_step_equals_jax_grad_of_penalised_loss(key):
+    """(R1): one sgd step with l2 is W ← W − α ∇(L + λ/(2N) Σ‖W‖²) with the gradient from
+    jax.grad of the loss written out here; the reported loss includes the penalty."""
+    params, X, y = _classification(key, n=10)
+    Y1h = jax.nn.one_hot(y, 3, dtype=F64)
+    lr, lam = 0.3, 0.7
+    ones = jnp.ones(10, F64)
+    loss_fn = jax.jit(_jnp_ce)
+    for grads in ("manual", "autodiff"):
+        step = mj.make_train_step(optax.sgd(lr), "cross_entropy", grads, l2=lam)
+        new, _, m = step(params, optax.sgd(lr).init(params), X, y)
+        g = jax.jit(jax.grad(_jnp_ce))(params, X, Y1h, ones, lam)
+        assert_close(new, sgd_by_hand(params, g, lr))
+        assert math.isclose(float(m["loss"]), float(loss_fn(params, X, Y1h, ones, lam)),
+                            rel_tol=1e-12)
+    _, g_pen = mj.training.l2_penalty(params, lam, 10.0)
+    auto = jax.jit(jax.grad(lambda p: _jnp_ce(p, X, Y1h, ones, lam)
+                            - _jnp_ce(p, X, Y1h, ones, 0.0)))
+    assert_close(g_pen, auto(params))
+    assert all(np.all(np.asarray(layer.b) == 0) for layer in g_pen)
+
+
+def test_l2_zero_step_is_bit_identical_to_the_plain_step(key):
+    params, X, y = _classification(key, n=10)
+    opt = optax.sgd(0.3)
+    a = mj.make_train_step(opt, "cross_entropy")(params, opt.init(params), X, y)
+    b = mj.make_train_step(opt, "cross_entropy", l2=0.0)(params, opt.init(params), X, y)
+    assert_bit_identical(a, b)
+
+
+def _weighted_loop(params, X, y, s, *, lam, lr, epochs, batch_size, key, shuffle=True):
+    """fit's documented weighted semantics as a plain loop: per batch the gradient of
+    _jnp_ce with the batch's weights (skipped when they sum to 0), pre-update metrics, epoch
+    metrics weighted by each batch's total weight S_b."""
+    Y1h = jax.nn.one_hot(y, 3, dtype=F64)
+    value_grad = jax.jit(jax.value_and_grad(_jnp_ce))
+    n = X.shape[0]
+    history = {"loss": [], "accuracy": []}
+    for e in range(epochs):
+        order = shuffle_order(key, n, e) if shuffle else np.arange(n)
+        tot = sums_l = sums_a = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            sb = jnp.asarray(s[idx], F64)
+            S = float(jnp.sum(sb))
+            if S == 0:
+                continue
+            value, g = value_grad(params, X[idx], Y1h[idx], sb, lam)
+            pred = np.argmax(np_forward(params, np.asarray(X[idx])), axis=1)
+            acc = float(np.sum(np.asarray(sb) * (pred == np.asarray(y)[idx])) / S)
+            sums_l, sums_a, tot = sums_l + S * float(value), sums_a + S * acc, tot + S
+            params = sgd_by_hand(params, g, lr)
+        history["loss"].append(sums_l / tot)
+        history["accuracy"].append(sums_a / tot)
+    return params, history
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_sample_weight_and_l2_match_a_hand_rolled_loop(key, shuffle):
+    """Sample-weighted minibatch means, (R1) with S = the batch's total weight, a last partial
+    batch, and a batch whose rows all weigh 0 (rows 4..7 with shuffle=False: skipped)."""
+    params, X, y = _classification(key, n=10)
+    s = np.array([0.5, 2.0, 1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 1.5, 0.25])
+    k = jax.random.key(3)
+    fitted, history = mj.fit(params, X, y, optimizer=optax.sgd(0.2), epochs=3, batch_size=4,
+                             key=k, sample_weight=s, l2=0.3, shuffle=shuffle, progress=False)
+    ref, ref_history = _weighted_loop(params, X, y, s, lam=0.3, lr=0.2, epochs=3, batch_size=4,
+                                      key=k, shuffle=shuffle)
+    assert_close(fitted, ref)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(history[name], ref_history[name], rtol=1e-12)
+
+
+def test_fit_unit_sample_weights_and_zero_l2_are_the_plain_fit(key):
+    """sample_weight of ones (or any constant) and l2=0 leave the plain fit bit-identical."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.2), epochs=2, batch_size=4, progress=False)
+    plain, h0 = mj.fit(params, X, y, **kw)
+    for extra in ({"sample_weight": np.ones(10)}, {"l2": 0.0}, {"sample_weight": [2.0] * 10}):
+        fitted, h = mj.fit(params, X, y, **kw, **extra)
+        assert_bit_identical(plain, fitted)
+        assert history_without_time(h) == history_without_time(h0)
+
+
+def test_fit_shuffle_false_is_the_given_row_order(key):
+    """shuffle=False: batch i is rows i*B .. in every epoch (a plain loop over make_train_step)."""
+    params, X, y = _classification(key, n=10)
+    opt = optax.sgd(0.2)
+    fitted, _ = mj.fit(params, X, y, optimizer=opt, epochs=2, batch_size=4, shuffle=False,
+                       progress=False)
+    step = mj.make_train_step(opt, "cross_entropy")
+    p, state = params, opt.init(params)
+    for _ in range(2):
+        for start in range(0, 10, 4):
+            p, state, _ = step(p, state, X[start:start + 4], y[start:start + 4])
+    assert_close(fitted, p)
+
+
+def test_fit_l2_and_sample_weight_do_not_recompile(key):
+    """λ and the sample weights are data of the compiled epoch: new values compile nothing
+    (and do change the result)."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.1234), epochs=1, batch_size=4, progress=False)
+    mj.fit(params, X, y, **kw)  # warm-up
+    rng = np.random.default_rng(0)
+    with _compilations() as compiled:
+        a, _ = mj.fit(params, X, y, l2=0.5, **kw)
+        b, _ = mj.fit(params, X, y, l2=1e-3, sample_weight=rng.uniform(size=10), **kw)
+        c, _ = mj.fit(params, X, y, shuffle=False, **kw)
+    assert compiled == []
+    assert not bit_identical(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"l2": -1.0}, ValueError, "l2 must be a finite number >= 0"),
+        ({"l2": math.nan}, ValueError, "l2"),
+        ({"l2": "0.1"}, TypeError, "l2 must be a real number"),
+        ({"sample_weight": np.ones(5)}, ValueError, r"shape \(6,\)"),
+        ({"sample_weight": np.ones((6, 1))}, ValueError, r"shape \(6,\)"),
+        ({"sample_weight": np.r_[np.ones(5), np.inf]}, ValueError, "non-finite value at index 5"),
+        ({"sample_weight": np.r_[np.ones(3), -1.0, np.ones(2)]}, ValueError, "index 3"),
+        ({"sample_weight": np.zeros(6)}, ValueError, "all zero"),
+        ({"sample_weight": ["a"] * 6}, TypeError, "sample_weight"),
+        ({"shuffle": 0}, TypeError, "shuffle must be a bool"),
+    ],
+)
+def test_fit_rejects_bad_weights(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# === DP-SGD in training =======================================================================
+def test_dp_train_step_needs_its_key_and_matches_make_dp_train_step(key):
+    params, X, y = _classification(key, n=10)
+    opt, dp = optax.sgd(0.2), mj.DPSGD(1.0, 0.8)
+    step = mj.make_train_step(opt, "cross_entropy", dp=dp)
+    state = opt.init(params)
+    with pytest.raises(ValueError, match="pass its noise key"):
+        step(params, state, X, y)
+    with pytest.raises(ValueError, match="key is only used by a DP-SGD step"):
+        mj.make_train_step(opt, "cross_entropy")(params, state, X, y, key=key)
+    with pytest.raises(TypeError, match="dp must be None or an mlds_jax.DPSGD"):
+        mj.make_train_step(opt, "cross_entropy", dp=(1.0, 1.0))
+    k = jax.random.key(11)
+    new, _, m = step(params, state, X, y, key=k)
+    ref, _, m_ref = mj.make_dp_train_step(opt, "cross_entropy", dp)(params, state, X, y, key=k)
+    assert_close(new, ref)
+    assert math.isclose(float(m["loss"]), float(m_ref["loss"]), rel_tol=1e-12)
+    assert "accuracy" in m
+
+
+def test_fit_dp_without_noise_or_clipping_is_the_plain_fit(key):
+    """σ = 0 and C = ∞: κ_n = 1 and no noise, so DP-SGD's update is the plain mean gradient."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.2), epochs=2, batch_size=4, key=jax.random.key(5),
+              validation_data=(X[:4], y[:4]), progress=False)
+    plain, h0 = mj.fit(params, X, y, **kw)
+    dp, h1 = mj.fit(params, X, y, dp=mj.DPSGD(math.inf, 0.0), **kw)
+    assert_close(plain, dp)
+    assert "epsilon" not in h1
+    for name in h0:
+        if name != "time":
+            np.testing.assert_allclose(h1[name], h0[name], rtol=1e-12)
+
+
+def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
+    """fit(dp=...) is a loop of make_dp_train_step steps, step i of epoch e with noise key
+    fold_in(fold_in(k, e), i), k = jax.random.split(key)[0], over fit's row orders; ε after
+    every epoch is dp_epsilon(σ, B/N, steps so far, 1/N) (dp_delta overrides δ)."""
+    pytest.importorskip("dp_accounting")
+    params, X, y = _classification(key, n=10)
+    opt, dp, k = optax.sgd(0.2), mj.DPSGD(0.5, 1.1), jax.random.key(8)
+    fitted, history = mj.fit(params, X, y, optimizer=opt, epochs=2, batch_size=4, key=k, dp=dp,
+                             progress=False)
+    step = mj.make_dp_train_step(opt, "cross_entropy", dp)
+    noise = jax.random.split(k)[0]
+    p, state = params, opt.init(params)
+    for e in range(2):
+        order = shuffle_order(k, 10, e)
+        for i, start in enumerate(range(0, 10, 4)):
+            idx = order[start:start + 4]
+            step_key = jax.random.fold_in(jax.random.fold_in(noise, e), i)
+            p, state, _ = step(p, state, X[idx], y[idx], key=step_key)
+    assert_close(fitted, p)
+    expected = [mj.dp_epsilon(1.1, 0.4, 3 * (e + 1), 0.1) for e in range(2)]
+    np.testing.assert_allclose(history["epsilon"], expected, rtol=1e-12)
+    assert history["epsilon"][1] > history["epsilon"][0]
+    _, h = mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=4, key=k, dp=dp,
+                  dp_delta=1e-5, progress=False)
+    assert math.isclose(h["epsilon"][0], mj.dp_epsilon(1.1, 0.4, 3, 1e-5), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dp": "dp"}, TypeError, "dp must be None or an mlds_jax.DPSGD"),
+        ({"dp": mj.DPSGD(1.0, 1.0), "sample_weight": np.ones(6)}, ValueError, "counts each row"),
+        ({"dp_delta": 1e-5}, ValueError, "dp_delta is only used with dp"),
+        ({"dp": mj.DPSGD(1.0, 1.0), "dp_delta": 1.5}, ValueError, r"dp_delta must lie in"),
+    ],
+)
+def test_fit_rejects_bad_dp_arguments(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+# === sharpness tracking =======================================================================
+def test_fit_track_sharpness_equals_hessian_top_eigenvalue(key):
+    """history["sharpness"] after epochs 1 and 2 is λ_max of the Hessian at those params, as
+    mj.hessian_top_eigenvalue computes it (Lanczos to tol 1e-7 from another start vector:
+    agreement to 1e-6 relative, its documented accuracy on small networks)."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.3), batch_size=4, key=jax.random.key(2), progress=False)
+    Xs, ys = X[:6], y[:6]
+    fitted, history = mj.fit(params, X, y, epochs=2, track_sharpness=1,
+                             sharpness_data=(Xs, ys), **kw)
+    after_one, _ = mj.fit(params, X, y, epochs=1, **kw)
+    assert history["sharpness_epoch"] == [1, 2]
+    for p, value in zip((after_one, fitted), history["sharpness"], strict=True):
+        lam, _ = mj.hessian_top_eigenvalue(p, Xs, ys, "cross_entropy", key=jax.random.key(9))
+        assert math.isclose(value, float(lam), rel_tol=1e-6)
+    # default data: the training rows; every 2nd epoch
+    fitted, history = mj.fit(params, X, y, epochs=3, track_sharpness=2, **kw)
+    assert history["sharpness_epoch"] == [2]
+    assert len(history["loss"]) == 3
+    after_two, _ = mj.fit(params, X, y, epochs=2, **kw)
+    lam, _ = mj.hessian_top_eigenvalue(after_two, X, y, "cross_entropy", key=jax.random.key(9))
+    assert math.isclose(history["sharpness"][0], float(lam), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"track_sharpness": 0}, ValueError, "track_sharpness must be >= 1"),
+        ({"track_sharpness": 1.5}, TypeError, "track_sharpness must be an int"),
+        ({"sharpness_data": ([[0.0] * 3], [[0.0] * 2])}, ValueError, "only used with"),
+        ({"track_sharpness": 1, "sharpness_data": [1]}, TypeError, "sharpness_data must be"),
+        ({"track_sharpness": 1, "sharpness_data": (np.ones((2, 5)), np.ones((2, 2)))},
+         ValueError, "sharpness X"),
+    ],
+)
+def test_fit_rejects_bad_sharpness_arguments(key, kwargs, error, match):
+    params, X, Y = _regression_problem(key)
+    with pytest.raises(error, match=match):
+        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
