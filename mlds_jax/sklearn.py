@@ -238,7 +238,9 @@ class _BaseMLP(BaseEstimator):
         if not (nic == np.inf or (isinstance(nic, Integral) and nic >= 1)):
             raise ValueError(f"n_iter_no_change must be an int >= 1 or inf, got {nic!r}")
         bs = self.batch_size
-        if not (bs == "auto" or (isinstance(bs, Integral) and not isinstance(bs, bool) and bs >= 1)):
+        if not (
+            bs == "auto" or (isinstance(bs, Integral) and not isinstance(bs, bool) and bs >= 1)
+        ):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {bs!r}")
         if self.optimizer is not None and not (
             hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")
@@ -510,9 +512,7 @@ class _BaseMLP(BaseEstimator):
         state = opt_state[1]
         X, Y = jax.numpy.asarray(X), mj.prepare_targets(params, Y, loss)
         n = X.shape[0]
-        order = (
-            check_random_state(seed).permutation(n) if self.shuffle else np.arange(n, dtype=int)
-        )
+        order = check_random_state(seed).permutation(n) if self.shuffle else np.arange(n, dtype=int)
         total = 0.0
         for start in range(0, n, bs):
             rows = order[start : start + bs]
@@ -729,7 +729,9 @@ def load(path: str | os.PathLike) -> MLPClassifier | MLPRegressor:
     cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}.get(meta.get("estimator"))
     if cls is None:
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds no mlds_jax.sklearn estimator")
-    est = cls(**{**meta["params"], "hidden_layer_sizes": tuple(meta["params"]["hidden_layer_sizes"])})
+    est = cls(
+        **{**meta["params"], "hidden_layer_sizes": tuple(meta["params"]["hidden_layer_sizes"])}
+    )
     est.coefs_, est.intercepts_ = _as_numpy_params(params)
     est.n_layers_ = len(params) + 1
     est.n_outputs_ = int(params[-1].W.shape[1])

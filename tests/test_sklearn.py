@@ -15,8 +15,8 @@ import io
 import pickle
 import warnings
 
-import joblib
 import jax
+import joblib
 import numpy as np
 import pytest
 from helpers import tolerances
@@ -44,6 +44,7 @@ def _standard_dtype_promotion():
     with jax.numpy_dtype_promotion("standard"):
         yield
 
+
 # --- scikit-learn's estimator checks -----------------------------------------------------------
 #: check name -> reason, per estimator class (aim: none).
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {"MLPClassifier": {}, "MLPRegressor": {}}
@@ -55,8 +56,12 @@ def _expected_failed_checks(estimator) -> dict[str, str]:
 
 @parametrize_with_checks(
     [
-        MLPClassifier(hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0),
-        MLPRegressor(hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0),
+        MLPClassifier(
+            hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0
+        ),
+        MLPRegressor(
+            hidden_layer_sizes=(32,), max_iter=60, learning_rate_init=0.02, random_state=0
+        ),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
@@ -81,7 +86,9 @@ def _one_epoch_both(ours, theirs, X, y, sample_weight=None):
             est.intercepts_ = [b.copy() for b in intercepts]
         ours.fit(X, y, sample_weight=sample_weight)
         theirs.fit(X, y, sample_weight=sample_weight)
-    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+    for a, b in zip(
+        ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True
+    ):
         np.testing.assert_allclose(a, b, **F64)
     if sample_weight is None:
         # the loss before each update, penalty included, averaged over the minibatches by
@@ -127,29 +134,52 @@ def test_same_initial_weights_and_partial_fit_as_sklearn():
     """Same random_state → scikit-learn's initial weights; two partial_fit epochs of SGD with
     Nesterov momentum (the velocity carried between calls) give scikit-learn's weights."""
     X, y = make_classification(40, 5, n_informative=3, n_classes=3, random_state=2)
-    kw = dict(solver="sgd", momentum=0.9, learning_rate_init=0.05, alpha=1e-3,
-              batch_size=10, shuffle=False, hidden_layer_sizes=(6,), random_state=4)
+    kw = dict(
+        solver="sgd",
+        momentum=0.9,
+        learning_rate_init=0.05,
+        alpha=1e-3,
+        batch_size=10,
+        shuffle=False,
+        hidden_layer_sizes=(6,),
+        random_state=4,
+    )
     ours, theirs = MLPClassifier(**kw), sknn.MLPClassifier(**kw)
     for _ in range(2):
         ours.partial_fit(X, y, classes=np.arange(3))
         theirs.partial_fit(X, y, classes=np.arange(3))
-    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+    for a, b in zip(
+        ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True
+    ):
         np.testing.assert_allclose(a, b, **F64)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, **F64)
     assert ours.t_ == theirs.t_ == 80 and ours.n_iter_ == theirs.n_iter_ == 1
 
 
 def test_invscaling_schedule_matches_sklearn():
-    """"invscaling" over three epochs (η changes at each epoch end, t = samples seen)."""
+    """The "invscaling" schedule over three epochs (η changes at epoch ends, t = samples seen)."""
     X, y = make_regression(30, 4, random_state=1)
     y = y / y.std()
-    kw = dict(solver="sgd", learning_rate="invscaling", power_t=0.3, momentum=0.5,
-              learning_rate_init=0.05, alpha=0.01, batch_size=8, shuffle=False,
-              hidden_layer_sizes=(5,), random_state=0, max_iter=3, tol=0.0)
+    kw = dict(
+        solver="sgd",
+        learning_rate="invscaling",
+        power_t=0.3,
+        momentum=0.5,
+        learning_rate_init=0.05,
+        alpha=0.01,
+        batch_size=8,
+        shuffle=False,
+        hidden_layer_sizes=(5,),
+        random_state=0,
+        max_iter=3,
+        tol=0.0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours, theirs = MLPRegressor(**kw).fit(X, y), sknn.MLPRegressor(**kw).fit(X, y)
-    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+    for a, b in zip(
+        ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True
+    ):
         np.testing.assert_allclose(a, b, **F64)
 
 
@@ -174,7 +204,9 @@ def iris():
 def test_string_and_noncontiguous_labels(iris):
     X, y = iris
     names = np.array(["setosa", "versicolor", "virginica"])[y]
-    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=60, random_state=0, learning_rate_init=0.05)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(8,), max_iter=60, random_state=0, learning_rate_init=0.05
+    )
     clf.fit(X, names)
     assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
     assert clf.predict(X).dtype == names.dtype and clf.score(X, names) > 0.8
@@ -218,13 +250,25 @@ def test_fitted_attributes_and_params_pytree(iris):
 
 def test_early_stopping_records_scores(iris):
     X, y = iris
-    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, early_stopping=True,
-                        n_iter_no_change=3, random_state=0, learning_rate_init=0.05)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(8,),
+        max_iter=300,
+        early_stopping=True,
+        n_iter_no_change=3,
+        random_state=0,
+        learning_rate_init=0.05,
+    )
     clf.fit(X, y)
     assert clf.n_iter_ < 300 and len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ in clf.validation_scores_ and clf.best_loss_ is None
-    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, early_stopping=True,
-                       n_iter_no_change=3, random_state=0, learning_rate_init=0.05)
+    reg = MLPRegressor(
+        hidden_layer_sizes=(8,),
+        max_iter=300,
+        early_stopping=True,
+        n_iter_no_change=3,
+        random_state=0,
+        learning_rate_init=0.05,
+    )
     reg.fit(X[:, :3], X[:, 3])
     assert max(reg.validation_scores_) > 0.5
 
@@ -254,15 +298,19 @@ def test_custom_optax_optimizer_and_autodiff_agree(iris):
         warnings.simplefilter("ignore", ConvergenceWarning)
         a = MLPClassifier(optimizer=optax.sgd(0.1), **kw).fit(X, y)
         b = MLPClassifier(optimizer=optax.sgd(0.1), grads="autodiff", **kw).fit(X, y)
-    for u, v in zip(a.coefs_, b.coefs_):
+    for u, v in zip(a.coefs_, b.coefs_, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
 # --- the ecosystem ------------------------------------------------------------------------------
 def test_pipeline_gridsearch_cross_val_clone(iris):
     X, y = iris
-    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=80,
-                                                         random_state=0, learning_rate_init=0.01))
+    pipe = make_pipeline(
+        StandardScaler(),
+        MLPClassifier(
+            hidden_layer_sizes=(8,), max_iter=80, random_state=0, learning_rate_init=0.01
+        ),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         assert cross_val_score(pipe, X, y, cv=3).mean() > 0.8
