@@ -53,6 +53,7 @@ Not implemented: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``, spars
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from numbers import Integral, Real
@@ -134,6 +135,25 @@ def _as_numpy_params(params: Params) -> tuple[list[np.ndarray], list[np.ndarray]
 class _BaseMLP(BaseEstimator):
     """The shared machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
+    # fitted attributes (annotations only: nothing is set before fit)
+    coefs_: list[np.ndarray]
+    intercepts_: list[np.ndarray]
+    loss_: float | None
+    loss_curve_: list[float]
+    best_loss_: float | None
+    validation_scores_: list[float] | None
+    best_validation_score_: float | None
+    n_iter_: int
+    t_: int
+    n_layers_: int
+    n_outputs_: int
+    out_activation_: str
+    n_features_in_: int
+    feature_names_in_: np.ndarray
+    classes_: np.ndarray
+    _label_binarizer: LabelBinarizer
+    _partial_opt_state: Any
+
     def __init__(
         self,
         hidden_layer_sizes=(100,),
@@ -201,7 +221,7 @@ class _BaseMLP(BaseEstimator):
     def _check_params(self) -> None:
         def real(name, lo, hi=None, lo_open=False, hi_open=False):
             v = getattr(self, name)
-            ok = isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v)
+            ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
             ok = ok and (v > lo if lo_open else v >= lo)
             if hi is not None:
                 ok = ok and (v < hi if hi_open else v <= hi)
@@ -239,7 +259,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"n_iter_no_change must be an int >= 1 or inf, got {nic!r}")
         bs = self.batch_size
         if not (
-            bs == "auto" or (isinstance(bs, Integral) and not isinstance(bs, bool) and bs >= 1)
+            bs == "auto" or (isinstance(bs, Integral) and not isinstance(bs, bool) and int(bs) >= 1)
         ):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {bs!r}")
         if self.optimizer is not None and not (
@@ -298,8 +318,14 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X) -> np.ndarray:
         check_is_fitted(self, "coefs_")
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = np.asarray(validate_data(self, X, reset=False, dtype=(np.float64, np.float32)))
         return np.asarray(mj.forward(self.params_, X))
+
+    def _validate_input(self, X, y, incremental: bool, reset: bool):
+        raise NotImplementedError
+
+    def _out_activation(self) -> str:
+        raise NotImplementedError
 
     # --- fitting --------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight=None, incremental: bool = False):
@@ -353,7 +379,7 @@ class _BaseMLP(BaseEstimator):
             split = train_test_split(
                 *arrays, random_state=rng, test_size=self.validation_fraction, stratify=stratify
             )
-            X, X_val, Y, Y_val = split[:4]
+            X, X_val, Y, Y_val = (np.asarray(a) for a in split[:4])
             if sw is not None:
                 sw = split[4]
             if X_val.shape[0] < 2:
@@ -422,11 +448,7 @@ class _BaseMLP(BaseEstimator):
         done = 0
         while True:
             optimizer = self._make_optimizer(n_batches, n_train, lr, self.t_)
-            callback = None
-            if self.verbose:
-
-                def callback(e, m, offset=self.n_iter_):
-                    print(f"Iteration {offset + e + 1}, loss = {m['loss']:.8f}")
+            callback = self._verbose_callback(self.n_iter_) if self.verbose else None
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", mj.TrainingDivergedWarning)
@@ -482,14 +504,15 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = n_iter  # epochs of this call, as scikit-learn's
         self.t_ += n_run * n_train
         if val is None:
-            self.best_loss_ = min([self.best_loss_, *history["loss"]])
+            previous = np.inf if self.best_loss_ is None else self.best_loss_
+            self.best_loss_ = float(min([previous, *history["loss"]]))
             return
         if is_classifier(self):
             scores = [float(v) for v in history["val_accuracy"]]
         else:
             n_val = val[0].shape[0]
             scores = [r2_from_loss(v, n_val, ss_tot) for v in history["val_loss"]]
-        self.validation_scores_.extend(scores)
+        self.validation_scores_ = [*(self.validation_scores_ or []), *scores]
         best = history.best_epoch if history.best_epoch is not None else int(np.argmax(scores))
         self.best_validation_score_ = scores[best]
 
@@ -508,6 +531,7 @@ class _BaseMLP(BaseEstimator):
             step = (tag, mj.make_train_step(optimizer, loss, self.grads, l2=float(self.alpha)))
             if opt_state is None or opt_state[0] != tag:
                 opt_state = (tag, optimizer.init(params))
+        assert opt_state is not None  # built above with the step on the first call
         train_step = step[1]
         state = opt_state[1]
         X, Y = jax.numpy.asarray(X), mj.prepare_targets(params, Y, loss)
@@ -533,9 +557,18 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = min(self.best_loss_, self.loss_)
         return params
 
+    @staticmethod
+    def _verbose_callback(offset: int):
+        def callback(e: int, m: dict) -> None:
+            print(f"Iteration {offset + e + 1}, loss = {m['loss']:.8f}")
+
+        return callback
+
     def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_partial_step", None)  # compiled code: rebuilt on the next partial_fit
+        state: dict = super().__getstate__()  # pyright: ignore[reportAssignmentType]
+        state = {
+            k: v for k, v in state.items() if k != "_partial_step"
+        }  # compiled code: rebuilt on the next partial_fit
         return state
 
     # --- saving ---------------------------------------------------------------------------------
@@ -600,6 +633,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         X, y = validate_data(
             self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset
         )
+        y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
@@ -667,7 +701,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y_pred = self._forward(X)
         if self.n_outputs_ == 1:
             y_pred = y_pred.ravel()
-        return self._label_binarizer.inverse_transform(y_pred)
+        return np.asarray(self._label_binarizer.inverse_transform(y_pred))
 
     def _score(self, X, y, sample_weight=None) -> float:
         return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
@@ -696,6 +730,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             dtype=(np.float64, np.float32),
             reset=reset,
         )
+        y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -726,7 +761,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 def load(path: str | os.PathLike) -> MLPClassifier | MLPRegressor:
     """Rebuild an estimator written by ``est.save(path)`` (no pickle: see :func:`mlds_jax.load`)."""
     params, meta = mj.load(path, return_metadata=True)
-    cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}.get(meta.get("estimator"))
+    kinds: dict[str, type[MLPClassifier] | type[MLPRegressor]] = {
+        "MLPClassifier": MLPClassifier,
+        "MLPRegressor": MLPRegressor,
+    }
+    cls = kinds.get(str(meta.get("estimator")))
     if cls is None:
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds no mlds_jax.sklearn estimator")
     est = cls(
