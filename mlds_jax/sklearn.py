@@ -48,6 +48,16 @@ scikit-learn's conventions, and ours (see the README's "scikit-learn users" sect
 * Floating point: the computation runs in JAX's default float dtype (float32, or float64
   with x64 enabled); integer and float32 inputs are cast to it.  Only dense inputs.
 
+* ``partial_fit`` runs one epoch through a compiled :func:`mlds_jax.make_train_step` and keeps
+  the optimizer state between calls (as scikit-learn); a ``partial_fit`` after ``fit`` starts
+  a fresh optimizer state (``fit``'s stays inside :func:`mlds_jax.fit`).  With sample weights
+  *and* ``alpha > 0`` its penalty divides by the batch's number of weighted rows rather than
+  their total weight (``fit`` uses the total, as scikit-learn).
+* Sample weights: negative weights are rejected (:func:`mlds_jax.fit`); with
+  ``early_stopping`` the validation loss/score is unweighted; the epoch loss in
+  ``loss_curve_`` averages the minibatch losses by their total weight (scikit-learn: by their
+  row counts; the same when unweighted).
+
 Not implemented: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``, sparse inputs.
 """
 
