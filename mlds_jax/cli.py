@@ -61,6 +61,16 @@ def _positive(kind):
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -152,6 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-parallel",
         action="store_true",
         help="shard every minibatch over all local devices (jax.sharding mesh)",
+    )
+    t.add_argument(
+        "--dp-clip",
+        type=_positive(float),
+        default=None,
+        metavar="C",
+        help="DP-SGD: clip every example's gradient to norm C (with --dp-noise)",
+    )
+    t.add_argument(
+        "--dp-noise",
+        type=_non_negative_float,
+        default=None,
+        metavar="SIGMA",
+        help="DP-SGD: noise multiplier sigma >= 0 (with --dp-clip); prints epsilon at the end",
+    )
+    t.add_argument(
+        "--track-sharpness",
+        type=_positive(int),
+        default=None,
+        metavar="K",
+        help="record the Hessian's top eigenvalue every K epochs; plotted against 2/lr",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch log")
     _add_cache_flag(t)
@@ -253,10 +284,7 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
 
     payload = {"summary": summary, "history": {k: list(v) for k, v in history.items()}}
     atomic_write(os.path.join(out, "history.json"), json.dumps(payload, indent=2).encode())
-    keys = list(history)
-    rows = [["epoch", *keys]] + [
-        [i + 1, *(history[k][i] for k in keys)] for i in range(len(history.get("loss", [])))
-    ]
+    rows = _history_rows(history)
     import io
 
     buf = io.StringIO()
@@ -264,7 +292,34 @@ def _write_history(out: str, history: dict, summary: dict) -> None:
     atomic_write(os.path.join(out, "history.csv"), buf.getvalue().encode())
 
 
-def _plot_history(out: str, history: dict, title: str) -> str:
+def _dp_report(dp, history: dict, n: int) -> str:
+    """One line: the privacy spent, or why no ε is shown."""
+    head = f"DP-SGD (clip {dp.l2_clip:g}, noise {dp.noise_multiplier:g}): "
+    if dp.noise_multiplier == 0:
+        return head + "no noise, so no privacy guarantee (epsilon = inf)"
+    if history.get("epsilon"):
+        return head + f"epsilon = {history['epsilon'][-1]:.4g} at delta = 1/N = {1 / n:.3g}"
+    if not history.get("loss"):
+        return head + "no epoch finished: no epsilon"
+    return head + "epsilon not computed: pip install 'mlds-jax[dp]' (dp-accounting)"
+
+
+def _history_rows(history: dict) -> list[list]:
+    """Per-epoch CSV rows; the sharpness (every K epochs) goes in the rows of its epochs."""
+    n = len(history.get("loss", []))
+    keys = [k for k in history if k != "sharpness_epoch"]
+    at = dict(zip(history.get("sharpness_epoch", []), history.get("sharpness", []), strict=True))
+    rows = [["epoch", *keys]]
+    for i in range(n):
+        rows.append(
+            [i + 1, *(at.get(i + 1, "") if k == "sharpness" else history[k][i] for k in keys)]
+        )
+    return rows
+
+
+def _plot_history(
+    out: str, history: dict, title: str, *, lr: float | None = None, optimizer: str = "sgd"
+) -> str:
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -278,8 +333,20 @@ def _plot_history(out: str, history: dict, title: str) -> str:
     from mlds_jax.checkpoint import atomic_write
 
     metrics = [m for m in ("accuracy", "r2") if m in history]
-    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5 * (1 + len(metrics)), 3.6))
-    axes = list(axes) if metrics else [axes]
+    sharp = "sharpness" in history
+    panels = 1 + len(metrics) + sharp
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    axes = list(axes) if panels > 1 else [axes]
+    if sharp:
+        ax = axes.pop()
+        ax.plot(history["sharpness_epoch"], history["sharpness"], "o-", label="λ_max")
+        if lr is not None:
+            ax.axhline(2 / lr, color="k", linestyle="--", label="2/η")
+        bound = "" if optimizer == "sgd" else f" ({optimizer}: 2/η is the plain-GD bound)"
+        ax.set(xlabel="epoch", ylabel="λ_max of the Hessian", title="sharpness" + bound)
+        if min(history["sharpness"]) > 0:  # λ_max and 2/η can be orders of magnitude apart
+            ax.set_yscale("log")
+        ax.legend()
     epochs = range(1, len(history.get("loss", [])) + 1)  # empty if epoch 1 diverged
     axes[0].plot(epochs, history.get("loss", []), label="train")
     if "val_loss" in history:
@@ -325,6 +392,11 @@ def cmd_train(args) -> int:
 
     if not 0 < args.test_size < 1:
         raise UsageError(f"--test-size must be in (0, 1), got {args.test_size}")
+    if (args.dp_clip is None) != (args.dp_noise is None):
+        raise UsageError("--dp-clip C and --dp-noise SIGMA go together: give both or neither")
+    dp = None if args.dp_clip is None else mj.DPSGD(args.dp_clip, args.dp_noise)
+    if dp is not None and args.data_parallel:
+        raise UsageError("--dp-clip/--dp-noise cannot be combined with --data-parallel")
     out = _prepare_out(args.out) if args.out else None
     ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
     loss = args.loss or ds.default_loss
@@ -367,6 +439,8 @@ def cmd_train(args) -> int:
         progress=interactive,
         on_epoch_end=log,
         mesh=mesh,
+        dp=dp,
+        track_sharpness=args.track_sharpness,
     )
     seconds = time.perf_counter() - t0
     scores = mj.evaluate(params, ds.X_test, Y_test, loss)
@@ -386,15 +460,26 @@ def cmd_train(args) -> int:
         "epochs_run": n_epochs,
         "data_parallel_devices": len(jax.local_devices()) if mesh is not None else 1,
         "stop_reason": history.stop_reason,
+        **({"dp_clip": args.dp_clip, "dp_noise": args.dp_noise} if dp is not None else {}),
+        **({"epsilon": history["epsilon"][-1]} if history.get("epsilon") else {}),
+        **({"final_sharpness": history["sharpness"][-1]} if history.get("sharpness") else {}),
         "train_seconds": round(seconds, 3),
         **{f"test_{k}": v for k, v in scores.items()},
     }
     shown = "  ".join(f"test {k} {v:.4f}" for k, v in scores.items())
     print(f"trained {n_epochs} epochs in {seconds:.1f} s ({history.stop_reason}); {shown}")
+    if dp is not None:
+        print(_dp_report(dp, history, len(ds.X_train)))
     if out:
         save(os.path.join(out, "model.npz"), params, metadata=summary)
         _write_history(out, history, summary)
-        png = _plot_history(out, history, f"{ds.name}: MLP {'-'.join(map(str, sizes))}")
+        png = _plot_history(
+            out,
+            history,
+            f"{ds.name}: MLP {'-'.join(map(str, sizes))}",
+            lr=lr,
+            optimizer=args.optimizer,
+        )
         print(f"wrote {os.path.join(out, 'model.npz')}, history.json, history.csv, {png}")
     return 0
 

@@ -441,8 +441,9 @@ class EarlyStopping:
 
 
 class History(dict):
-    """Per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy", "time"), plus
-    ``stop_reason`` ("completed", "early_stopping" or "diverged") and ``best_epoch``."""
+    """Per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy", "epsilon", "time"),
+    "sharpness"/"sharpness_epoch" (one entry per k epochs), plus ``stop_reason``
+    ("completed", "early_stopping" or "diverged") and ``best_epoch``."""
 
     stop_reason: str = "completed"
     best_epoch: int | None = None

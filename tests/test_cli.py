@@ -351,3 +351,46 @@ def test_fault_cli_interrupted_training_writes_nothing(tmp_path):
     assert one_error_line(err) == "mlds-jax train: interrupted"
     assert os.listdir(out_dir) == []
 
+
+
+# --- DP-SGD and sharpness tracking ------------------------------------------------------------
+def test_train_dp_and_sharpness_write_epsilon_and_sharpness(tmp_path, capsys):
+    """--dp-clip/--dp-noise train with DP-SGD and print ε; --track-sharpness K records λ_max
+    every K epochs (history.json, the CSV rows of those epochs, a third panel in curves.png)."""
+    pytest.importorskip("dp_accounting")
+    out = tmp_path / "run"
+    rc = run_main(["train", "--dataset", "iris", "--epochs", "2", "--optimizer", "sgd",
+                   "--hidden-sizes", "8", "--no-progress", "--dp-clip", "1.0", "--dp-noise",
+                   "1.1", "--track-sharpness", "2", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err
+    line = next(x for x in stdout.splitlines() if x.startswith("DP-SGD"))
+    payload = json.loads((out / "history.json").read_text())
+    history, summary = payload["history"], payload["summary"]
+    assert len(history["epsilon"]) == 2 and history["epsilon"][1] > history["epsilon"][0] > 0
+    assert f"epsilon = {history['epsilon'][-1]:.4g}" in line
+    assert summary["epsilon"] == history["epsilon"][-1]
+    assert summary["dp_clip"] == 1.0 and summary["dp_noise"] == 1.1
+    assert history["sharpness_epoch"] == [2] and history["sharpness"][0] > 0
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["sharpness"] for r in rows[:1]] == [""]
+    assert float(rows[1]["sharpness"]) == history["sharpness"][0]
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--dp-clip", "1.0"], "--dp-clip C and --dp-noise SIGMA go together"),
+        (["--dp-noise", "1.0"], "--dp-clip C and --dp-noise SIGMA go together"),
+        (["--dp-clip", "1.0", "--dp-noise", "-1"], "--dp-noise"),
+        (["--dp-clip", "0", "--dp-noise", "1"], "--dp-clip"),
+        (["--track-sharpness", "0"], "--track-sharpness"),
+    ],
+)
+def test_train_bad_dp_and_sharpness_options_exit_2(argv, needle, capsys):
+    assert run_main(["train", "--dataset", "iris", "--epochs", "1", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert needle in assert_one_error_line(err)
+    assert out == ""
