@@ -34,6 +34,8 @@ import mlds_jax as mj
 from mlds_jax.sklearn import MLPClassifier, MLPRegressor, load, r2_from_loss
 
 F64 = tolerances(np.float64)
+# short fits on purpose; the test that checks the warning uses pytest.warns
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @pytest.fixture(autouse=True)
