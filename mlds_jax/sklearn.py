@@ -73,14 +73,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils.multiclass import type_of_target, unique_labels
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+# The whole module is the face of the "sklearn" extra (its classes derive from scikit-learn's):
+# a missing scikit-learn costs only this module, with an error naming the extra.
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils.multiclass import type_of_target, unique_labels
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "mlds_jax.sklearn needs scikit-learn >= 1.6: pip install 'mlds-jax[sklearn]'"
+    ) from err
 
 import mlds_jax as mj
 from mlds_jax.layers import Dense, Params
