@@ -504,7 +504,7 @@ class _BaseMLP(BaseEstimator):
                 and self.learning_rate == "adaptive"
                 and history.stop_reason == "early_stopping"
             )
-            if not adaptive or done >= epochs or lr / 5.0 <= 1e-6:
+            if not adaptive or done >= epochs or lr <= 1e-6:  # scikit-learn: stop at η <= 1e-6
                 break
             lr /= 5.0  # scikit-learn's "adaptive": divide by 5 on a plateau, go on
         if history.stop_reason == "completed" and done >= epochs:
