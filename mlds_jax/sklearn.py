@@ -457,6 +457,14 @@ class _BaseMLP(BaseEstimator):
                 monitor="val_loss" if self.early_stopping else "loss",
                 restore_best=bool(self.early_stopping),
             )
+        later_stop = None
+        if stop is not None:
+            later_stop = mj.EarlyStopping(
+                patience=max(1, stop.patience - 1),
+                min_delta=stop.min_delta,
+                monitor=stop.monitor,
+                restore_best=stop.restore_best,
+            )
         val = None if X_val is None else (X_val, Y_val)
         ss_tot = None
         if val is not None and not is_classifier(self):
@@ -477,7 +485,9 @@ class _BaseMLP(BaseEstimator):
                     optimizer=optimizer,
                     epochs=epochs - done,
                     validation_data=val,
-                    early_stopping=stop,
+                    # after an "adaptive" reduction scikit-learn keeps its best loss: the new
+                    # call's first epoch improves on nothing, so one epoch less of patience
+                    early_stopping=stop if done == 0 or stop is None else later_stop,
                     on_epoch_end=callback,
                     **self._fit_kwargs(loss, bs, seed + done, sw),
                 )

@@ -185,6 +185,24 @@ def test_invscaling_schedule_matches_sklearn():
         np.testing.assert_allclose(a, b, **F64)
 
 
+def test_adaptive_schedule_epochs_match_sklearn():
+    """learning_rate="adaptive" on a plateau that never ends (tol larger than any decrease):
+    η is divided by 5 at every stall until it is <= 1e-6, after the same epochs as
+    scikit-learn (3 epochs, then 2 per reduction: 1e-3, 2e-4, ..., 3.2e-7)."""
+    X, y = make_classification(40, 5, random_state=0)
+    kw = dict(
+        solver="sgd",
+        learning_rate="adaptive",
+        tol=10.0,
+        n_iter_no_change=1,
+        max_iter=100,
+        hidden_layer_sizes=(4,),
+        random_state=0,
+    )
+    ours, theirs = MLPClassifier(**kw).fit(X, y), sknn.MLPClassifier(**kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_ == 13
+
+
 def test_r2_from_loss_K1():
     """(K1) against scikit-learn's r2_score (variance-weighted for several outputs)."""
     rng = np.random.default_rng(0)
