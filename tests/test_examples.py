@@ -121,3 +121,18 @@ def test_gradient_descent(tmp_path, capsys):
     assert runs[0.26]["reason"] == "diverged"
     assert math.isclose(m["eta_max"], 2 / (5 + math.sqrt(10)), rel_tol=1e-5)
     assert "2/lambda_max" in capsys.readouterr().out
+
+
+def test_sklearn_pipeline(capsys):
+    import jax
+
+    # optax's Adam (the estimator's default) raises under the suite's strict promotion
+    with jax.numpy_dtype_promotion("standard"):
+        m = load_example("sklearn_pipeline").main(
+            ["--hidden", "8", "--max-iter", "5", "--folds", "2", "--rows", "200"]
+        )
+    assert 0.0 <= m["cv_accuracy"] <= 1.0 and m["best_alpha"] in (1e-4, 1e-2)
+    assert _finite(m["test_accuracy"]) and _finite(m["evaluate_accuracy"])
+    # the estimator's score and mj.evaluate on its params_ agree (same network, same rows)
+    assert math.isclose(m["test_accuracy"], m["evaluate_accuracy"], rel_tol=1e-9)
+    assert "GridSearchCV" in capsys.readouterr().out
