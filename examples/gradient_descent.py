@@ -28,7 +28,7 @@ from mlds_jax import GradientDescentResult  # noqa: E402
 X_INITIAL = (3.0, 3.0)
 ETAS = "0.1,0.2,0.26"  # the lecture's two steps, and one just past 2 / lambda_max ~= 0.245
 MAX_ITER = 1000
-OUT = "gd_paths.png"
+OUT = None  # the figure is written only when --out PATH is given
 DIVERGENT_SHOWN = 12  # iterations of a divergent path drawn on the contour panel
 
 
@@ -46,7 +46,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=MAX_ITER,
         help="iteration cap per run (default: %(default)s)",
     )
-    parser.add_argument("--out", default=OUT, help="figure path (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default=OUT,
+        metavar="PATH",
+        help="save the figure as this PNG (default: no figure written)",
+    )
     args = parser.parse_args(argv)
     try:
         args.etas = [float(e) for e in args.etas.split(",") if e.strip()]
@@ -130,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = run_study(args.etas, args.max_iter)
     print(format_table(results))
     print(f"largest stable fixed step 2/lambda_max = {eta_max:.5f}")
-    plot_study(results, args.out, eta_max)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot_study(results, args.out, eta_max)
+        print(f"figure saved to {args.out}")
     runs = {
         eta: {
             "n_iter": res.n_iter,
