@@ -1472,3 +1472,27 @@ def test_fit_in_a_kernel_with_tqdm_uses_the_notebook_bar(monkeypatch, capsys):
     assert calls == [("init", 2), ("postfix", ["loss", "r2"]), ("update", 1),
                      ("postfix", ["loss", "r2"]), ("update", 1), ("close",)]
     assert capsys.readouterr().out == ""
+
+
+# === memory does not grow with the number of epochs =============================================
+def test_fit_live_device_arrays_do_not_grow_with_epochs():
+    """After fit returns, the live jax arrays it leaves behind (the returned params) are the
+    same in number for 3 and 60 epochs: no per-epoch array is kept (history holds floats)."""
+    import gc
+
+    def live_after(epochs):
+        gc.collect()
+        before = len(jax.live_arrays())
+        fitted, history = _tiny_regression_fit(epochs=epochs, progress=False)
+        assert len(history["loss"]) == epochs
+        assert all(type(v) is float for vs in history.values() for v in vs)
+        gc.collect()
+        grown = len(jax.live_arrays()) - before
+        del fitted, history
+        return grown
+
+    live_after(2)  # compile and the module-level caches first
+    few, many = live_after(3), live_after(60)
+    assert few == many
+    assert few <= len(jax.tree_util.tree_leaves(_tiny_regression_fit(epochs=1,
+                                                                     progress=False)[0]))
