@@ -576,7 +576,8 @@ def _weighted_r2(A: Array, Y: Array, w: Array) -> Array:
     Over the N rows with w_n > 0: Ȳ = Σ_n Y_n / N, R² = 1 − Σ ‖A_n − Y_n‖² / Σ ‖Y_n − Ȳ‖²,
     evaluate's sums; constant targets give 1 for a perfect fit and 0 otherwise, as there.
     """
-    m = (w > 0).astype(Y.dtype)[:, None]  # the real rows; sums / count as jnp.mean does
+    Y = Y.astype(A.dtype)  # targets may be stored as integers
+    m = (w > 0).astype(A.dtype)[:, None]  # the real rows; sums / count as jnp.mean does
     mean = jnp.sum(m * Y, axis=0, keepdims=True) / jnp.sum(m)
     resid = jnp.sum(m * (A - Y) ** 2)
     total = jnp.sum(m * (Y - mean) ** 2)
