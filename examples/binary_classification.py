@@ -42,7 +42,7 @@ LEARNING_RATE = 0.5
 EPOCHS = 50
 BATCH_SIZE = 32
 SEED = 0
-OUT = "binary_classification.png"
+OUT = None  # the figure is written only when --out PATH is given
 LOSS = "binary_cross_entropy"
 
 
@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help="rows per update; 0 = full batch (%(default)s)")
     parser.add_argument("--seed", type=int, default=SEED, help="init key and split (%(default)s)")
-    parser.add_argument("--out", default=OUT, help="figure path (%(default)s)")
+    parser.add_argument("--out", default=OUT, metavar="PATH",
+                        help="save the figure as this PNG (default: no figure written)")
     args = parser.parse_args(argv)
     if args.hidden < 1 or args.epochs < 1 or args.batch_size < 0 or not args.lr > 0:
         parser.error("need --hidden >= 1, --epochs >= 1, --batch-size >= 0 and --lr > 0")
@@ -116,8 +117,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{'train':<6} {train['loss']:>8.4f} {train['accuracy']:>9.4f} {auc_train:>8.4f}")
     print(f"{'test':<6} {test['loss']:>8.4f} {test['accuracy']:>9.4f} {auc_test:>8.4f}")
 
-    plot(history, ds.y_test, p_test, auc_test, args.out)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot(history, ds.y_test, p_test, auc_test, args.out)
+        print(f"figure saved to {args.out}")
     return {
         "train_loss": train["loss"],
         "train_accuracy": train["accuracy"],

@@ -28,7 +28,8 @@ from mlds_jax import GradientDescentResult  # noqa: E402
 X_INITIAL = (3.0, 3.0)
 ETAS = "0.1,0.2,0.26"  # the lecture's two steps, and one just past 2 / lambda_max ~= 0.245
 MAX_ITER = 1000
-OUT = "gd_paths.png"
+OUT = None  # the figure is written only when --out PATH is given
+DIVERGENT_SHOWN = 12  # iterations of a divergent path drawn on the contour panel
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -45,7 +46,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=MAX_ITER,
         help="iteration cap per run (default: %(default)s)",
     )
-    parser.add_argument("--out", default=OUT, help="figure path (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default=OUT,
+        metavar="PATH",
+        help="save the figure as this PNG (default: no figure written)",
+    )
     args = parser.parse_args(argv)
     try:
         args.etas = [float(e) for e in args.etas.split(",") if e.strip()]
@@ -89,13 +95,19 @@ def plot_study(results: dict[float, GradientDescentResult], out: str, eta_max: f
 
     for eta, res in results.items():
         label = f"eta={eta:g} ({res.reason}, {res.n_iter} it.)"
-        (line,) = ax_path.plot(res.path[:, 0], res.path[:, 1], ".-", ms=3, lw=1, label=label)
+        path = np.asarray(res.path)
+        if not res.converged:  # a divergent path would cover the contours: its start only
+            inside = np.all(np.abs(path) <= lim, axis=1)
+            leaves = int(np.argmin(inside)) if not inside.all() else len(path)
+            path = path[: min(DIVERGENT_SHOWN, leaves + 1)]
+            label += f", first {len(path) - 1} step(s) drawn"
+        (line,) = ax_path.plot(path[:, 0], path[:, 1], ".-", ms=3, lw=1, label=label)
         # f can reach exactly 0 in floating point; keep the log axis defined
         f_vals = np.maximum(res.f_path.astype(np.float64), np.finfo(np.float32).tiny)
         ax_f.semilogy(np.arange(res.n_iter + 1), f_vals, color=line.get_color(), label=label)
 
     ax_path.plot(*X_INITIAL, "k*", ms=10, label="x0 = [3, 3]")
-    ax_path.plot(0.0, 0.0, "r+", ms=12, label="minimum [0, 0]")
+    ax_path.plot(0.0, 0.0, "r*", ms=14, mec="k", zorder=5, label="minimum [0, 0]")
     ax_path.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="x1", ylabel="x2", aspect="equal")
     title = r"$f = x_1^2 + x_1 x_2 + 4 x_2^2$; 2/$\lambda_{max}$ = " + f"{eta_max:.4f}"
     ax_path.set_title(title)
@@ -123,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = run_study(args.etas, args.max_iter)
     print(format_table(results))
     print(f"largest stable fixed step 2/lambda_max = {eta_max:.5f}")
-    plot_study(results, args.out, eta_max)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot_study(results, args.out, eta_max)
+        print(f"figure saved to {args.out}")
     runs = {
         eta: {
             "n_iter": res.n_iter,

@@ -47,7 +47,7 @@ BATCH_SIZE = 32
 STEPS_PER_REPEAT = 50  # timed steps per repeat
 REPEATS = 7  # the median of these is reported
 SEED = 0
-OUT = "manual_vs_autodiff.png"
+OUT = None  # the figure is written only when --out PATH is given
 LOSS = "cross_entropy"
 GRADS = ("manual", "autodiff")
 
@@ -78,7 +78,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help="timing repeats, median reported (%(default)s)")
     parser.add_argument("--seed", type=int, default=SEED, help="init key and split (%(default)s)")
-    parser.add_argument("--out", default=OUT, help="figure path (%(default)s)")
+    parser.add_argument("--out", default=OUT, metavar="PATH",
+                        help="save the figure as this PNG (default: no figure written)")
     args = parser.parse_args(argv)
     if min(args.epochs, args.batch_size, args.steps, args.repeats) < 1 or not args.lr > 0:
         parser.error("need --epochs, --batch-size, --steps, --repeats >= 1 and --lr > 0")
@@ -196,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"{b:>6} {m * 1e6:>10.1f} {a * 1e6:>12.1f} {a / m:>16.2f}")
     print(f"(median of {args.repeats} x {args.steps} jitted steps on {jax.devices()[0].platform})")
 
-    plot(times, batches, histories, args.out)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot(times, batches, histories, args.out)
+        print(f"figure saved to {args.out}")
     return {
         "max_param_diff": max_param_diff,
         "param_diff": leaf_diff,

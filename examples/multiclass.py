@@ -39,7 +39,7 @@ LEARNING_RATE = 0.1
 EPOCHS = 30
 BATCH_SIZE = 32
 SEED = 0
-OUT = "multiclass.png"
+OUT = None  # the figure is written only when --out PATH is given
 LOSS = "cross_entropy"
 
 
@@ -65,7 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help="rows per update; 0 = full batch (%(default)s)")
     parser.add_argument("--seed", type=int, default=SEED, help="init key and split (%(default)s)")
-    parser.add_argument("--out", default=OUT, help="figure path (%(default)s)")
+    parser.add_argument("--out", default=OUT, metavar="PATH",
+                        help="save the figure as this PNG (default: no figure written)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 0 or not args.lr > 0:
         parser.error("need --epochs >= 1, --batch-size >= 0 and --lr > 0")
@@ -144,8 +145,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print("test confusion matrix (rows = true, columns = predicted):")
     print(format_confusion(cm, names))
 
-    plot(history, cm, names, test["accuracy"], args.out)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot(history, cm, names, test["accuracy"], args.out)
+        print(f"figure saved to {args.out}")
     return {
         "train_loss": train["loss"],
         "train_accuracy": train["accuracy"],

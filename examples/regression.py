@@ -42,7 +42,7 @@ LEARNING_RATE = 0.1  # the notes' alpha
 EPOCHS = 1000  # full-batch: one update per epoch
 BATCH_SIZE = 0  # 0 = all training rows (full-batch gradient descent, as in the notes)
 SEED = 0
-OUT = "regression.png"
+OUT = None  # the figure is written only when --out PATH is given
 LOSS = "mse"
 
 
@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help="rows per update; 0 = full batch (%(default)s)")
     parser.add_argument("--seed", type=int, default=SEED, help="init key and split (%(default)s)")
-    parser.add_argument("--out", default=OUT, help="figure path (%(default)s)")
+    parser.add_argument("--out", default=OUT, metavar="PATH",
+                        help="save the figure as this PNG (default: no figure written)")
     args = parser.parse_args(argv)
     if args.hidden < 1 or args.epochs < 1 or args.batch_size < 0 or not args.lr > 0:
         parser.error("need --hidden >= 1, --epochs >= 1, --batch-size >= 0 and --lr > 0")
@@ -111,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     y_pred = ds.inverse_transform_y(np.asarray(mj.forward(params, X_test)))[:, 0]
     y_true = ds.inverse_transform_y(Y_test)[:, 0]
-    plot(history, y_true, y_pred, test["r2"], args.out)
-    print(f"figure saved to {args.out}")
+    if args.out is not None:
+        plot(history, y_true, y_pred, test["r2"], args.out)
+        print(f"figure saved to {args.out}")
     metrics = {
         "train_mse": train["loss"],
         "test_mse": test["loss"],

@@ -56,6 +56,7 @@ __all__ = [
     "default_loss",
     "evaluate",
     "fit",
+    "in_jupyter_kernel",
     "l2_penalty",
     "make_train_step",
     "shuffle_order",
@@ -563,8 +564,25 @@ def _as_typed(key):
 
 
 def _metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
+    target = get_loss(loss).targets
     train = ("loss", "accuracy") if get_loss(loss).is_classification else ("loss",)
+    train = train + (("r2",) if target == "real" else ())
     return train + (tuple("val_" + k for k in train) if has_val else ())
+
+
+def _weighted_r2(A: Array, Y: Array, w: Array) -> Array:
+    """:func:`evaluate`'s r2 over the rows with weight 1/N (padding rows weigh 0).
+
+    Over the N rows with w_n > 0: Ȳ = Σ_n Y_n / N, R² = 1 − Σ ‖A_n − Y_n‖² / Σ ‖Y_n − Ȳ‖²,
+    evaluate's sums; constant targets give 1 for a perfect fit and 0 otherwise, as there.
+    """
+    Y = Y.astype(A.dtype)  # targets may be stored as integers
+    m = (w > 0).astype(A.dtype)[:, None]  # the real rows; sums / count as jnp.mean does
+    mean = jnp.sum(m * Y, axis=0, keepdims=True) / jnp.sum(m)
+    resid = jnp.sum(m * (A - Y) ** 2)
+    total = jnp.sum(m * (Y - mean) ** 2)
+    r2 = 1 - resid / jnp.where(total > 0, total, jnp.ones_like(total))
+    return jnp.where(total > 0, r2, jnp.where(resid == 0, 1.0, 0.0).astype(Y.dtype))
 
 
 # --- reuse of compiled epochs across fit calls ------------------------------------------------
@@ -738,8 +756,9 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     over "batch" (B' is a multiple of the device count).
     """
     n_train = 2 if get_loss(loss).is_classification else 1
+    regression = get_loss(loss).targets == "real"
 
-    def epoch(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e):
+    def epoch(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e, wr):
         def body(carry, xs):
             p, s, sums, total = carry
             rows, m, i = xs
@@ -763,11 +782,15 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
             body, (params, opt_state, sums0, jnp.zeros((), X.dtype)), (idx, mask, steps)
         )
         values = [sums / total]  # the S-weighted mean over the minibatches
+        if regression:  # R² of the end-of-epoch params on the real training rows
+            values.append(_weighted_r2(core.forward(params, X), Y, wr)[None])
         if has_val:  # padding rows weigh 0: the mean over the real validation rows
             cache = core.forward_cache(params, Xv)
             value = core.loss_value(cache, Yv, loss, row_weights=wv)
             m = _batch_metrics(loss, value, cache.As[-1], Yv, wv)
             values.append(jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]]))
+            if regression:
+                values.append(_weighted_r2(cache.As[-1], Yv, wv)[None])
         values.append(_tree_finite(params).astype(X.dtype)[None])
         return params, opt_state, jnp.concatenate(values)
 
@@ -868,11 +891,48 @@ def _split_off_validation(params, X, Y, loss, sample_weight, fraction, key):
     return Xh[train_idx], Yh[train_idx], (Xh[val_idx], Yh[val_idx]), sample_weight
 
 
-def _progress_enabled(progress: bool) -> bool:
-    """A bar on a terminal, when tqdm (the ``progress`` extra) is installed."""
-    if not (bool(progress) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+def in_jupyter_kernel() -> bool:
+    """True when running inside an IPython kernel (Jupyter, VS Code notebooks, Colab).
+
+    IPython must already be imported (it is, in a kernel) and ``get_ipython()`` must return
+    a shell with a ``kernel``; a plain IPython terminal has none.  Never imports IPython.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None:
         return False
-    return importlib.util.find_spec("tqdm") is not None
+    try:
+        shell = get_ipython()
+    except Exception:
+        return False
+    return getattr(shell, "kernel", None) is not None
+
+
+def _progress_mode(progress: bool) -> str | None:
+    """How ``fit`` shows progress: "notebook" (tqdm.auto's widget bar in a kernel, when tqdm
+    and ipywidgets are installed), "text" (a kernel without them: one line per epoch on
+    stdout), "bar" (tqdm on a terminal stderr) or None (off, not a terminal, or no tqdm)."""
+    if not progress:
+        return None
+    has_tqdm = importlib.util.find_spec("tqdm") is not None
+    if in_jupyter_kernel():
+        return "notebook" if has_tqdm and importlib.util.find_spec("ipywidgets") else "text"
+    if hasattr(sys.stderr, "isatty") and sys.stderr.isatty() and has_tqdm:
+        return "bar"
+    return None
+
+
+def _check_verbose(verbose) -> int:
+    if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)):
+        raise TypeError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose}")
+    return int(verbose)
+
+
+def _log_line(e: int, epochs: int, metrics: dict) -> str:
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "time")
+    return f"epoch {e + 1:>{len(str(epochs))}}/{epochs}  {shown}"
 
 
 def fit(
@@ -889,7 +949,8 @@ def fit(
     grads: str = "manual",
     early_stopping: int | EarlyStopping | None = None,
     progress: bool = True,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
+    verbose: int = 0,
+    on_epoch_end: Callable[[int, dict], bool | None] | None = None,
     mesh=None,
     l2: float = 0.0,
     sample_weight: ArrayLike | None = None,
@@ -925,11 +986,22 @@ def fit(
       grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
       early_stopping: patience as an int, or an :class:`EarlyStopping`; monitors val_loss
         (needs validation_data) and restores the best parameters.
-      progress: show a progress bar with the metrics (only when stderr is a terminal).
-      on_epoch_end: optional ``callback(epoch_index, metrics)`` after every finished epoch
-        (metrics as floats); e.g. to log when no terminal shows the bar.  Returning ``True``
-        stops training after that epoch (``history.stop_reason == "callback"``); any other
-        return value (None) continues.
+      progress: show progress where people look: on a terminal (stderr a tty) a tqdm bar
+        with the metrics; in a Jupyter/IPython kernel (:func:`in_jupyter_kernel`) tqdm's
+        notebook bar when ``tqdm`` and ``ipywidgets`` are installed, else one plain text
+        line per epoch on stdout; nothing otherwise (a pipe, a log file, a test run).  A
+        missing ``tqdm`` (the ``progress`` extra) is never an error.  Off when
+        ``verbose > 0`` (the log lines replace it).
+      verbose: 0 (default, silent), 1 (one line ``epoch e/E  loss ...  val_loss ...`` on
+        stdout per ~10% of the epochs: every ⌈E/10⌉-th epoch and the last one run) or 2
+        (a line per epoch); for logs and scripts whatever stderr is.
+      on_epoch_end: optional ``callback(epoch, metrics) -> bool | None``, called after
+        every finished epoch with the 0-based epoch index and a fresh dict of that epoch's
+        history entries as floats (the keys of "Returns", "time" included).  Returning
+        ``True`` stops training after that epoch (``history.stop_reason == "callback"``,
+        unless early stopping ended it in the same epoch); any other return value (None)
+        continues.  It runs after the epoch's checkpoint; an exception raised in it
+        propagates (with ``checkpoint_dir`` the finished epoch is saved first).
       checkpoint_dir: optional directory (it must exist): the training state (params,
         optimizer state, epoch, RNG position, history, early-stopping state; see
         :mod:`mlds_jax.train_state`) is written atomically to ``checkpoint_dir/
@@ -979,8 +1051,12 @@ def fit(
     Returns:
       ``(params, history)``.  ``history`` is a :class:`History` (a dict) of per-epoch lists:
       "loss" (mean minibatch loss over the epoch, before each update; with ``l2`` including
-      the (R1) penalty), "accuracy" for classification, "val_loss"/"val_accuracy" with
-      validation data, "epsilon" with ``dp`` (see above) and "time" (seconds); with
+      the (R1) penalty), "accuracy" for classification, "r2" for regression losses (real
+      targets: mse, half_squared_error; :func:`evaluate`'s r2, unweighted, of the params at
+      the END of the epoch on all training rows: one extra forward pass inside the compiled
+      epoch, so ``history["r2"][-1] == evaluate(params, X, Y)["r2"]`` for the returned
+      params of a completed run), "val_loss"/"val_accuracy"/"val_r2" with validation data
+      (also the end-of-epoch params), "epsilon" with ``dp`` (see above) and "time" (seconds); with
       ``track_sharpness`` also "sharpness" and "sharpness_epoch" (one entry per k epochs).
       If the loss or parameters become non-finite, training stops with a
       :class:`TrainingDivergedWarning` and the last finite parameters are returned.
@@ -1000,8 +1076,8 @@ def fit(
       learning_rate=3e-4)``), whose hyperparameters are data: one compile serves every
       learning rate.  An optimizer closing over arrays or other objects is reused only as
       the same object.  ``dp`` settings are constants of the program too.  ``epochs``,
-      ``key``, ``l2``, ``sample_weight``, ``shuffle``, ``early_stopping``, ``progress`` and
-      ``on_epoch_end`` never trigger a compile.  Across processes, see
+      ``key``, ``l2``, ``sample_weight``, ``shuffle``, ``early_stopping``, ``progress``,
+      ``verbose`` and ``on_epoch_end`` never trigger a compile.  Across processes, see
       :func:`mlds_jax.enable_compilation_cache`.
     """
     validation.reject_tracers("fit", params, X, Y, validation_data, sample_weight)
@@ -1108,6 +1184,10 @@ def fit(
         wv = jnp.asarray(wv)
     else:
         wv = None
+    wr = None  # regression: 1/n on the real training rows, for the epoch's r2
+    if get_loss(loss).targets == "real":
+        wr = np.zeros(X.shape[0], np.dtype(X.dtype))
+        wr[:n] = 1.0 / n
     opt_state = optimizer.init(params)  # pyright: ignore[reportArgumentType]
     history = History()
     best_value, best_params, since_best = math.inf, params, 0
@@ -1137,6 +1217,7 @@ def fit(
         )
         put = functools.partial(jax.device_put, device=rep)
     mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
+    wr = None if wr is None else put(wr)
     l2_data = put(np.asarray(l2, dtype))
     noise_key = sharp_key = None
     if dp is not None or track_sharpness is not None:
@@ -1148,11 +1229,16 @@ def fit(
     )
     delta = (1.0 / n if dp_delta is None else dp_delta) if dp is not None else None
 
+    verbose = _check_verbose(verbose)
+    mode = None if verbose else _progress_mode(progress)
+    if mode == "text":
+        verbose = 2
+    log_every = max(1, -(-epochs // 10)) if verbose == 1 else 1
     bar = None
-    if _progress_enabled(progress):
+    if mode in ("bar", "notebook"):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr)
+        bar = tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr, initial=start)
     done = (start, params, opt_state, best_value, best_params, since_best, history.best_epoch)
     lengths = {k: len(v) for k, v in history.items()}
     saved_at = start if resume else -1
@@ -1172,6 +1258,7 @@ def fit(
         train_state.save_train_state(state_file, p, s, bp, state)
 
     finished = history.stop_reason != "completed" or start >= epochs
+    pending = None  # verbose: the line of the last epoch run, until printed
     try:
         for e in range(start, epochs):
             if finished:
@@ -1192,10 +1279,13 @@ def fit(
                 wv,
                 None if dp is None else noise_key,
                 jnp.asarray(e, jnp.int32),
+                wr,
             )
             values = np.asarray(values).tolist()  # the epoch's one device-to-host read
             metrics = dict(zip(names, values[:-1], strict=True))
-            finite = values[-1] == 1 and all(map(math.isfinite, metrics.values()))
+            finite = values[-1] == 1 and all(  # r2 can overflow first: no divergence sign
+                math.isfinite(v) for k, v in metrics.items() if not k.endswith("r2")
+            )
             if not finite:
                 history.stop_reason = "diverged"
                 warnings.warn(
@@ -1225,6 +1315,11 @@ def fit(
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
                 bar.update(1)
+            if verbose:  # the last epoch run is always shown, when training stops early too
+                pending = _log_line(e, epochs, metrics)
+                if (e + 1) % log_every == 0 or e + 1 == epochs:
+                    print(pending, flush=True)
+                    pending = None
             if early_stopping is not None:
                 value = metrics[early_stopping.monitor]
                 if value < best_value - early_stopping.min_delta:
@@ -1246,6 +1341,8 @@ def fit(
                 break
             if history.stop_reason != "completed":
                 break
+        if pending is not None:
+            print(pending, flush=True)
         if state_file is not None and saved_at != done[0]:
             save_state(history.stop_reason)
     except BaseException:

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+from matplotlib.ticker import MaxNLocator
 
 import mlds_jax as mj
 from mlds_jax.datasets import load_dataset
@@ -133,6 +134,7 @@ ax2.plot(epochs, history["val_accuracy"], "s-", ms=3, label="test")
 ax2.set_ylabel("accuracy")
 ax2.set_ylim(0.5, 1.005)
 for ax in (ax1, ax2):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs on the axis
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3, which="both")
     ax.legend()

@@ -499,3 +499,4 @@ def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path
     hb = json.loads((out / "history.json").read_text())["history"]
     assert {k: v for k, v in ha.items() if k != "time"} == {
         k: v for k, v in hb.items() if k != "time"}
+

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import math
+import sys
 import warnings
 
 import chex
@@ -454,7 +455,7 @@ def test_fit_batch_larger_than_data_is_one_full_gradient_step(key):
     assert_close(fitted, by_hand)  # only the row order of the sums differs
     np.testing.assert_allclose(history["loss"][0], float(mj.loss(params, X, Y, "mse")),
                                rtol=1e-12)
-    assert set(history) == {"loss", "time"}  # regression: no accuracy
+    assert set(history) == {"loss", "r2", "time"}  # regression: r2, no accuracy
 
 
 def _overshooting_problem():
@@ -481,7 +482,7 @@ def test_early_stopping_restores_best_params():
                       early_stopping=early_stopping, progress=False, **kw)
 
     fitted, history = run(3, on_epoch_end=lambda e, m: calls.append(e))
-    assert set(history) == {"loss", "val_loss", "time"}  # regression: no r2 per epoch
+    assert set(history) == {"loss", "r2", "val_loss", "val_r2", "time"}  # regression
     val = history["val_loss"]
     assert history.stop_reason == "early_stopping"
     best = history.best_epoch
@@ -1322,3 +1323,176 @@ def test_on_epoch_end_returning_true_stops_training():
     _, h = mj.fit(params, X, y, optimizer=optax.sgd(0.1), epochs=5, progress=False,
                   on_epoch_end=lambda e, m: e == 1)
     assert len(h["loss"]) == 2 and h.stop_reason == "callback"
+
+
+# === the task's metric per epoch: r2 for regression losses =======================================
+@pytest.mark.parametrize("loss", ["mse", "half_squared_error"])
+def test_fit_records_r2_of_end_of_epoch_params_as_evaluate(loss):
+    """history["r2"][e] / ["val_r2"][e] equal evaluate's r2 of the params after epoch e + 1,
+    on all training / validation rows; N = 37 and N_val = 19 are padded to row buckets (40,
+    20) and sample weights are given: neither changes the (unweighted) r2."""
+    kp, kx, kv = jax.random.split(jax.random.key(7), 3)
+    params = mj.init_mlp(kp, [3, 4, 2], hidden="tanh", output="identity", dtype=F64)
+    W = jnp.array([[1.0, 0.5], [-2.0, 0.0], [0.3, 1.0]], F64)
+    X = jax.random.normal(kx, (37, 3), F64)
+    Xv = jax.random.normal(kv, (19, 3), F64)
+    Y, Yv = jnp.tanh(X @ W), jnp.tanh(Xv @ W)
+    sw = np.linspace(0.5, 2.0, 37)
+
+    def run(epochs):
+        return mj.fit(params, X, Y, loss=loss, optimizer=optax.sgd(0.1), epochs=epochs,
+                      batch_size=8, key=jax.random.key(1), validation_data=(Xv, Yv),
+                      sample_weight=sw, progress=False)
+
+    for epochs in (1, 3):
+        fitted, history = run(epochs)
+        assert set(history) == {"loss", "r2", "val_loss", "val_r2", "time"}
+        np.testing.assert_allclose(history["r2"][-1], mj.evaluate(fitted, X, Y, loss)["r2"],
+                                   rtol=1e-12)
+        np.testing.assert_allclose(history["val_r2"][-1],
+                                   mj.evaluate(fitted, Xv, Yv, loss)["r2"], rtol=1e-12)
+    assert history["r2"][-1] > history["r2"][0]  # training improves the fit
+
+
+def test_fit_r2_of_constant_targets_follows_evaluate():
+    """Targets without variance: r2 is 1 for a perfect fit and 0 otherwise (as evaluate)."""
+    params = mj.init_mlp(jax.random.key(0), [2, 1], output="identity", dtype=F64)
+    X = jax.random.normal(jax.random.key(1), (6, 2), F64)
+    fitted, history = mj.fit(params, X, jnp.full((6, 1), 2.0, F64), optimizer=optax.sgd(0.1),
+                             epochs=1, batch_size=3, progress=False)
+    assert history["r2"] == [0.0]
+    assert mj.evaluate(fitted, X, jnp.full((6, 1), 2.0, F64))["r2"] == 0.0
+
+
+# === progress where people look: verbose, the Jupyter bar and its fallback ======================
+def _tiny_regression_fit(**kw):
+    params, X, Y = _linear_regression(jax.random.key(0), n=8)
+    return mj.fit(params, X, Y, optimizer=optax.sgd(0.1), batch_size=4, **kw)
+
+
+@pytest.mark.parametrize(("verbose", "epochs", "shown"), [
+    (0, 20, []),
+    (1, 20, list(range(2, 21, 2))),  # every ⌈20/10⌉ = 2nd epoch
+    (1, 25, [3, 6, 9, 12, 15, 18, 21, 24, 25]),  # every 3rd and the last
+    (2, 5, [1, 2, 3, 4, 5]),
+])
+def test_fit_verbose_prints_one_line_per_shown_epoch(capsys, verbose, epochs, shown):
+    _, history = _tiny_regression_fit(epochs=epochs, verbose=verbose, progress=False)
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == shown
+    assert all(line.split()[1].endswith(f"/{epochs}") for line in lines)
+    for line in lines:
+        e = int(line.split()[1].split("/")[0]) - 1
+        assert f"loss {history['loss'][e]:.4g}" in line and "r2 " in line
+
+
+def test_fit_verbose_shows_the_last_epoch_of_a_stopped_run(capsys):
+    _tiny_regression_fit(epochs=20, verbose=1, progress=False,
+                         on_epoch_end=lambda e, m: e == 4)  # stops after epoch 5
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == [
+        "2/20", "4/20", "5/20"]
+
+
+def test_fit_verbose_rejects_bad_values():
+    for bad, err in ((3, ValueError), (-1, ValueError), (True, TypeError), ("1", TypeError)):
+        with pytest.raises(err, match="verbose"):
+            _tiny_regression_fit(epochs=1, verbose=bad)
+
+
+class _FakeShell:
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+
+def _fake_ipython(shell):
+    return type("FakeIPython", (), {"get_ipython": staticmethod(lambda: shell)})
+
+
+def test_in_jupyter_kernel_detection(monkeypatch):
+    from mlds_jax.training import in_jupyter_kernel
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not in_jupyter_kernel()  # IPython not imported: not a kernel, and no import
+    assert "IPython" not in sys.modules
+    monkeypatch.setitem(sys.modules, "IPython", _fake_ipython(None))
+    assert not in_jupyter_kernel()  # imported, but not running
+    monkeypatch.setitem(sys.modules, "IPython", _fake_ipython(_FakeShell(kernel=None)))
+    assert not in_jupyter_kernel()  # a terminal IPython shell has no kernel
+    monkeypatch.setitem(sys.modules, "IPython", _fake_ipython(_FakeShell(kernel=object())))
+    assert in_jupyter_kernel()
+
+
+def test_fit_in_a_kernel_without_tqdm_prints_text_lines(monkeypatch, capsys):
+    """In a kernel without tqdm (the progress extra) fit falls back to a line per epoch on
+    stdout; no error.  With progress=False nothing is shown."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setitem(sys.modules, "IPython", _fake_ipython(_FakeShell(kernel=object())))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tqdm" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # importing tqdm would fail
+    _tiny_regression_fit(epochs=3)
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines()] == ["1/3", "2/3", "3/3"]
+    assert err == ""
+    _tiny_regression_fit(epochs=3, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_fit_in_a_kernel_with_tqdm_uses_the_notebook_bar(monkeypatch, capsys):
+    """In a kernel with tqdm and ipywidgets, fit drives tqdm.auto's bar (here a recorder)."""
+    import importlib.util
+    import types
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, **kw):
+            calls.append(("init", kw["total"]))
+
+        def set_postfix(self, d):
+            calls.append(("postfix", sorted(d)))
+
+        def update(self, n):
+            calls.append(("update", n))
+
+        def close(self):
+            calls.append(("close",))
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setitem(sys.modules, "IPython", _fake_ipython(_FakeShell(kernel=object())))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        object() if name in ("tqdm", "ipywidgets") else real_find_spec(name, *a)))
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=Recorder))
+    _tiny_regression_fit(epochs=2)
+    assert calls == [("init", 2), ("postfix", ["loss", "r2"]), ("update", 1),
+                     ("postfix", ["loss", "r2"]), ("update", 1), ("close",)]
+    assert capsys.readouterr().out == ""
+
+
+# === memory does not grow with the number of epochs =============================================
+def test_fit_live_device_arrays_do_not_grow_with_epochs():
+    """After fit returns, the live jax arrays it leaves behind (the returned params) are the
+    same in number for 3 and 60 epochs: no per-epoch array is kept (history holds floats)."""
+    import gc
+
+    def live_after(epochs):
+        gc.collect()
+        before = len(jax.live_arrays())
+        fitted, history = _tiny_regression_fit(epochs=epochs, progress=False)
+        assert len(history["loss"]) == epochs
+        assert all(type(v) is float for vs in history.values() for v in vs)
+        gc.collect()
+        grown = len(jax.live_arrays()) - before
+        del fitted, history
+        return grown
+
+    live_after(2)  # compile and the module-level caches first
+    few, many = live_after(3), live_after(60)
+    assert few == many
+    assert few <= len(jax.tree_util.tree_leaves(_tiny_regression_fit(epochs=1,
+                                                                     progress=False)[0]))
