@@ -32,7 +32,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -161,11 +161,12 @@ def l2_penalty(params: Params, l2: ArrayLike, total: ArrayLike) -> tuple[Array, 
     """
     scale = l2 / total
     value = jnp.asarray(0.5 * scale * sum(jnp.sum(layer.W * layer.W) for layer in params))  # (R1)
-    grads = tuple(
+    grads = [
         dataclasses.replace(layer, W=scale * layer.W, b=jnp.zeros_like(layer.b))  # (R1)
         for layer in params
-    )
-    return value, grads
+    ]
+    # mirror the params' container (a list stays a list), as the gradients do
+    return value, cast(Params, grads if isinstance(params, list) else tuple(grads))
 
 
 def _add_penalty(value, g, params, l2, total):
@@ -1092,7 +1093,6 @@ def fit(
         X, Y, validation_data, sample_weight = _split_off_validation(
             params, X, Y, loss, sample_weight, validation_split, key
         )
-    input_scale = _input_scale(X)
     X, Y, n = _checked_bucketed(params, X, Y, loss)  # padding rows weigh 0, never sampled
     n = X.shape[0] if n is None else n
     epochs = validation.positive_int(epochs, "epochs")
@@ -1291,7 +1291,7 @@ def fit(
                 warnings.warn(
                     f"training diverged in epoch {e + 1}: non-finite loss or parameters; "
                     f"returning the parameters after epoch {e} (the last finite ones). "
-                    + _divergence_cause(input_scale),
+                    + _divergence_cause(_input_scale(np.asarray(X)[:n])),  # only now
                     TrainingDivergedWarning,
                     stacklevel=2,
                 )
