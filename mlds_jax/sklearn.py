@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from abc import ABC, abstractmethod
 from numbers import Integral, Real
 from typing import Any
 
@@ -150,7 +151,7 @@ def _as_numpy_params(params: Params) -> tuple[list[np.ndarray], list[np.ndarray]
     return [np.asarray(p.W) for p in params], [np.asarray(p.b) for p in params]
 
 
-class _BaseMLP(BaseEstimator):
+class _BaseMLP(BaseEstimator, ABC):
     """The shared machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
     # fitted attributes (annotations only: nothing is set before fit)
@@ -339,11 +340,13 @@ class _BaseMLP(BaseEstimator):
         X = np.asarray(validate_data(self, X, reset=False, dtype=(np.float64, np.float32)))
         return np.asarray(mj.forward(self.params_, X))
 
-    def _validate_input(self, X, y, incremental: bool, reset: bool):
-        raise NotImplementedError
+    @abstractmethod
+    def _validate_input(self, X, y, incremental: bool, reset: bool) -> tuple[Any, Any]:
+        """(X, targets) validated for this estimator's task (classifier or regressor)."""
 
+    @abstractmethod
     def _out_activation(self) -> str:
-        raise NotImplementedError
+        """The output layer's activation for the fitted targets."""
 
     # --- fitting --------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight=None, incremental: bool = False):

@@ -33,6 +33,7 @@ __all__ = [
     "check_params",
     "check_params_finite",
     "check_representable",
+    "check_row_weights",
     "check_sizes",
     "float_dtype",
     "host_floats",
@@ -396,3 +397,26 @@ def check_batch(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_na
     """All checks for (params, X, Y, loss), each once: returns X, Y ready for the core."""
     check_model(params, loss_name)
     return check_data(params, X, Y, loss_name, x_name=x_name, y_name=y_name)
+
+
+def check_row_weights(row_weights, n_rows: int, dtype, name: str = "row_weights"):
+    """``None``, or w (N,) finite, ≥ 0, with at least one positive entry; in ``dtype``.
+
+    Row weights are the w_n of equation (L1); a zero weight marks a padding row.
+    """
+    if row_weights is None:
+        return None
+    w = numeric_array(row_weights, name)
+    if w.shape != (n_rows,):
+        raise ValueError(
+            f"{name} must have shape ({n_rows},) (one weight per row of X), got {tuple(w.shape)}"
+        )
+    if is_concrete(w):
+        arr = np.asarray(w, dtype=np.float64)
+        check_finite(arr, name)
+        if (arr < 0).any():
+            i = int(np.argmax(arr < 0))
+            raise ValueError(f"{name} must be >= 0; {name}[{i}] = {arr[i]}")
+        if not (arr > 0).any():
+            raise ValueError(f"{name} has no positive entry: every row would be padding")
+    return jnp.asarray(w).astype(dtype)

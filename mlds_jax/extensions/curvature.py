@@ -88,23 +88,8 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array:
 
     ``None`` gives w_n = 1/N (the mean loss).
     """
-    if row_weights is None:
-        return jnp.full((n_rows,), 1.0 / n_rows, dtype=dtype)
-    w = validation.numeric_array(row_weights, "row_weights")
-    if w.ndim != 1 or w.shape[0] != n_rows:
-        raise ValueError(
-            f"row_weights must have shape ({n_rows},) (one weight per row of X), "
-            f"got {tuple(w.shape)}"
-        )
-    if validation.is_concrete(w):
-        arr = np.asarray(w, dtype=np.float64)
-        validation.check_finite(arr, "row_weights")
-        if (arr < 0).any():
-            i = int(np.argmax(arr < 0))
-            raise ValueError(f"row_weights must be >= 0; row_weights[{i}] = {arr[i]}")
-        if not (arr > 0).any():
-            raise ValueError("row_weights are all zero: the loss would be identically 0")
-    return jnp.asarray(w).astype(dtype)
+    w = validation.check_row_weights(row_weights, n_rows, dtype)
+    return jnp.full((n_rows,), 1.0 / n_rows, dtype=dtype) if w is None else w
 
 
 def check_direction(params: Params, v, name: str = "v") -> Params:

@@ -40,7 +40,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -214,24 +213,8 @@ def gradient_moments_core(
 
 # --- checked public API ---------------------------------------------------------------------------
 def check_row_weights(row_weights, n_rows: int, dtype) -> Array | None:
-    """``None``, or w (N,) finite, ≥ 0, with at least one positive entry; in ``dtype``."""
-    if row_weights is None:
-        return None
-    w = validation.numeric_array(row_weights, "row_weights")
-    if w.shape != (n_rows,):
-        raise ValueError(
-            f"row_weights must have shape ({n_rows},) (one weight per row of X), "
-            f"got {tuple(w.shape)}"
-        )
-    if validation.is_concrete(w):
-        arr = np.asarray(w, dtype=np.float64)
-        validation.check_finite(arr, "row_weights")
-        if (arr < 0).any():
-            i = int(np.argmax(arr < 0))
-            raise ValueError(f"row_weights must be >= 0; row_weights[{i}] = {arr[i]}")
-        if not (arr > 0).any():
-            raise ValueError("row_weights has no positive entry: every row would be padding")
-    return jnp.asarray(w).astype(dtype)
+    """``None``, or validated row weights (N,): :func:`mlds_jax.validation.check_row_weights`."""
+    return validation.check_row_weights(row_weights, n_rows, dtype)
 
 
 def _checked(params, X, Y, loss, row_weights):
