@@ -72,6 +72,7 @@ from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "atomic_write",
+    "fsync_dir",
     "checkpoint_bytes",
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -251,8 +252,8 @@ def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> tuple[list, 
     return leaves, np.dtype(dtypes.pop())
 
 
-def _fsync_dir(directory: str) -> None:
-    # Make the rename itself durable; not possible on every platform, and not fatal.
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable; not possible on every platform, and not fatal."""
     with contextlib.suppress(OSError, AttributeError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -324,7 +325,7 @@ def atomic_write(target: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def read_regular_file(path: str, what: str = "checkpoint") -> bytes:

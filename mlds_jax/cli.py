@@ -521,6 +521,8 @@ def _write_set(out: str, files: dict[str, bytes]) -> None:
     import secrets
     import shutil
 
+    from mlds_jax.checkpoint import fsync_dir
+
     out = os.path.abspath(out)
     parent, base = os.path.split(out)
     token = secrets.token_hex(6)
@@ -532,7 +534,7 @@ def _write_set(out: str, files: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync(stage)
+        fsync_dir(stage)
         if not os.path.exists(out):
             os.rename(stage, out)
         elif not _exchange(stage, out):
@@ -544,20 +546,9 @@ def _write_set(out: str, files: dict[str, bytes]) -> None:
                 os.rename(old, out)
                 raise
             stage = old  # removed below
-        _fsync(parent)
+        fsync_dir(parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _fsync(directory: str) -> None:
-    import contextlib
-
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _exchange(a: str, b: str) -> bool:
