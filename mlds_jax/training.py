@@ -711,7 +711,8 @@ _EPOCH_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 
 def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh, dp=None) -> Callable:
-    """The jitted epoch for this computation, built once and reused by later ``fit`` calls.
+    """The jitted :func:`_make_epochs` for this computation, built once and reused by later
+    ``fit`` calls.
 
     Keyed on everything the traced program closes over: the optimizer's ``update`` (only
     ``update`` is traced; ``init`` runs outside, so the hyperparameters that
@@ -728,7 +729,7 @@ def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh, dp=None
     entry = _EPOCH_CACHE.get(key)
     if entry is None:
         step_core = _make_step_core(optimizer, loss, grads, dp=dp)
-        entry = (jax.jit(_make_epoch(step_core, loss, has_val, mesh)), optimizer, mesh)
+        entry = (jax.jit(_make_epochs(step_core, loss, has_val, mesh)), optimizer, mesh)
         _EPOCH_CACHE[key] = entry  # keeps optimizer (what "id" fingerprints name) alive
         while len(_EPOCH_CACHE) > _EPOCH_CACHE_SIZE:
             _EPOCH_CACHE.popitem(last=False)
@@ -796,6 +797,98 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
         return params, opt_state, jnp.concatenate(values)
 
     return epoch
+
+
+#: A chunk's status: still running (all ``limit`` epochs done), stopped early, diverged.
+_RUNNING, _EARLY_STOPPED, _DIVERGED = 0, 1, 2
+
+#: Epoch row indices per chunk (K·n_batches·B' int32 entries) are kept under this many.
+_CHUNK_INDEX_BUDGET = 2**18
+#: The most epochs in one compiled call.
+_CHUNK_MAX_EPOCHS = 32
+
+
+def _chunk_epochs(index_entries: int) -> int:
+    """K, the epochs one compiled call can run: a power of two in [1, 32] such that the
+    chunk's row indices (K × ``index_entries``) stay under ``_CHUNK_INDEX_BUDGET`` entries
+    (1 MiB).  It depends on the batch plan's shape only, so it never triggers a compile of
+    its own."""
+    k = max(1, _CHUNK_INDEX_BUDGET // max(1, index_entries))
+    return min(_CHUNK_MAX_EPOCHS, 1 << (k.bit_length() - 1))
+
+
+class _StopState(NamedTuple):
+    """Early stopping's running state, carried on device from epoch to epoch."""
+
+    best_value: Array  # the best monitored value so far (inf before the first epoch)
+    since_best: Array  # int32: epochs since it improved by more than min_delta
+    best_epoch: Array  # int32: 0-based epoch of the best value, -1 before the first
+    best_params: Params  # the parameters after that epoch
+
+
+def _make_epochs(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
+    """Up to K epochs of :func:`_make_epoch` in one compiled call (a ``lax.while_loop``).
+
+    Args of the returned function: those of the epoch (``idx`` now (K, n_batches, B'), row
+    ``k`` the indices of epoch ``e0 + k``), then ``limit`` (int32, 1 <= limit <= K: the epochs
+    to run), ``stopping`` = (monitor, min_delta, patience): the index of the monitored value
+    in the epoch's metric vector, δ_min and the patience (int32; the int32 maximum when there
+    is no early stopping) and ``stop`` a :class:`_StopState`.
+
+    After each epoch, exactly as a host loop would: if any training or validation metric
+    (r² excepted) or the new params are non-finite the epoch is discarded and the chunk
+    ends ``_DIVERGED``; otherwise it is committed, its metric vector written to row k of
+    ``values``, and early stopping updated (improved: value < best − δ_min, in the metrics'
+    dtype; ``patience`` epochs without improvement end the chunk ``_EARLY_STOPPED``).
+
+    Returns:
+      (params, opt_state, values (K, n_metrics + 1), runs (int32: committed epochs), status,
+      stop state).  Rows of ``values`` at and beyond ``runs`` are zero, except the row of a
+      diverged epoch, which holds its (non-finite) metrics.
+    """
+    epoch = _make_epoch(step_core, loss, has_val, mesh)
+    names = _metric_names(loss, has_val)
+    # a non-finite loss or accuracy means divergence; r2 can overflow before the params do
+    checked = np.array([not k.endswith("r2") for k in names] + [False])
+
+    def epochs(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e0, wr, limit,
+               stopping, stop):  # fmt: skip
+        monitor, min_delta, patience = stopping
+        values0 = jnp.zeros((idx.shape[0], len(names) + 1), X.dtype)
+
+        def cond(carry):
+            k, status = carry[0], carry[1]
+            return (k < limit) & (status == _RUNNING)
+
+        def body(carry):
+            k, _, p, s, values, st = carry
+            p_new, s_new, v = epoch(p, s, idx[k], mask, sw, l2, X, Y, Xv, Yv, wv, key, e0 + k, wr)
+            values = values.at[k].set(v)
+            finite = (v[-1] == 1) & jnp.all(jnp.where(checked, jnp.isfinite(v), True))
+            improved = v[monitor] < st.best_value - min_delta
+            since = jnp.where(improved, 0, st.since_best + 1)
+            choose = functools.partial(
+                jax.tree_util.tree_map, functools.partial(jnp.where, improved)
+            )
+            new_st = _StopState(
+                jnp.where(improved, v[monitor], st.best_value),
+                since,
+                jnp.where(improved, e0 + k, st.best_epoch),
+                choose(p_new, st.best_params),
+            )
+            status = jnp.where(since >= patience, _EARLY_STOPPED, _RUNNING)
+            keep = functools.partial(jax.tree_util.tree_map, functools.partial(jnp.where, finite))
+            p, s, st = keep(p_new, p), keep(s_new, s), keep(new_st, st)
+            status = jnp.where(finite, status, _DIVERGED).astype(jnp.int32)
+            return k + finite.astype(jnp.int32), status, p, s, values, st
+
+        k, status, params, opt_state, values, stop = jax.lax.while_loop(
+            cond, body, (jnp.zeros((), jnp.int32), jnp.int32(_RUNNING), params, opt_state,
+                         values0, stop)
+        )  # fmt: skip
+        return params, opt_state, values, k, status, stop
+
+    return epochs
 
 
 #: Inputs whose largest column standard deviation exceeds this are called "unscaled".
@@ -1212,8 +1305,8 @@ def fit(
     put = jnp.asarray
     if mesh is not None:
         rep, _ = parallel.shardings(mesh)
-        params, opt_state, X, Y, Xv, Yv, wv = jax.device_put(
-            (params, opt_state, X, Y, Xv, Yv, wv), rep
+        params, opt_state, best_params, X, Y, Xv, Yv, wv = jax.device_put(
+            (params, opt_state, best_params, X, Y, Xv, Yv, wv), rep
         )
         put = functools.partial(jax.device_put, device=rep)
     mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
@@ -1259,16 +1352,45 @@ def fit(
 
     finished = history.stop_reason != "completed" or start >= epochs
     pending = None  # verbose: the line of the last epoch run, until printed
+    chunk = _chunk_epochs(plan.pos.size)  # K: a shape, like the batch plan's
+    # the host acts after every epoch for these; otherwise K epochs run per compiled call
+    every_epoch = (
+        on_epoch_end is not None or bar is not None or verbose == 2 or state_file is not None
+    )
+    no_patience = np.iinfo(np.int32).max
+    if early_stopping is None:
+        stopping = (0, 0.0, no_patience)
+    else:
+        stopping = (names.index(early_stopping.monitor), early_stopping.min_delta,
+                    early_stopping.patience)  # fmt: skip
+    stopping = (
+        put(np.asarray(stopping[0], np.int32)),
+        put(np.asarray(stopping[1], dtype)),
+        put(np.asarray(stopping[2], np.int32)),
+    )
+    e = start
     try:
-        for e in range(start, epochs):
-            if finished:
-                break
+        while e < epochs and not finished:
+            limit = 1 if every_epoch else min(chunk, epochs - e)
+            if verbose == 1:  # end the chunk where a line is due
+                limit = min(limit, log_every - e % log_every)
+            if track_sharpness is not None:  # ... and where λ_max is recorded
+                limit = min(limit, track_sharpness - e % track_sharpness)
             t0 = time.perf_counter()
-            idx = put(_epoch_indices(plan, key_words, e, shuffle))
-            new_params, new_state, values = epoch_fn(
-                params,
-                opt_state,
-                idx,
+            idx = np.zeros((chunk, *plan.pos.shape), np.int32)
+            for i in range(limit):
+                idx[i] = _epoch_indices(plan, key_words, e + i, shuffle)
+            _, p0, s0, bv, bp, sb, be = done
+            stop = _StopState(
+                put(np.asarray(bv, dtype)),
+                put(np.asarray(sb, np.int32)),
+                put(np.asarray(-1 if be is None else be, np.int32)),
+                bp,
+            )
+            new_params, new_state, values, runs, status, stop = epoch_fn(
+                p0,
+                s0,
+                put(idx),
                 mask,
                 sw,
                 l2_data,
@@ -1278,15 +1400,60 @@ def fit(
                 Yv,
                 wv,
                 None if dp is None else noise_key,
-                jnp.asarray(e, jnp.int32),
+                put(np.asarray(e, np.int32)),
                 wr,
+                put(np.asarray(limit, np.int32)),
+                stopping,
+                stop,
             )
-            values = np.asarray(values).tolist()  # the epoch's one device-to-host read
-            metrics = dict(zip(names, values[:-1], strict=True))
-            finite = values[-1] == 1 and all(  # r2 can overflow first: no divergence sign
-                math.isfinite(v) for k, v in metrics.items() if not k.endswith("r2")
+            # the chunk's one read back: every epoch's metrics and the loop's state
+            values, runs, status, best_value, since_best, best_epoch = jax.device_get(
+                (values, runs, status, stop.best_value, stop.since_best, stop.best_epoch)
             )
-            if not finite:
+            runs, status = int(runs), int(status)
+            elapsed = (time.perf_counter() - t0) / max(runs, 1)
+            params, opt_state = new_params, new_state
+            metrics: dict = {}
+            for i in range(runs):
+                metrics = dict(zip(names, values[i, :-1].tolist(), strict=True))
+                if want_epsilon:
+                    metrics["epsilon"] = dp_epsilon(
+                        dp.noise_multiplier,  # pyright: ignore[reportOptionalMemberAccess]
+                        min(1.0, batch_size / n),
+                        (e + 1) * len(plan.counts),
+                        delta,  # pyright: ignore[reportArgumentType]
+                    )
+                metrics["time"] = elapsed  # the chunk's time, spread evenly over its epochs
+                for k, v in metrics.items():
+                    history.setdefault(k, []).append(v)
+                if track_sharpness is not None and (e + 1) % track_sharpness == 0:
+                    assert Xs is not None and Ys is not None and sharp_key is not None
+                    lam, _, _ = lanczos_core(
+                        params, Xs, Ys, loss, jax.random.fold_in(sharp_key, e)
+                    )  # the chunk ends here: ``params`` are this epoch's
+                    history.setdefault("sharpness", []).append(float(lam))
+                    history.setdefault("sharpness_epoch", []).append(e + 1)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
+                    bar.update(1)
+                if verbose:  # the last epoch run is always shown, when training stops early too
+                    pending = _log_line(e, epochs, metrics)
+                    if (e + 1) % log_every == 0 or e + 1 == epochs:
+                        print(pending, flush=True)
+                        pending = None
+                e += 1
+            if early_stopping is not None:
+                if int(best_epoch) >= 0:
+                    history.best_epoch = int(best_epoch)
+                if status == _EARLY_STOPPED:
+                    history.stop_reason = "early_stopping"
+                best_value, since_best = float(best_value), int(since_best)
+                done = (e, params, opt_state, best_value, stop.best_params, since_best,
+                        history.best_epoch)  # fmt: skip
+            else:
+                done = (e, params, opt_state, math.inf, params, 0, None)
+            lengths = {k: len(v) for k, v in history.items()}
+            if status == _DIVERGED:
                 history.stop_reason = "diverged"
                 warnings.warn(
                     f"training diverged in epoch {e + 1}: non-finite loss or parameters; "
@@ -1296,46 +1463,11 @@ def fit(
                     stacklevel=2,
                 )
                 break
-            params, opt_state = new_params, new_state
-            if want_epsilon:
-                metrics["epsilon"] = dp_epsilon(
-                    dp.noise_multiplier,  # pyright: ignore[reportOptionalMemberAccess]
-                    min(1.0, batch_size / n),
-                    (e + 1) * len(plan.counts),
-                    delta,  # pyright: ignore[reportArgumentType]
-                )
-            metrics["time"] = time.perf_counter() - t0
-            for k, v in metrics.items():
-                history.setdefault(k, []).append(v)
-            if track_sharpness is not None and (e + 1) % track_sharpness == 0:
-                assert Xs is not None and Ys is not None and sharp_key is not None
-                lam, _, _ = lanczos_core(params, Xs, Ys, loss, jax.random.fold_in(sharp_key, e))
-                history.setdefault("sharpness", []).append(float(lam))
-                history.setdefault("sharpness_epoch", []).append(e + 1)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "time"})
-                bar.update(1)
-            if verbose:  # the last epoch run is always shown, when training stops early too
-                pending = _log_line(e, epochs, metrics)
-                if (e + 1) % log_every == 0 or e + 1 == epochs:
-                    print(pending, flush=True)
-                    pending = None
-            if early_stopping is not None:
-                value = metrics[early_stopping.monitor]
-                if value < best_value - early_stopping.min_delta:
-                    best_value, best_params, since_best = value, params, 0
-                    history.best_epoch = e
-                else:
-                    since_best += 1
-                    if since_best >= early_stopping.patience:
-                        history.stop_reason = "early_stopping"
-            done = (e + 1, params, opt_state, best_value, best_params, since_best,
-                    history.best_epoch)  # fmt: skip
-            lengths = {k: len(v) for k, v in history.items()}
-            if state_file is not None and (e + 1) % every == 0:
+            if state_file is not None and e % every == 0:
                 save_state(history.stop_reason)
-                saved_at = e + 1
-            if on_epoch_end is not None and on_epoch_end(e, dict(metrics)) is True:
+                saved_at = e
+            # every_epoch: the chunk ran one epoch, whose metrics are ``metrics``
+            if runs and on_epoch_end is not None and on_epoch_end(e - 1, dict(metrics)) is True:
                 if history.stop_reason == "completed":
                     history.stop_reason = "callback"
                 break
@@ -1354,5 +1486,5 @@ def fit(
             bar.close()
     restore = early_stopping is not None and early_stopping.restore_best
     if restore and history.best_epoch is not None:
-        params = best_params
+        params = done[4]
     return params, history

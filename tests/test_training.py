@@ -845,7 +845,7 @@ def test_fit_compiles_its_epoch_once_across_calls(key):
     assert compiled == []
     with _compilations() as compiled:
         run(optax.sgd(0.2))  # the learning rate is a constant of optax.sgd's update
-    assert compiled == ["jit(epoch)"]
+    assert compiled == ["jit(epochs)"]
 
     def injected(lr):
         return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
@@ -914,7 +914,7 @@ def test_determinism_no_recompilation_across_epochs(grads):
     with _compilations() as compiled:
         _, history = mj.fit(params, X, y, optimizer=optax.sgd(lr), **kwargs)
     assert len(history["loss"]) == 8
-    assert compiled == ["jit(epoch)"]
+    assert compiled == ["jit(epochs)"]
 
 
 def test_determinism_the_recompile_counters_do_detect_recompiles():
@@ -934,7 +934,7 @@ def test_determinism_the_recompile_counters_do_detect_recompiles():
     with _compilations() as compiled:
         for n in (10, 9):
             mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.1003), epochs=2, progress=False)
-    assert compiled.count("jit(epoch)") == 2
+    assert compiled.count("jit(epochs)") == 2
 
 
 
