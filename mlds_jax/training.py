@@ -865,22 +865,25 @@ def _make_epochs(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
             p_new, s_new, v = epoch(p, s, idx[k], mask, sw, l2, X, Y, Xv, Yv, wv, key, e0 + k, wr)
             values = values.at[k].set(v)
             finite = (v[-1] == 1) & jnp.all(jnp.where(checked, jnp.isfinite(v), True))
-            improved = v[monitor] < st.best_value - min_delta
-            since = jnp.where(improved, 0, st.since_best + 1)
-            choose = functools.partial(
-                jax.tree_util.tree_map, functools.partial(jnp.where, improved)
-            )
-            new_st = _StopState(
-                jnp.where(improved, v[monitor], st.best_value),
-                since,
-                jnp.where(improved, e0 + k, st.best_epoch),
-                choose(p_new, st.best_params),
-            )
-            status = jnp.where(since >= patience, _EARLY_STOPPED, _RUNNING)
-            keep = functools.partial(jax.tree_util.tree_map, functools.partial(jnp.where, finite))
-            p, s, st = keep(p_new, p), keep(s_new, s), keep(new_st, st)
-            status = jnp.where(finite, status, _DIVERGED).astype(jnp.int32)
-            return k + finite.astype(jnp.int32), status, p, s, values, st
+
+            def commit(_):
+                improved = v[monitor] < st.best_value - min_delta
+                since = jnp.where(improved, 0, st.since_best + 1)
+                best = jax.lax.cond(improved, lambda: p_new, lambda: st.best_params)
+                new_st = _StopState(
+                    jnp.where(improved, v[monitor], st.best_value),
+                    since,
+                    jnp.where(improved, e0 + k, st.best_epoch),
+                    best,
+                )
+                status = jnp.where(since >= patience, _EARLY_STOPPED, _RUNNING)
+                return k + 1, status.astype(jnp.int32), p_new, s_new, new_st
+
+            def discard(_):  # a non-finite epoch: keep the last finite state and stop
+                return k, jnp.int32(_DIVERGED), p, s, st
+
+            k, status, p, s, st = jax.lax.cond(finite, commit, discard, None)
+            return k, status, p, s, values, st
 
         k, status, params, opt_state, values, stop = jax.lax.while_loop(
             cond, body, (jnp.zeros((), jnp.int32), jnp.int32(_RUNNING), params, opt_state,
