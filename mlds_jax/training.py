@@ -1061,7 +1061,16 @@ def fit(
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> tuple[Params, History]:
-    """Train with minibatches; every epoch is one compiled call on device.
+    """Train with minibatches; up to 32 epochs run in one compiled call on the device.
+
+    Epochs run in chunks of K (a power of two ≤ 32 such that a chunk's row indices number
+    at most 2^18: K < 32 when an epoch has more than 8192 rows) inside one compiled
+    ``lax.while_loop``,
+    with early stopping and the divergence check decided on the device after every epoch:
+    the host reads back once per chunk.  One epoch per call instead when the host must act
+    after each epoch: with ``on_epoch_end``, a progress bar, ``verbose=2`` or
+    ``checkpoint_dir``; ``verbose=1`` and ``track_sharpness`` end chunks where a line or a
+    λ_max is due.  The results are the same either way (bit-identical: it is one program).
 
     Args:
       params: initial parameters (not modified).
@@ -1153,7 +1162,8 @@ def fit(
       the END of the epoch on all training rows: one extra forward pass inside the compiled
       epoch, so ``history["r2"][-1] == evaluate(params, X, Y)["r2"]`` for the returned
       params of a completed run), "val_loss"/"val_accuracy"/"val_r2" with validation data
-      (also the end-of-epoch params), "epsilon" with ``dp`` (see above) and "time" (seconds); with
+      (also the end-of-epoch params), "epsilon" with ``dp`` (see above) and "time" (seconds:
+      the wall time of the compiled call that ran the epoch, divided by its epochs); with
       ``track_sharpness`` also "sharpness" and "sharpness_epoch" (one entry per k epochs).
       If the loss or parameters become non-finite, training stops with a
       :class:`TrainingDivergedWarning` and the last finite parameters are returned.

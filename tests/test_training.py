@@ -1496,3 +1496,82 @@ def test_fit_live_device_arrays_do_not_grow_with_epochs():
     assert few == many
     assert few <= len(jax.tree_util.tree_leaves(_tiny_regression_fit(epochs=1,
                                                                      progress=False)[0]))
+
+
+# --- several epochs per compiled call --------------------------------------------------------
+def _per_epoch(e, metrics):
+    """An on_epoch_end that changes nothing: it makes fit run one epoch per compiled call."""
+    return None
+
+
+def _same_run(a, b):
+    (pa, ha), (pb, hb) = a, b
+    chex.assert_trees_all_equal(pa, pb)  # the same compiled program: bit-identical
+    assert set(ha) == set(hb)
+    for k in ha:
+        if k != "time":
+            assert ha[k] == hb[k], k
+    assert (ha.stop_reason, ha.best_epoch) == (hb.stop_reason, hb.best_epoch)
+
+
+@pytest.mark.parametrize(
+    "stopping",
+    [
+        None,
+        # loss stops improving by 0.05 a few epochs in: the stop falls inside the first chunk
+        mj.EarlyStopping(patience=2, min_delta=0.05, monitor="loss", restore_best=False),
+        mj.EarlyStopping(patience=3, min_delta=0.01, monitor="val_loss", restore_best=True),
+    ],
+)
+def test_fit_in_chunks_matches_one_epoch_per_call(key, stopping):
+    """Without per-epoch host work, fit runs up to 32 epochs in one compiled call with early
+    stopping decided on the device; a callback forces one epoch per call (the host decides
+    after each).  Params, every history entry but "time", the stop reason and the best
+    epoch agree exactly, also when early stopping ends training inside a chunk."""
+    params, X, y = _classification(key, n=30)
+    kwargs = dict(optimizer=optax.sgd(0.5), epochs=45, batch_size=7, key=jax.random.key(3),
+                  validation_data=(X[:9], y[:9]), early_stopping=stopping, progress=False)
+    chunked = mj.fit(params, X, y, **kwargs)
+    one_by_one = mj.fit(params, X, y, on_epoch_end=_per_epoch, **kwargs)
+    _same_run(chunked, one_by_one)
+    if stopping is None:
+        assert len(chunked[1]["loss"]) == 45 and chunked[1].stop_reason == "completed"
+    else:
+        assert chunked[1].stop_reason == "early_stopping"
+        assert 1 < len(chunked[1]["loss"]) < 32  # stopped inside the first chunk
+        # the documented rule applied to the recorded values gives the same best and stop
+        best_value, best, since = math.inf, None, 0
+        for e, value in enumerate(chunked[1][stopping.monitor]):
+            if value < best_value - stopping.min_delta:
+                best_value, best, since = value, e, 0
+            else:
+                since += 1
+        assert chunked[1].best_epoch == best
+        assert since == stopping.patience  # it stopped on the epoch patience ran out
+        if stopping.restore_best:  # the params after the best epoch, as a plain shorter run
+            shorter, _ = mj.fit(params, X, y, **{**kwargs, "epochs": best + 1,
+                                                 "early_stopping": None})
+            chex.assert_trees_all_equal(chunked[0], shorter)
+
+
+def test_fit_in_chunks_diverging_inside_a_chunk_returns_the_last_finite_params(key):
+    """Gradient descent far above 2/λ_max on a linear least-squares problem grows the loss
+    geometrically until it overflows float64 tens of epochs in: chunked and one-epoch-per-
+    call runs stop at the same epoch with the same warning and the same (finite) params,
+    which are those of an uninterrupted run of that many epochs."""
+    params, X, Y = _linear_regression(key, n=12)
+    kwargs = dict(optimizer=optax.sgd(60.0), epochs=500, batch_size=12, progress=False)
+    with pytest.warns(mj.TrainingDivergedWarning) as w_chunked:
+        chunked = mj.fit(params, X, Y, **kwargs)
+    with pytest.warns(mj.TrainingDivergedWarning) as w_single:
+        one_by_one = mj.fit(params, X, Y, on_epoch_end=_per_epoch, **kwargs)
+    _same_run(chunked, one_by_one)
+    assert str(w_chunked[0].message) == str(w_single[0].message)
+    ran = len(chunked[1]["loss"])
+    assert 32 < ran < 500 and ran % 32 != 0  # the divergence is inside a later chunk
+    assert chunked[1].stop_reason == "diverged"
+    assert f"diverged in epoch {ran + 1}" in str(w_chunked[0].message)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(chunked[0]))
+    again, history = mj.fit(params, X, Y, **{**kwargs, "epochs": ran})
+    assert history.stop_reason == "completed"
+    chex.assert_trees_all_equal(again, chunked[0])
