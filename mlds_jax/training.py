@@ -462,8 +462,9 @@ class _BatchPlan(NamedTuple):
     """Where each row of a shuffled epoch goes: every minibatch padded to one static shape.
 
     Attributes:
-      pos: (n_batches, B') positions into the epoch's permutation, -1 on padding.
-      weights: (n_batches, B') row weights: 1/(real rows of the batch), 0 on padding.
+      pos: (slots, B') positions into the epoch's permutation, -1 on padding; the first
+        n_batches rows are the batches, any further ones all padding.
+      weights: (slots, B') row weights: 1/(real rows of the batch), 0 on padding.
       counts: (n_batches,) real rows per batch (B, ..., B, the remainder).
     """
 
@@ -472,22 +473,28 @@ class _BatchPlan(NamedTuple):
     counts: np.ndarray
 
 
-def _batch_plan(n: int, batch_size: int, multiple: int, dtype) -> _BatchPlan:
+def _batch_plan(n: int, batch_size: int, multiple: int, dtype, rows: int | None = None
+                ) -> _BatchPlan:  # fmt: skip
     """Minibatches of ``batch_size`` rows (the last may be short), padded to a multiple.
 
     The last partial batch is used, not dropped: it is padded to the common shape with
-    zero-weight rows, so the whole epoch is one ``lax.scan`` with one compiled step and its
+    zero-weight rows, so the whole epoch is one loop with one compiled step and its
     gradient is exactly that of the partial batch (row weights replace 1/N, see losses.py).
+    With ``rows`` (the row bucket, >= n) and n >= batch_size, ``pos`` and ``weights`` have
+    room for the ⌈rows / batch_size⌉ batches of a full bucket (the extra ones all padding,
+    never run): every n of one bucket gets the same shapes.
     """
     b = min(batch_size, n)
     n_batches = -(-n // b)
+    slots = n_batches if rows is None or b < batch_size else max(n_batches, -(-rows // b))
     b_pad = parallel.padded_size(b, multiple)
     counts = np.full(n_batches, b)
     counts[-1] = n - (n_batches - 1) * b
-    real = np.arange(b_pad)[None, :] < counts[:, None]
-    pos = np.full((n_batches, b_pad), -1, np.int64)
+    real = np.arange(b_pad)[None, :] < np.pad(counts, (0, slots - n_batches))[:, None]
+    pos = np.full((slots, b_pad), -1, np.int64)
     pos[real] = np.arange(n)  # row-major: batch i holds permutation positions i*b ... i*b+count-1
-    weights = np.where(real, 1.0 / counts[:, None], 0.0).astype(dtype)
+    safe = np.pad(counts, (0, slots - n_batches), constant_values=1)[:, None]
+    weights = np.where(real, 1.0 / safe, 0.0).astype(dtype)
     return _BatchPlan(pos, weights, counts.astype(dtype))
 
 
@@ -571,19 +578,24 @@ def _metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
     return train + (tuple("val_" + k for k in train) if has_val else ())
 
 
-def _weighted_r2(A: Array, Y: Array, w: Array) -> Array:
-    """:func:`evaluate`'s r2 over the rows with weight 1/N (padding rows weigh 0).
+def _r2(resid: Array, Y: Array, w: Array) -> Array:
+    """R² from the residual sum Σ ‖A_n − Y_n‖² over the rows with weight w_n > 0.
 
-    Over the N rows with w_n > 0: Ȳ = Σ_n Y_n / N, R² = 1 − Σ ‖A_n − Y_n‖² / Σ ‖Y_n − Ȳ‖²,
-    evaluate's sums; constant targets give 1 for a perfect fit and 0 otherwise, as there.
+    Over those N rows: Ȳ = Σ_n Y_n / N, R² = 1 − resid / Σ ‖Y_n − Ȳ‖², :func:`evaluate`'s
+    sums; constant targets give 1 for a perfect fit and 0 otherwise, as there.
     """
-    Y = Y.astype(A.dtype)  # targets may be stored as integers
-    m = (w > 0).astype(A.dtype)[:, None]  # the real rows; sums / count as jnp.mean does
+    Y = Y.astype(resid.dtype)  # targets may be stored as integers
+    m = (w > 0).astype(resid.dtype)[:, None]  # the real rows; sums / count as jnp.mean does
     mean = jnp.sum(m * Y, axis=0, keepdims=True) / jnp.sum(m)
-    resid = jnp.sum(m * (A - Y) ** 2)
     total = jnp.sum(m * (Y - mean) ** 2)
     r2 = 1 - resid / jnp.where(total > 0, total, jnp.ones_like(total))
     return jnp.where(total > 0, r2, jnp.where(resid == 0, 1.0, 0.0).astype(Y.dtype))
+
+
+def _weighted_r2(A: Array, Y: Array, w: Array) -> Array:
+    """:func:`evaluate`'s r2 over the rows with weight 1/N (padding rows weigh 0)."""
+    m = (w > 0).astype(A.dtype)[:, None]
+    return _r2(jnp.sum(m * (A - Y.astype(A.dtype)) ** 2), Y, w)
 
 
 # --- reuse of compiled epochs across fit calls ------------------------------------------------
@@ -599,7 +611,15 @@ def _row_bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-def _bucketed_on_host(X, Y):
+def _train_bucket(n: int) -> int:
+    """The training rows' bucket: ``n`` rounded up to a power of two.  The padding rows are
+    never gathered (they cost memory, not compute: at most as much again), and data sets
+    within a factor of two share one compiled epoch, e.g. the 4/5 of a 5-fold
+    cross-validation's folds and the refit on all rows, when both fall in one octave."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _bucketed_on_host(X, Y, bucket: Callable[[int], int] = _row_bucket):
     """(X, Y, n): X and Y padded on the host to the row bucket by repeating row 0, before
     the input checks, so that the checks' own device work (one-hot labels, casts) is
     compiled once per bucket, not once per row count.  Row 0 is a valid row, so the checks
@@ -614,7 +634,7 @@ def _bucketed_on_host(X, Y):
     n = x.shape[0]
     if x.dtype == object or x.nbytes > _ROW_BUCKET_MAX_BYTES:
         return X, Y, None
-    rows = _row_bucket(n)
+    rows = bucket(n)
     if rows == n:
         return X, Y, n
 
@@ -624,11 +644,12 @@ def _bucketed_on_host(X, Y):
     return pad(x), pad(y), n
 
 
-def _checked_bucketed(params, X, Y, loss: str, **names):
+def _checked_bucketed(params, X, Y, loss: str, bucket: Callable[[int], int] = _row_bucket,
+                      **names):  # fmt: skip
     """(X, Y, n) validated and padded to the row bucket.  The checks run on the padded
     arrays (compiled once per bucket); if they fail, they run again on the user's own arrays,
     so the error names the user's shapes, counts and indices, not the padded ones."""
-    Xb, Yb, n = _bucketed_on_host(X, Y)
+    Xb, Yb, n = _bucketed_on_host(X, Y, bucket)
     try:
         Xb, Yb = validation.check_data(params, Xb, Yb, loss, **names)
     except (ValueError, TypeError):
@@ -741,11 +762,15 @@ def _cached_epoch(optimizer, loss: str, grads: str, has_val: bool, mesh, dp=None
 def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     """One epoch as one compiled function: a ``lax.scan`` over the padded minibatches.
 
-    Args of the returned function: params, opt_state, idx (n_batches, B') row indices,
-    mask (n_batches, B') 1 on real rows and 0 on padding, sw (rows,) the sample weights s_n
+    Args of the returned function: params, opt_state, idx (slots, B') row indices,
+    mask (slots, B') 1 on real rows and 0 on padding, sw (rows,) the sample weights s_n
     (row-bucketed, 0 on bucket padding), l2 (λ of (R1), a scalar), X, Y (row-bucketed),
     X_val, Y_val, val_weights (row-bucketed validation data; ``val_weights`` 1/N_val on
-    real rows, 0 on padding), key (the DP noise key, or None) and epoch (an int32 scalar).
+    real rows, 0 on padding), key (the DP noise key, or None), epoch (an int32 scalar),
+    wr (regression: 1/N on the real training rows, else None), plain (regression: the
+    (slots, B') row indices in the given order, for the epoch's R², else None) and nb (an
+    int32 scalar: the batches to run, ≤ slots; the loop's trip count is data, so every
+    N of one row bucket shares the compiled epoch).
     Returns params, opt_state and a vector of the metrics in ``_metric_names`` order followed
     by a finiteness flag of the new params: one array, read back with one transfer.
 
@@ -760,10 +785,10 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     n_train = 2 if get_loss(loss).is_classification else 1
     regression = get_loss(loss).targets == "real"
 
-    def epoch(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e, wr):
-        def body(carry, xs):
+    def epoch(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e, wr, plain, nb):
+        def body(i, carry):
             p, s, sums, total = carry
-            rows, m, i = xs
+            rows, m = idx[i], mask[i]
             Xb, Yb, sb = X[rows], Y[rows], sw[rows] * m  # minibatch gathered on device
             if mesh is not None:
                 sharded = parallel.shardings(mesh)[1]
@@ -776,16 +801,22 @@ def _make_epoch(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
             keep = functools.partial(jax.tree_util.tree_map, lambda a, b: jnp.where(ok, a, b))
             p, s = keep(p_new, p), keep(s_new, s)  # S = 0: no rows count, no update
             batch = jnp.stack([met["loss"], met["accuracy"]] if n_train == 2 else [met["loss"]])
-            return (p, s, sums + batch * S, total + S), None
+            return p, s, sums + batch * S, total + S
 
         sums0 = jnp.zeros((n_train,), X.dtype)
-        steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
-        (params, opt_state, sums, total), _ = jax.lax.scan(
-            body, (params, opt_state, sums0, jnp.zeros((), X.dtype)), (idx, mask, steps)
-        )
+        params, opt_state, sums, total = jax.lax.fori_loop(
+            0, nb, body, (params, opt_state, sums0, jnp.zeros((), X.dtype))
+        )  # nb batches run; the plan's further slots (the rest of the row bucket) do not
         values = [sums / total]  # the S-weighted mean over the minibatches
-        if regression:  # R² of the end-of-epoch params on the real training rows
-            values.append(_weighted_r2(core.forward(params, X), Y, wr)[None])
+        if regression:  # R² of the end-of-epoch params on the real training rows, batchwise
+
+            def residual(i, acc):
+                A = core.forward(params, X[plain[i]])
+                d = (A - Y[plain[i]].astype(A.dtype)) ** 2
+                return acc + jnp.sum(mask[i].astype(A.dtype)[:, None] * d)
+
+            resid = jax.lax.fori_loop(0, nb, residual, jnp.zeros((), X.dtype))
+            values.append(_r2(resid, Y, wr)[None])
         if has_val:  # padding rows weigh 0: the mean over the real validation rows
             cache = core.forward_cache(params, Xv)
             value = core.loss_value(cache, Yv, loss, row_weights=wv)
@@ -829,7 +860,7 @@ class _StopState(NamedTuple):
 def _make_epochs(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     """Up to K epochs of :func:`_make_epoch` in one compiled call (a ``lax.while_loop``).
 
-    Args of the returned function: those of the epoch (``idx`` now (K, n_batches, B'), row
+    Args of the returned function: those of the epoch (``idx`` now (K, slots, B'), row
     ``k`` the indices of epoch ``e0 + k``), then ``limit`` (int32, 1 <= limit <= K: the epochs
     to run), ``stopping`` = (monitor, min_delta, patience): the index of the monitored value
     in the epoch's metric vector, δ_min and the patience (int32; the int32 maximum when there
@@ -851,8 +882,8 @@ def _make_epochs(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
     # a non-finite loss or accuracy means divergence; r2 can overflow before the params do
     checked = np.array([not k.endswith("r2") for k in names] + [False])
 
-    def epochs(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e0, wr, limit,
-               stopping, stop):  # fmt: skip
+    def epochs(params, opt_state, idx, mask, sw, l2, X, Y, Xv, Yv, wv, key, e0, wr, plain, nb,
+               limit, stopping, stop):  # fmt: skip
         monitor, min_delta, patience = stopping
         values0 = jnp.zeros((idx.shape[0], len(names) + 1), X.dtype)
 
@@ -862,7 +893,9 @@ def _make_epochs(step_core, loss: str, has_val: bool, mesh=None) -> Callable:
 
         def body(carry):
             k, _, p, s, values, st = carry
-            p_new, s_new, v = epoch(p, s, idx[k], mask, sw, l2, X, Y, Xv, Yv, wv, key, e0 + k, wr)
+            p_new, s_new, v = epoch(
+                p, s, idx[k], mask, sw, l2, X, Y, Xv, Yv, wv, key, e0 + k, wr, plain, nb
+            )
             values = values.at[k].set(v)
             finite = (v[-1] == 1) & jnp.all(jnp.where(checked, jnp.isfinite(v), True))
 
@@ -1199,7 +1232,7 @@ def fit(
         X, Y, validation_data, sample_weight = _split_off_validation(
             params, X, Y, loss, sample_weight, validation_split, key
         )
-    X, Y, n = _checked_bucketed(params, X, Y, loss)  # padding rows weigh 0, never sampled
+    X, Y, n = _checked_bucketed(params, X, Y, loss, _train_bucket)  # padding: never sampled
     n = X.shape[0] if n is None else n
     epochs = validation.positive_int(epochs, "epochs")
     batch_size = validation.positive_int(batch_size, "batch_size")
@@ -1281,7 +1314,7 @@ def fit(
         Xs = Ys = None
     multiple = 1 if mesh is None else parallel.n_shards(mesh)
     dtype = np.dtype(X.dtype)
-    plan = _batch_plan(n, batch_size, multiple, dtype)
+    plan = _batch_plan(n, batch_size, multiple, dtype, rows=X.shape[0])
     names = _metric_names(loss, has_val)
     epoch_fn = _cached_epoch(optimizer, loss, grads, has_val, mesh, dp)
     if Xv is not None:  # validation rows beyond n_val (bucket padding) weigh 0
@@ -1324,6 +1357,9 @@ def fit(
         put = functools.partial(jax.device_put, device=rep)
     mask, sw = put((plan.pos >= 0).astype(dtype)), put(sw)
     wr = None if wr is None else put(wr)
+    # regression's R² runs the rows in their given order, over the same batch slots
+    plain = None if wr is None else put(np.maximum(plan.pos, 0).astype(np.int32))
+    n_batches = put(np.asarray(len(plan.counts), np.int32))
     l2_data = put(np.asarray(l2, dtype))
     noise_key = sharp_key = None
     if dp is not None or track_sharpness is not None:
@@ -1415,6 +1451,8 @@ def fit(
                 None if dp is None else noise_key,
                 put(np.asarray(e, np.int32)),
                 wr,
+                plain,
+                n_batches,
                 put(np.asarray(limit, np.int32)),
                 stopping,
                 stop,
