@@ -12,13 +12,24 @@ each a compiled function of (params, v):
 * ``jvp(grad)``: ``jax.jvp(jax.grad(batch_loss))``, forward-over-reverse autodiff;
 * ``ggn_vp``: ``curvature.ggn_vp_core``;
 * ``diag_ggn exact``: ``curvature.diag_ggn_core`` (K backward passes of the square-root factor);
-* ``Lanczos step``: one ``curvature.lanczos_step_core`` at step k = 10 (an hvp and the
-  three-term recurrence), with full reorthogonalisation against the 11 stored vectors and
-  without (plain): one step should cost one hvp.
+* ``Lanczos step …``: the Lanczos steps (an hvp, the three-term recurrence and, for
+  ``reorth.``, full reorthogonalisation against the rows 0..k filled so far; ``plain`` without),
+  from a basis built by 10 real Lanczos steps from a random start, stored in a 21-row Q:
+
+  - ``single call (k = 10)``: one ``curvature.lanczos_step_core`` at step k = 10 (one
+    compiled call per step, as a step-by-step loop would run it);
+  - ``chunk k = 10..17, per step``: one ``curvature.lanczos_steps_core`` call running steps
+    10..17 in its ``fori_loop`` (as ``lanczos_core`` runs them), its time divided by 8;
+  - ``lanczos_core, 20 steps, per step``: the whole ``curvature.lanczos_core`` with tol = 0
+    and num_iters = 20 (it runs all 20 steps: start vector, compiled chunks, the host's float64
+    convergence check of every step, the Ritz vector), its time divided by 20.
+
+  One step should cost one hvp.
 
 Method: after one compile-and-warm-up call each, ``--rounds`` interleaved rounds (the order
-rotated every round); each contender is timed once per round with ``block_until_ready``; the
-table shows the median and the ratio to the baseline's median in the same run.  The machine
+rotated every round); each contender is timed once per round with ``block_until_ready`` (and
+divided by its number of steps where it runs several); the table shows the median and the
+ratio to the baseline's median in the same run.  The machine
 is shared and noisy: ratios are more stable than absolute times.
 Targets (issue 14): hvp ≤ 2.5× value_and_grads and no slower than jvp(grad); exact diag_ggn
 ≤ (K + 1)× a gradient; one Lanczos step ≈ one hvp.
@@ -57,24 +68,78 @@ def problem(sizes: list[int], batch: int, seed: int = 0):
     return params, X, Y, v
 
 
-def lanczos_step(params, X, Y, w, reorthogonalize: bool) -> Callable[[], object]:
-    """One Lanczos step at k = 10 of a 20-vector basis (``lanczos_step_core``)."""
+Contender = tuple[Callable[[], object], int]  # (call, steps it runs: its time is divided by it)
+
+LANCZOS_K, LANCZOS_CHUNK, LANCZOS_ROWS, LANCZOS_CORE_STEPS = 10, 8, 21, 20
+
+
+def lanczos_basis(params, X, Y, w) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(Q, alpha, beta) after LANCZOS_K real Lanczos steps from a random unit vector."""
     P = ravel_pytree(params)[0].shape[0]
-    rng = np.random.default_rng(2)
-    state = {"Q": jnp.asarray(rng.standard_normal((21, P)) / np.sqrt(P), jnp.float32)}
-    k, b = jnp.asarray(10, jnp.int32), jnp.asarray(0.5, jnp.float32)
+    q0 = jax.random.normal(jax.random.key(2), (P,), jnp.float32)
+    Q = jnp.zeros((LANCZOS_ROWS, P), jnp.float32).at[0].set(q0 / jnp.linalg.norm(q0))
+    ab = jnp.zeros((LANCZOS_ROWS - 1,), jnp.float32)
+    k = jnp.asarray(LANCZOS_K, jnp.int32)
+    return curvature.lanczos_steps_core(params, X, Y, LOSS, w, Q, ab, ab, jnp.int32(0), k, True)
+
+
+def lanczos_step(params, X, Y, w, reorthogonalize: bool) -> Contender:
+    """One ``lanczos_step_core`` call at step k = LANCZOS_K."""
+    Q, _, beta = lanczos_basis(params, X, Y, w)
+    state = {"Q": Q}
+    k, b = jnp.asarray(LANCZOS_K, jnp.int32), beta[LANCZOS_K - 1]
 
     def run():
-        Q, a, beta = curvature.lanczos_step_core(
+        Q, a, _ = curvature.lanczos_step_core(
             params, X, Y, LOSS, w, state["Q"], k, b, reorthogonalize
         )
         state["Q"] = Q  # the buffer is donated: keep the returned one
         return a
 
-    return run
+    return run, 1
 
 
-def contenders(params, X, Y, v) -> dict[str, Callable[[], object]]:
+def lanczos_chunk(params, X, Y, w, reorthogonalize: bool) -> Contender:
+    """One ``lanczos_steps_core`` call running steps LANCZOS_K .. LANCZOS_K + LANCZOS_CHUNK − 1."""
+    Q, alpha, beta = lanczos_basis(params, X, Y, w)
+    state = {"Q": Q}
+    start = jnp.asarray(LANCZOS_K, jnp.int32)
+    stop = jnp.asarray(LANCZOS_K + LANCZOS_CHUNK, jnp.int32)
+
+    def run():
+        Q, a, _ = curvature.lanczos_steps_core(
+            params, X, Y, LOSS, w, state["Q"], alpha, beta, start, stop, reorthogonalize
+        )
+        state["Q"] = Q  # donated; rows beyond LANCZOS_K are rewritten by every call
+        return a
+
+    return run, LANCZOS_CHUNK
+
+
+def lanczos_whole(params, X, Y, w, reorthogonalize: bool) -> Contender:
+    """``lanczos_core`` with tol = 0: exactly LANCZOS_CORE_STEPS steps."""
+    key = jax.random.key(3)
+
+    def run():
+        return curvature.lanczos_core(
+            params, X, Y, LOSS, key, w, LANCZOS_CORE_STEPS, 0.0, reorthogonalize
+        )[1]
+
+    return run, LANCZOS_CORE_STEPS
+
+
+#: the Lanczos rows: (label, kind, reorthogonalize)
+LANCZOS_ROWS_SPEC = [
+    ("Lanczos step, reorth., single call (k = 10)", lanczos_step, True),
+    ("Lanczos step, reorth., chunk k = 10..17, per step", lanczos_chunk, True),
+    ("Lanczos step, reorth., lanczos_core 20 steps, per step", lanczos_whole, True),
+    ("Lanczos step, plain, single call (k = 10)", lanczos_step, False),
+    ("Lanczos step, plain, chunk k = 10..17, per step", lanczos_chunk, False),
+    ("Lanczos step, plain, lanczos_core 20 steps, per step", lanczos_whole, False),
+]
+
+
+def contenders(params, X, Y, v) -> dict[str, Contender]:
     w = jnp.full((X.shape[0],), 1.0 / X.shape[0], jnp.float32)
     # every contender takes X and Y as arguments (none closes over them as constants)
     vag = jax.jit(lambda p, X, Y: mj.core.value_and_grads(p, X, Y, LOSS))
@@ -83,28 +148,30 @@ def contenders(params, X, Y, v) -> dict[str, Callable[[], object]]:
             jax.grad(lambda q: mj.core.batch_loss(q, X, Y, LOSS)), (p,), (t,)
         )[1]
     )
-    return {
-        "value_and_grads (baseline)": lambda: vag(params, X, Y),
-        "hvp (R-op)": lambda: curvature.hvp_core(params, X, Y, LOSS, v, w),
-        "jvp(grad)": lambda: jvp_grad(params, v, X, Y),
-        "ggn_vp": lambda: curvature.ggn_vp_core(params, X, Y, LOSS, v, w),
-        "diag_ggn exact": lambda: curvature.diag_ggn_core(params, X, Y, LOSS, w),
-        "Lanczos step, reorth. (k = 10)": lanczos_step(params, X, Y, w, True),
-        "Lanczos step, plain": lanczos_step(params, X, Y, w, False),
+    out: dict[str, Contender] = {
+        "value_and_grads (baseline)": (lambda: vag(params, X, Y), 1),
+        "hvp (R-op)": (lambda: curvature.hvp_core(params, X, Y, LOSS, v, w), 1),
+        "jvp(grad)": (lambda: jvp_grad(params, v, X, Y), 1),
+        "ggn_vp": (lambda: curvature.ggn_vp_core(params, X, Y, LOSS, v, w), 1),
+        "diag_ggn exact": (lambda: curvature.diag_ggn_core(params, X, Y, LOSS, w), 1),
     }
+    for name, make, reorth in LANCZOS_ROWS_SPEC:
+        out[name] = make(params, X, Y, w, reorth)
+    return out
 
 
-def measure(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    for fn in fns.values():  # compile and warm up
+def measure(fns: dict[str, Contender], rounds: int) -> dict[str, float]:
+    for fn, _ in fns.values():  # compile and warm up
         jax.block_until_ready(fn())
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
+            fn, steps = fns[n]
             t0 = time.perf_counter()
-            jax.block_until_ready(fns[n]())
-            times[n].append(time.perf_counter() - t0)
+            jax.block_until_ready(fn())
+            times[n].append((time.perf_counter() - t0) / steps)
     med = {n: statistics.median(t) for n, t in times.items()}
     return med
 
@@ -115,10 +182,9 @@ def table(batch: int, med: dict[str, float], K: int) -> str:
     targets = {
         "hvp (R-op)": f"≤ 2.5× baseline, ≤ jvp(grad) ({hvp / med['jvp(grad)']:.2f}× it)",
         "diag_ggn exact": f"≤ (K + 1) = {K + 1}× a gradient",
-        "Lanczos step, reorth. (k = 10)": f"≈ 1 hvp "
-        f"({med['Lanczos step, reorth. (k = 10)'] / hvp:.2f}× hvp)",
-        "Lanczos step, plain": f"≈ 1 hvp ({med['Lanczos step, plain'] / hvp:.2f}× hvp)",
     }
+    for name, _, _ in LANCZOS_ROWS_SPEC:
+        targets[name] = f"≈ 1 hvp ({med[name] / hvp:.2f}× hvp)"
     lines = [
         f"\n### batch {batch}\n",
         "| contender | median (ms) | × baseline | target |",

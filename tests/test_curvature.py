@@ -14,6 +14,8 @@ errors of the mean per entry (two-sided false-alarm probability 6e-7 per entry).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -282,3 +284,124 @@ def test_bad_direction_and_arguments(net):
         mj.hessian_top_eigenvalue(params, X, Y, "cross_entropy", key=jax.random.key(0), num_iters=0)
     with pytest.raises(ValueError, match="class labels must lie"):
         mj.hvp(params, X, np.full(6, 7), "cross_entropy", v)
+
+
+# --- Lanczos: the compiled chunks against a step-by-step reference ---------------------------
+def ref_lanczos(H, q0, m, tol, reorthogonalize):
+    """Lanczos (H11) written from its definition in float64 NumPy, one step at a time, with the
+    stopping rule of ``lanczos_core``'s docstring.  Returns (θ, y, steps, residual/(tol·|θ|) per
+    step)."""
+    eps = np.finfo(np.float64).eps
+    P = H.shape[0]
+    Q = np.zeros((m + 1, P))
+    Q[0] = q0 / np.linalg.norm(q0)
+    alpha, beta, ratios = [], [], []
+    for k in range(m):
+        z = H @ Q[k]
+        if k > 0:
+            z = z - beta[-1] * Q[k - 1]
+        a = Q[k] @ z
+        z = z - a * Q[k]
+        if reorthogonalize:
+            before = np.linalg.norm(z)
+            z = z - Q[: k + 1].T @ (Q[: k + 1] @ z)
+            if np.linalg.norm(z) < 0.7071 * before:
+                z = z - Q[: k + 1].T @ (Q[: k + 1] @ z)
+        b = np.linalg.norm(z)
+        Q[k + 1] = z / b if b > 0 else 0.0
+        alpha.append(a)
+        beta.append(b)
+        T = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
+        vals, vecs = np.linalg.eigh(T)
+        theta, s = vals[-1], vecs[:, -1]
+        ratios.append(b * abs(s[-1]) / (tol * abs(theta)))
+        scale = max(abs(theta), max(abs(x) for x in alpha))
+        if ratios[-1] <= 1.0 or b <= 1e3 * eps * scale:
+            break
+    y = Q[: len(alpha)].T @ s
+    return theta, y / np.linalg.norm(y), len(alpha), ratios
+
+
+@pytest.mark.parametrize("reorthogonalize", [True, False])
+@pytest.mark.parametrize("tol,num_iters", [(1e-2, 100), (1e-5, 100), (1e-9, 100), (1e-9, 3)])
+def test_lanczos_core_stops_where_a_stepwise_loop_stops(net, reorthogonalize, tol, num_iters):
+    """``lanczos_core`` runs its steps in compiled chunks and checks them afterwards: θ, y and the
+    step count are those of the reference loop that checks after every step (so steps a chunk
+    ran past the stop are discarded), and it never runs more than min(num_iters, P) steps."""
+    params, X, Y, f, flat, unravel = net
+    H = np.asarray(jax.hessian(f)(flat))
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    key = jax.random.key(4)
+    q0 = np.asarray(jax.random.normal(key, flat.shape, dtype=jnp.float64))
+    m = min(num_iters, flat.shape[0])
+    theta_ref, y_ref, steps_ref, ratios = ref_lanczos(H, q0, m, tol, reorthogonalize)
+    # the premise: no stopping decision of the reference is within rounding of the threshold
+    assert all(abs(r - 1.0) > 1e-6 for r in ratios)
+    theta, y, steps = curvature.lanczos_core(
+        params, Xp, Yp, "cross_entropy", key, None, num_iters, tol, reorthogonalize
+    )
+    assert steps == steps_ref <= m
+    if num_iters == 3:
+        assert steps == 3  # the cap, not convergence
+    np.testing.assert_allclose(theta, theta_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+
+
+def test_lanczos_steps_core_chunks_equal_single_steps(net):
+    """One ``lanczos_steps_core`` call over steps 0..6, two calls split at 3, and seven
+    ``lanczos_step_core`` calls give the same Q, α and β."""
+    params, X, Y, f, flat, unravel = net
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    w = jnp.full((6,), 1 / 6, jnp.float64)
+    P, n = flat.shape[0], 7
+    q0 = jax.random.normal(jax.random.key(5), (P,), jnp.float64)
+    Q0 = jnp.zeros((n + 1, P), jnp.float64).at[0].set(q0 / jnp.linalg.norm(q0))
+    zeros = jnp.zeros((n,), jnp.float64)
+    i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
+    args = (params, Xp, Yp, "cross_entropy", w)
+    Q1, a1, b1 = curvature.lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(n))
+    Q2, a2, b2 = curvature.lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(3))
+    Q2, a2, b2 = curvature.lanczos_steps_core(*args, Q2, a2, b2, i32(3), i32(n))
+    Q3, a3, b3 = Q0.copy(), [], []
+    b_prev = jnp.zeros((), jnp.float64)
+    for k in range(n):
+        Q3, a, b_prev = curvature.lanczos_step_core(*args, Q3, i32(k), b_prev)
+        a3.append(a)
+        b3.append(b_prev)
+    for Q, a, b in ((Q2, a2, b2), (Q3, jnp.stack(a3), jnp.stack(b3))):
+        np.testing.assert_allclose(Q, Q1, rtol=TOL["rtol"], atol=TOL["atol"])
+        np.testing.assert_allclose(a, a1, rtol=TOL["rtol"], atol=TOL["atol"])
+        np.testing.assert_allclose(b, b1, rtol=TOL["rtol"], atol=TOL["atol"])
+    # the rows are orthonormal (full reorthogonalisation)
+    np.testing.assert_allclose(Q1 @ Q1.T, np.eye(n + 1), atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 9])
+def test_lanczos_step_reorthogonalises_against_filled_rows_only(net, k):
+    """Step k projects z against rows 0..k of Q only: rows beyond k + 1 (here garbage, not
+    zeros) neither enter the result nor change, for k from the first row to the last but one."""
+    params, X, Y, f, flat, unravel = net
+    H = np.asarray(jax.hessian(f)(flat))
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    w = jnp.full((6,), 1 / 6, jnp.float64)
+    P, R = flat.shape[0], 11
+    rng = np.random.default_rng(k)
+    basis = np.linalg.qr(rng.standard_normal((P, k + 1)))[0].T  # rows 0..k orthonormal
+    garbage = rng.standard_normal((R - k - 1, P))
+    Q = jnp.asarray(np.concatenate([basis, garbage]))
+    beta_prev = 0.3
+    z = H @ basis[k] - (beta_prev * basis[k - 1] if k > 0 else 0.0)
+    a_ref = basis[k] @ z
+    z = z - a_ref * basis[k]
+    before = np.linalg.norm(z)
+    z = z - basis.T @ (basis @ z)
+    if np.linalg.norm(z) < 0.7071 * before:
+        z = z - basis.T @ (basis @ z)
+    b_ref = np.linalg.norm(z)
+    Q_new, a, b = curvature.lanczos_step_core(
+        params, Xp, Yp, "cross_entropy", w, Q, jnp.asarray(k, jnp.int32), jnp.float64(beta_prev)
+    )
+    np.testing.assert_allclose(a, a_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+    np.testing.assert_allclose(b, b_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+    expected = np.concatenate([basis, (z / b_ref)[None], garbage[1:]])
+    np.testing.assert_allclose(np.asarray(Q_new), expected, rtol=TOL["rtol"], atol=TOL["atol"])

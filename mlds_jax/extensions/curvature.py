@@ -64,6 +64,7 @@ __all__ = [
     "hvp_core",
     "lanczos_core",
     "lanczos_step_core",
+    "lanczos_steps_core",
     "network_exact_step_size",
     "network_exact_step_size_core",
     "network_max_stable_step_size",
@@ -469,6 +470,54 @@ def diag_ggn(
 
 
 # --- eigenvalues, trace, step sizes ---------------------------------------------------------
+#: The most Lanczos steps :func:`lanczos_core` runs in one compiled call between two host
+#: convergence checks (fewer when the residual's trend predicts convergence sooner).
+_MAX_CHUNK = 8
+
+
+def _project_out(Q: Array, z: Array, k: Array) -> Array:
+    r"""z − Q_kᵀ (Q_k z) with Q_k rows 0..k of Q (R, P): classical Gram-Schmidt.
+
+    Two loops over the k + 1 filled rows, one row at a time (c_j = q_jᵀ z, then z ← z − c_j q_j
+    with the c_j of the original z): 2(k + 1)·P multiply-adds, rows beyond k never read.  A
+    matrix product on a dynamic slice of Q would copy the slice first; row by row it does not.
+    """
+
+    def coef(j, c):
+        return c.at[j].set(jnp.dot(jax.lax.dynamic_index_in_dim(Q, j, keepdims=False), z))
+
+    c = jax.lax.fori_loop(0, k + 1, coef, jnp.zeros((Q.shape[0],), z.dtype))
+
+    def subtract(j, z):
+        return z - c[j] * jax.lax.dynamic_index_in_dim(Q, j, keepdims=False)
+
+    return jax.lax.fori_loop(0, k + 1, subtract, z)
+
+
+def _lanczos_step(hv, Q: Array, k: Array, beta_prev: Array, reorthogonalize: bool):
+    """One step of (H11) on the flat operator ``hv``: (Q with row k + 1 set, α_k, β_k)."""
+    q = jax.lax.dynamic_index_in_dim(Q, k, keepdims=False)
+    q_prev = jax.lax.dynamic_index_in_dim(Q, jnp.maximum(k - 1, 0), keepdims=False)
+    z = hv(q)
+    z = z - beta_prev * q_prev * (k > 0).astype(z.dtype)
+    a = jnp.dot(q, z)
+    z = z - a * q
+    if reorthogonalize:
+        before = jnp.linalg.norm(z)
+        z = _project_out(Q, z, k)
+        z = jax.lax.cond(
+            jnp.linalg.norm(z) < 0.7071 * before, lambda z: _project_out(Q, z, k), lambda z: z, z
+        )
+    b = jnp.linalg.norm(z)
+    q_next = jnp.where(b > 0, z / jnp.where(b > 0, b, 1.0), 0.0)
+    return jax.lax.dynamic_update_index_in_dim(Q, q_next, k + 1, 0), a, b
+
+
+def _flat_hvp(params, X, Y, loss, row_weights):
+    _, unravel = ravel_pytree(params)
+    return lambda q: ravel_pytree(hvp_core(params, X, Y, loss, unravel(q), row_weights))[0]
+
+
 @functools.partial(jax.jit, static_argnames=("loss", "reorthogonalize"), donate_argnums=(5,))
 def lanczos_step_core(
     params: Params,
@@ -484,32 +533,90 @@ def lanczos_step_core(
     r"""One Lanczos step (H11), unchecked: one :func:`hvp_core` and the recurrence.
 
     z = H q_k − β_{k−1} q_{k−1}, α_k = q_kᵀ z, z ← z − α_k q_k, then (with ``reorthogonalize``)
-    z ← z − Q (Qᵀ z) against every stored vector (repeated when that cancels most of z), β_k =
-    ‖z‖ and q_{k+1} = z/β_k written into row k + 1 of Q (rows beyond k are zero).
+    z ← z − Q_k (Q_kᵀ z) against the stored vectors q_0..q_k (repeated when that cancels most
+    of z; 2(k + 1)·P per pass, rows beyond k are not read), β_k = ‖z‖ and q_{k+1} = z/β_k
+    written into row k + 1 of Q.  :func:`lanczos_steps_core` runs several steps in one call.
 
     Args:
-      Q: (m + 1, P) Lanczos vectors, row k = q_k (donated: updated in place).
+      Q: (R, P) Lanczos vectors, R ≥ k + 2, row j = q_j for j ≤ k (donated: updated in place).
       k: the step, an int32 scalar (traced: one compilation serves every step).
-      beta_prev: β_{k−1} (0 for k = 0).
+      beta_prev: β_{k−1} (ignored for k = 0).
 
     Returns:
       (Q with row k + 1 set, α_k, β_k).
     """
-    _, unravel = ravel_pytree(params)
-    q = Q[k]
-    z = ravel_pytree(hvp_core(params, X, Y, loss, unravel(q), row_weights))[0]
-    z = z - beta_prev * Q[jnp.maximum(k - 1, 0)] * (k > 0).astype(z.dtype)
-    a = jnp.dot(q, z)
-    z = z - a * q
-    if reorthogonalize:
-        before = jnp.linalg.norm(z)
-        z = z - Q.T @ (Q @ z)
-        z = jax.lax.cond(
-            jnp.linalg.norm(z) < 0.7071 * before, lambda z: z - Q.T @ (Q @ z), lambda z: z, z
-        )
-    b = jnp.linalg.norm(z)
-    Q = Q.at[k + 1].set(jnp.where(b > 0, z / jnp.where(b > 0, b, 1.0), 0.0))
-    return Q, a, b
+    hv = _flat_hvp(params, X, Y, loss, row_weights)
+    return _lanczos_step(hv, Q, k, beta_prev, reorthogonalize)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "reorthogonalize"), donate_argnums=(5,))
+def lanczos_steps_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array,
+    Q: Array,
+    alpha: Array,
+    beta: Array,
+    start: Array,
+    stop: Array,
+    reorthogonalize: bool = True,
+) -> tuple[Array, Array, Array]:
+    r"""Lanczos steps k = start, …, stop − 1 of (H11) in one compiled loop, unchecked.
+
+    Each step is :func:`lanczos_step_core`'s (one :func:`hvp_core`, the recurrence, the
+    optional reorthogonalisation against rows 0..k); α_k, β_k are written into ``alpha``,
+    ``beta`` and q_{k+1} into row k + 1 of Q, all in place in a ``lax.fori_loop``.  The forward
+    pass of the hvp depends on params only, so it is computed once per call, not per step.
+
+    Args:
+      Q: (R, P) Lanczos vectors, R ≥ stop + 1, rows 0..start filled (donated: updated in place).
+      alpha, beta: (m,) with m ≥ stop, entries < start filled (β_{start−1} is read).
+      start, stop: int32 scalars, 0 ≤ start ≤ stop (traced: one compilation serves all).
+
+    Returns:
+      (Q, alpha, beta) with rows start + 1..stop of Q and entries start..stop − 1 set.
+    """
+    hv = _flat_hvp(params, X, Y, loss, row_weights)
+
+    def body(k, carry):
+        Q, alpha, beta = carry
+        b_prev = beta[jnp.maximum(k - 1, 0)]
+        Q, a, b = _lanczos_step(hv, Q, k, b_prev, reorthogonalize)
+        return Q, alpha.at[k].set(a), beta.at[k].set(b)
+
+    return jax.lax.fori_loop(start, stop, body, (Q, alpha, beta))
+
+
+def _top_ritz(alpha: list[float], beta: list[float], tol: float, eps: float):
+    """(θ, s, stop, residual) for T_k of α_0..α_{k−1}, β_0..β_{k−2}, in float64 (H11): stop
+    when the residual β_{k−1}|s_k| ≤ tol·|θ| or β_{k−1} ≈ 0 (invariant Krylov space)."""
+    T = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
+    vals, vecs = np.linalg.eigh(T)
+    theta, s = float(vals[-1]), vecs[:, -1]
+    residual = beta[-1] * abs(s[-1])  # (H11)
+    scale = max(abs(theta), max(abs(x) for x in alpha), np.finfo(np.float64).tiny)
+    stop = residual <= tol * abs(theta) or beta[-1] <= 1e3 * eps * scale
+    return theta, s, stop, residual
+
+
+def _next_chunk(log_ratios: list[float], remaining: int) -> int:
+    """Steps for the next compiled call: the steps the residual's recent geometric decrease
+    predicts until it reaches tol (at least 1, at most ``_MAX_CHUNK`` and ``remaining``)."""
+    n = _MAX_CHUNK
+    if len(log_ratios) >= 2:
+        h = min(4, len(log_ratios) - 1)
+        rate = (log_ratios[-1 - h] - log_ratios[-1]) / h  # decrease of log(residual/tol) per step
+        if rate > 0 and math.isfinite(log_ratios[-1]):
+            n = max(1, min(n, int(log_ratios[-1] / rate)))
+    return min(n, remaining)
+
+
+def _log_ratio(residual: float, bound: float) -> float:
+    if residual == 0.0:
+        return -math.inf
+    return math.log(residual / bound) if bound > 0.0 else math.inf
 
 
 def lanczos_core(
@@ -523,11 +630,18 @@ def lanczos_core(
     tol: float = 1e-7,
     reorthogonalize: bool = True,
 ) -> tuple[float, Array, int]:
-    r"""Lanczos on ``hvp_core`` (H11), unchecked: a host loop over :func:`lanczos_step_core`.
+    r"""Lanczos on ``hvp_core`` (H11), unchecked: a host loop over :func:`lanczos_steps_core`.
 
-    Runs at most m = min(num_iters, P) steps and stops once the top Ritz pair (θ, y) of the
-    tridiagonal T_k (solved on the host in float64) has residual ‖H y − θ y‖ = β_k |s_k| ≤
-    tol·|θ|, or the Krylov space is invariant (β_k ≈ 0).  Not traceable (a Python loop).
+    Runs at most m = min(num_iters, P) steps and stops at the first step k whose top Ritz pair
+    (θ, y) of the tridiagonal T_k (solved on the host in float64) has residual
+    ‖H y − θ y‖ = β_k |s_k| ≤ tol·|θ|, or whose Krylov space is invariant (β_k ≈ 0).  The steps
+    run on the device in chunks of at most ``_MAX_CHUNK`` (8) per compiled call, sized by the
+    residual's recent rate of decrease; the host then checks each step of the chunk in order,
+    exactly as a step-by-step loop would.  Steps a chunk ran past the stopping step (at most
+    ``_MAX_CHUNK`` − 1) are discarded: they cost time but change neither θ, y nor the step
+    count, since later steps do not touch α, β or the rows of Q before them.  Per step: one
+    hvp (its forward pass shared by the chunk), O(P), and with ``reorthogonalize`` 2(k + 1)·P
+    more.  Not traceable (a Python loop).
 
     Returns:
       (θ as a float, y flat (P,) of unit norm, steps taken).
@@ -536,26 +650,56 @@ def lanczos_core(
     flat, _ = ravel_pytree(params)
     P, dtype = flat.shape[0], flat.dtype
     m = min(num_iters, P)
-    q0 = jax.random.normal(key, (P,), dtype=dtype)
-    Q = jnp.zeros((m + 1, P), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
-    alpha, beta = [], []
-    b_prev = jnp.zeros((), dtype)
+    eps = _eps(dtype)
+    Q, alpha_d, beta_d = _lanczos_start(key, P, m, dtype)
+    alpha: list[float] = []
+    beta: list[float] = []
+    log_ratios: list[float] = []  # log(residual / (tol·|θ|)) per step
     theta, s = 0.0, np.ones(1)
-    for k in range(m):
-        Q, a, b_prev = lanczos_step_core(
-            params, X, Y, loss, w, Q, jnp.asarray(k, jnp.int32), b_prev, reorthogonalize
-        )
-        alpha.append(float(a))
-        beta.append(float(b_prev))
-        T = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
-        vals, vecs = np.linalg.eigh(T)
-        theta, s = float(vals[-1]), vecs[:, -1]
-        scale = max(abs(theta), max(abs(x) for x in alpha), np.finfo(np.float64).tiny)
-        if beta[-1] * abs(s[-1]) <= tol * abs(theta) or beta[-1] <= 1e3 * _eps(dtype) * scale:
+    done = 0
+    while done < m:
+        n = _next_chunk(log_ratios, m - done)
+        Q, alpha_d, beta_d = lanczos_steps_core(
+            params, X, Y, loss, w, Q, alpha_d, beta_d,
+            jnp.asarray(done, jnp.int32), jnp.asarray(done + n, jnp.int32), reorthogonalize,
+        )  # fmt: skip
+        a_h = np.asarray(alpha_d)[done : done + n].astype(np.float64)
+        b_h = np.asarray(beta_d)[done : done + n].astype(np.float64)
+        stop = False
+        for a, b in zip(a_h, b_h, strict=True):
+            alpha.append(float(a))
+            beta.append(float(b))
+            theta, s, stop, residual = _top_ritz(alpha, beta, tol, eps)
+            bound = tol * abs(theta)
+            log_ratios.append(_log_ratio(residual, bound))
+            if stop:
+                break
+        done += n
+        if stop:
             break
     k = len(alpha)
-    y = Q[:k].T @ jnp.asarray(s, dtype)
-    return theta, y / jnp.linalg.norm(y), k
+    s_pad = np.zeros(m, dtype)
+    s_pad[:k] = s
+    return theta, _ritz_vector(Q, jnp.asarray(s_pad), jnp.asarray(k, jnp.int32)), k
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _lanczos_start(key: Array, P: int, m: int, dtype) -> tuple[Array, Array, Array]:
+    """Q (m + 1, P) with row 0 a random unit vector, the rest zero; α, β (m,) zero."""
+    q0 = jax.random.normal(key, (P,), dtype=dtype)
+    Q = jnp.zeros((m + 1, P), dtype).at[0].set(q0 / jnp.linalg.norm(q0))
+    return Q, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype)
+
+
+@jax.jit
+def _ritz_vector(Q: Array, s: Array, k: Array) -> Array:
+    """y = Σ_{j<k} s_j q_j / ‖·‖, reading rows 0..k − 1 of Q only (H11)."""
+
+    def add(j, y):
+        return y + s[j] * jax.lax.dynamic_index_in_dim(Q, j, keepdims=False)
+
+    y = jax.lax.fori_loop(0, k, add, jnp.zeros(Q.shape[1:], Q.dtype))
+    return y / jnp.linalg.norm(y)
 
 
 def _eps(dtype) -> float:
