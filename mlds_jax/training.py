@@ -529,11 +529,13 @@ def _epoch_indices(
     """The epoch's shuffled row indices laid out as ``plan`` (padding gathers row 0).
 
     The permutation is over the real rows only: rows added to reach a row bucket (see
-    :func:`_row_bucket`) are never gathered as real rows.  ``shuffle=False``: the identity.
+    :func:`_train_bucket`) are never gathered as real rows.  ``shuffle=False``: the identity.
     """
     n = int(plan.counts.sum())
     perm = _permutation(key_words, epoch, n) if shuffle else np.arange(n)
-    return np.where(plan.pos >= 0, perm[np.maximum(plan.pos, 0)], 0).astype(np.int32)
+    out = np.zeros(plan.pos.shape, np.int32)
+    out[plan.pos >= 0] = perm  # the real slots hold positions 0..n-1 in row-major order
+    return out
 
 
 def _check_sample_weight(sample_weight, n: int, rows: int, dtype) -> np.ndarray:
