@@ -68,6 +68,7 @@ from jax.core import Tracer
 
 from mlds_jax import validation
 from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from mlds_jax.interop import read_exactly
 from mlds_jax.layers import Dense, Params
 
 __all__ = [
@@ -344,17 +345,13 @@ def read_regular_file(path: str, what: str = "checkpoint") -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{what} {path} is {_kind(st.st_mode)}; only regular files are read")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                raise ValueError(
-                    f"{what} {path} is truncated: it ended {left} bytes short of its size "
-                    f"(was it changed while being read?)"
-                )
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        try:
+            return read_exactly(fd, st.st_size)
+        except EOFError as short:
+            raise ValueError(
+                f"{what} {path} is truncated: it ended {short.args[0]} bytes short of its size "
+                f"(was it changed while being read?)"
+            ) from None
     finally:
         os.close(fd)
 

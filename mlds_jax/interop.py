@@ -76,6 +76,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "TORCH_MODULES",
     "SafetensorsFile",
+    "read_exactly",
     "read_safetensors",
     "safetensors_bytes",
     "tensor_names",
@@ -347,18 +348,28 @@ def _open_regular(path: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _read_exactly(fd: int, n: int, what: str) -> bytes:
+def read_exactly(fd: int, n: int) -> bytes:
+    """Exactly ``n`` bytes from the file descriptor ``fd``, read in pieces of at most 16 MiB
+    (nothing is allocated beyond what the file holds).  ``EOFError(left)`` if the file ends
+    ``left`` bytes short (it was truncated, or changed while being read)."""
     chunks, left = [], n
     while left > 0:
         chunk = os.read(fd, min(left, 1 << 24))
         if not chunk:
-            raise _FileError(
-                f"is truncated: it ended {left} bytes short inside the {what} (was it "
-                f"changed while being read?)"
-            )
+            raise EOFError(left)
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _read_exactly(fd: int, n: int, what: str) -> bytes:
+    try:
+        return read_exactly(fd, n)
+    except EOFError as short:
+        raise _FileError(
+            f"is truncated: it ended {short.args[0]} bytes short inside the {what} (was it "
+            f"changed while being read?)"
+        ) from None
 
 
 def _parse_header(head: bytes) -> dict[str, Any]:
