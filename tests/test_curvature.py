@@ -347,6 +347,23 @@ def test_lanczos_core_stops_where_a_stepwise_loop_stops(net, reorthogonalize, to
     np.testing.assert_allclose(np.asarray(y), y_ref, rtol=TOL["rtol"], atol=TOL["atol"])
 
 
+def test_lanczos_core_grows_q_past_its_first_block(net):
+    """A run longer than the 32 rows Q starts with (tol = 0: no early stop; 40 steps) grows Q
+    once and matches the reference loop step for step (θ, y, the step count)."""
+    params, X, Y, f, flat, unravel = net
+    assert flat.shape[0] > 40  # P: so the 40 steps are not capped by P
+    H = np.asarray(jax.hessian(f)(flat))
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    key = jax.random.key(4)
+    q0 = np.asarray(jax.random.normal(key, flat.shape, dtype=jnp.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):  # its residual ratios divide by tol = 0
+        theta_ref, y_ref, steps_ref, _ = ref_lanczos(H, q0, 40, 0.0, True)
+    theta, y, steps = curvature.lanczos_core(params, Xp, Yp, "cross_entropy", key, None, 40, 0.0)
+    assert steps == steps_ref == 40
+    np.testing.assert_allclose(theta, theta_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=TOL["rtol"], atol=TOL["atol"])
+
+
 def test_lanczos_steps_core_chunks_equal_single_steps(net):
     """One ``lanczos_steps_core`` call over steps 0..6, two calls split at 3, and seven
     ``lanczos_step_core`` calls give the same Q, α and β."""
