@@ -67,6 +67,13 @@ def init_mlp(
       [(5, 7), (7, 4), (4, 3)]
     """
     sizes = validation.check_sizes(sizes)
+    for name, value, what in (
+        ("hidden", hidden, "the activation of every hidden layer"),
+        ("output", output, "the output layer's activation"),
+        ("init", init, "an initializer name"),
+    ):
+        if not isinstance(value, str) and value is not None:  # None: "unknown ..." below
+            raise TypeError(f"{name} must be a str, {what}; got {type(value).__name__} {value!r}")
     if hidden not in HIDDEN_ACTIVATIONS:
         if hidden in ACTIVATIONS:
             raise ValueError(

@@ -1220,12 +1220,15 @@ def fit(
 
     What triggers a compile:
       The compiled epoch is cached in the process and reused by later ``fit`` calls that do
-      the same computation.  A call compiles (about 0.4 s for a small MLP on a CPU) only
-      when one of these differs from every earlier call: the architecture (layer shapes and
-      activations), the dtypes, the loss, ``grads``, the batch size, the number of
-      minibatches ⌈N / batch_size⌉, the row bucket of N and of N_val (N rounded up to a
-      multiple of 2^(⌊log2 N⌋ − 3): cross-validation folds of nearly equal size share one;
-      the padding rows weigh 0 and are never sampled), whether there is validation data,
+      the same computation.  A call compiles (about 1 s for a small MLP on a 2-core CPU)
+      only when one of these differs from every earlier call: the architecture (layer shapes
+      and activations), the dtypes, the loss, ``grads``, the batch size (and N itself when
+      N < batch_size: full-batch training), the bucket of N (the next power of two, for X up
+      to 64 MiB: the folds of a cross-validation and the refit on all rows share one when
+      they fall in one octave, e.g. 1437 and 1797 rows; the padding rows are never sampled,
+      and the number of minibatches is data), the bucket of N_val (N_val rounded up to a
+      multiple of 2^(⌊log2 N_val⌋ − 3): the validation pass runs over it, so it is kept
+      tight), whether there is validation data,
       the mesh, and the optimizer's *kind*: its ``update`` function and the Python scalars it
       closes over.  A fresh ``optax.adam(1e-3)`` reuses the compiled epoch of an earlier
       ``optax.adam(1e-3)``; ``optax.adam(3e-4)`` compiles again, unless the optimizer comes

@@ -816,6 +816,9 @@ def test_bad_names_for_activations_losses_and_sizes(key):
         mj.init_mlp(key, [3, 2], hidden="gelu")
     with pytest.raises(ValueError, match=r"unknown output activation None"):
         mj.init_mlp(key, [3, 2], output=None)
+    with pytest.raises(TypeError, match=r"hidden must be a str, the activation of every hidden "
+                       r"layer; got list \['relu', 'softmax'\]"):
+        mj.init_mlp(key, [3, 4, 2], hidden=["relu", "softmax"])
     with pytest.raises(
         TypeError,
         match=r"sizes must be a sequence of ints like \[4, 8, 3\], "
