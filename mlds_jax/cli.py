@@ -62,55 +62,34 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _positive(kind):
+def _checked(kind, ok, expected: str, must: str):
+    """An argparse ``type``: ``kind(text)``, then ``ok(value)``, each failure named."""
+
     def parse(text: str):
-        if kind is int:
-            try:
-                value = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-            if value < 1:
-                raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-            return value
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not 0 < value < float("inf"):  # nan and inf too: --lr inf diverges at once
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must {must}, got {text!r}")
         return value
 
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
-    return value
+def _positive(kind):
+    if kind is int:
+        return _checked(int, lambda v: v >= 1, "a whole number", "be a whole number >= 1")
+    # nan and inf too: --lr inf diverges at once
+    return _checked(kind, lambda v: 0 < v < float("inf"), "a number", "be a finite number > 0")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-    if not 0 <= value < 2**32:  # numpy's and the data splits' seed range
-        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {text!r}")
-    return value
+_fraction = _checked(float, lambda v: 0 < v < 1, "a number", "lie strictly between 0 and 1")
+_non_negative_float = _checked(
+    float, lambda v: 0 <= v < float("inf"), "a float", "be a finite number >= 0"
+)
+# numpy's and the data splits' seed range
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "an int", "lie in [0, 2**32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

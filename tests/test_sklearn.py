@@ -270,7 +270,7 @@ def test_fitted_attributes_and_params_pytree(iris):
 
 def test_early_stopping_records_scores(iris):
     X, y = iris
-    clf = MLPClassifier(
+    kw = dict(
         hidden_layer_sizes=(8,),
         max_iter=300,
         early_stopping=True,
@@ -278,17 +278,11 @@ def test_early_stopping_records_scores(iris):
         random_state=0,
         learning_rate_init=0.05,
     )
+    clf = MLPClassifier(**kw)
     clf.fit(X, y)
     assert clf.n_iter_ < 300 and len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ in clf.validation_scores_ and clf.best_loss_ is None
-    reg = MLPRegressor(
-        hidden_layer_sizes=(8,),
-        max_iter=300,
-        early_stopping=True,
-        n_iter_no_change=3,
-        random_state=0,
-        learning_rate_init=0.05,
-    )
+    reg = MLPRegressor(**kw)
     reg.fit(X[:, :3], X[:, 3])
     assert max(reg.validation_scores_) > 0.5
 
