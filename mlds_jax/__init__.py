@@ -32,6 +32,7 @@ from mlds_jax.activations import (
 )
 from mlds_jax.autodiff import GradCheckReport, LeafCheck, autodiff_grads, check_grads
 from mlds_jax.backprop import backward_deltas, manual_grads
+from mlds_jax.callback import Callback
 from mlds_jax.checkpoint import load, load_checkpoint, save, save_checkpoint
 from mlds_jax.compilation import (
     CompilationCacheWarning,
@@ -49,8 +50,9 @@ from mlds_jax.descent import (
 )
 from mlds_jax.extensions import (
     DPSGD,
-    DPTrainStep,
     GradientMoments,
+    PrivacyAccountant,
+    SharpnessTracker,
     clip_factors,
     diag_ggn,
     dp_epsilon,
@@ -62,7 +64,6 @@ from mlds_jax.extensions import (
     hessian_trace,
     hvp,
     kfac_factors,
-    make_dp_train_step,
     mlp,
     network_exact_step_size,
     network_max_stable_step_size,
@@ -78,6 +79,7 @@ from mlds_jax.parallel import data_parallel_mesh, pad_rows
 from mlds_jax.training import (
     EarlyStopping,
     History,
+    Trainer,
     TrainingDivergedWarning,
     TrainStep,
     default_loss,
@@ -92,11 +94,11 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "Backward",
+    "Callback",
     "CompilationCacheWarning",
     "DATASETS",
     "DEFAULT_LOSS",
     "DPSGD",
-    "DPTrainStep",
     "Dataset",
     "DatasetInfo",
     "Dense",
@@ -113,7 +115,10 @@ __all__ = [
     "Loss",
     "OUTPUT_ACTIVATIONS",
     "Params",
+    "PrivacyAccountant",
+    "SharpnessTracker",
     "TrainStep",
+    "Trainer",
     "TrainingDivergedWarning",
     "__version__",
     "autodiff_grads",
@@ -154,7 +159,6 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "loss",
-    "make_dp_train_step",
     "make_train_step",
     "manual_grads",
     "matched_delta",

@@ -626,7 +626,7 @@ def cmd_train(args) -> int:
             on_epoch_end=log,
             mesh=mesh,
             dp=dp,
-            track_sharpness=args.track_sharpness,
+            callbacks=[mj.SharpnessTracker(args.track_sharpness)] if args.track_sharpness else [],
             checkpoint_dir=out,
             resume=args.resume,
         )

@@ -556,45 +556,39 @@ class _BaseMLP(BaseEstimator, ABC):
         self.best_validation_score_ = scores[best]
 
     def _partial_epoch(self, params, X, Y, sw, loss, bs, n_batches, seed):
-        """One epoch, optimizer state kept between calls (as scikit-learn's partial_fit).
-
-        One epoch through :func:`mlds_jax.fit` would restart the optimizer state; a compiled
-        :func:`mlds_jax.make_train_step` keeps it.  The step (a compiled function) is not
-        pickled; the optimizer state (arrays) is.
-        """
-        tag = (X.shape[1], loss, bs, float(self.alpha), self.grads)
-        step = getattr(self, "_partial_step", None)
+        """One epoch on a :class:`mlds_jax.Trainer`, the optimizer state kept between calls
+        (as scikit-learn's partial_fit).  The trainer (it owns compiled programs) is not
+        pickled; the optimizer state (arrays) is."""
+        tag = (X.shape[1], loss, bs, self.grads, bool(self.shuffle))
+        trainer = getattr(self, "_partial_trainer", None)
         opt_state = getattr(self, "_partial_opt_state", None)
-        if step is None or step[0] != tag:
+        if trainer is None or trainer[0] != tag:
             optimizer = self._make_optimizer(n_batches, X.shape[0], self.learning_rate_init, 0)
-            step = (tag, mj.make_train_step(optimizer, loss, self.grads, l2=float(self.alpha)))
-            if opt_state is None or opt_state[0] != tag:
-                opt_state = (tag, optimizer.init(params))
-        assert opt_state is not None  # built above with the step on the first call
-        train_step = step[1]
-        state = opt_state[1]
-        X, Y = jax.numpy.asarray(X), mj.prepare_targets(params, Y, loss)
-        n = X.shape[0]
-        order = check_random_state(seed).permutation(n) if self.shuffle else np.arange(n, dtype=int)
-        total = 0.0
-        for start in range(0, n, bs):
-            rows = order[start : start + bs]
-            if sw is None:
-                rw = None
-            elif np.sum(sw[rows]) <= 0:
-                continue  # no row counts: no update (as fit)
-            else:  # s_n / Σ_batch s (with l2 the step divides λ by the batch's nonzero rows)
-                rw = jax.numpy.asarray(sw[rows] / np.sum(sw[rows]))
-            params, state, m = train_step.jitted(params, state, X[rows], Y[rows], rw)
-            total += float(m["loss"]) * rows.size
-        self._partial_step, self._partial_opt_state = step, (opt_state[0], state)
-        self.loss_ = total / n
-        self.loss_curve_.append(self.loss_)
+            trainer = (
+                tag,
+                mj.Trainer(loss, optimizer, self.grads, bs, shuffle=bool(self.shuffle)),
+            )
+        if opt_state is not None and opt_state[0] != tag:
+            opt_state = None
+        data = trainer[1].prepare(
+            params, X, Y, key=jax.random.key(seed), sample_weight=sw, l2=float(self.alpha)
+        )
+        state = trainer[1].init(params, data, None if opt_state is None else opt_state[1])
+        state, chunk = trainer[1].run(state, data, 1)
+        if chunk.status == "diverged":
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may contain "
+                "large values and need to be preprocessed."
+            )
+        self._partial_trainer, self._partial_opt_state = trainer, (tag, state.opt_state)
+        loss_value = float(chunk.logs[0]["loss"])
+        self.loss_ = loss_value
+        self.loss_curve_.append(loss_value)
         self.n_iter_ = 1  # as scikit-learn's partial_fit: the epochs of this call
-        self.t_ += n
+        self.t_ += X.shape[0]
         if self.best_loss_ is not None:
-            self.best_loss_ = min(self.best_loss_, self.loss_)
-        return params
+            self.best_loss_ = min(self.best_loss_, loss_value)
+        return state.params
 
     @staticmethod
     def _verbose_callback(offset: int):
@@ -606,7 +600,7 @@ class _BaseMLP(BaseEstimator, ABC):
     def __getstate__(self):
         state: dict = super().__getstate__()  # pyright: ignore[reportAssignmentType]
         state = {
-            k: v for k, v in state.items() if k != "_partial_step"
+            k: v for k, v in state.items() if k != "_partial_trainer"
         }  # compiled code: rebuilt on the next partial_fit
         return state
 

@@ -26,7 +26,7 @@
 # | 1 | the row-by-row derivation next to the code | `mj.per_example_grads`, `mj.per_example_grad_norms` |
 # | 2 | which digits have the largest gradient norms, and why | `mj.per_example_grad_norms` |
 # | 3 | gradient noise over a short training | `mj.gradient_moments` |
-# | 4 | DP-SGD on digits: accuracy against ε | `mj.make_dp_train_step`, `mj.dp_epsilon` |
+# | 4 | DP-SGD on digits: accuracy against ε | `mj.make_train_step(dp=...)`, `mj.dp_epsilon` |
 
 # %%
 # Hyperparameters
@@ -219,7 +219,7 @@ assert noise_scale[-1][1] < noise_scale[0][1]  # while the mean gradient shrinks
 # %%
 def train_dp(sigma):
     opt = optax.sgd(DP_LR)
-    step = mj.make_dp_train_step(opt, LOSS, mj.DPSGD(l2_clip=CLIP, noise_multiplier=sigma))
+    step = mj.make_train_step(opt, LOSS, dp=mj.DPSGD(l2_clip=CLIP, noise_multiplier=sigma))
     params, state = params0, opt.init(params0)
     rng = np.random.default_rng(SEED)
     key = jax.random.key(SEED + 1)

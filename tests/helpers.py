@@ -300,6 +300,22 @@ def tree_is_finite(tree) -> bool:
     return all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in np_leaves(tree))
 
 
+@contextlib.contextmanager
+def compilations():
+    """Names of the XLA backend compilations (jax.monitoring events) inside the block."""
+    names: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def bit_identical(a, b) -> bool:
     """Same leaves, dtypes, shapes and bytes (so −0.0 != 0.0 and NaN payloads count)."""
     la, lb = np_leaves(a), np_leaves(b)

@@ -110,7 +110,7 @@ def test_no_noise_no_clipping_is_exactly_the_plain_gradient(hidden, output, loss
 def test_dp_train_step_without_noise_or_clipping_is_the_plain_sgd_step():
     params, X, Y = make_problem(2, SIZES, "tanh", "softmax", "cross_entropy", 5)
     opt = optax.sgd(0.3)
-    step = mj.make_dp_train_step(opt, "cross_entropy", mj.DPSGD(math.inf, 0.0))
+    step = mj.make_train_step(opt, "cross_entropy", dp=mj.DPSGD(math.inf, 0.0))
     new, _, metrics = step(params, opt.init(params), X, Y, key=jax.random.key(1))
     Y2 = targets_2d(Y, "cross_entropy", SIZES[-1], jnp.float64)
     value, g = plain_jit(params, X, Y2, "cross_entropy")
@@ -147,7 +147,7 @@ def test_noise_statistics():
 def test_same_key_same_step_different_key_different_step():
     params, X, Y = make_problem(3, SIZES, "relu", "identity", "mse", 5)
     opt = optax.sgd(0.1)
-    step = mj.make_dp_train_step(opt, "mse", mj.DPSGD(1.0, 1.0))
+    step = mj.make_train_step(opt, "mse", dp=mj.DPSGD(1.0, 1.0))
     state = opt.init(params)
     a, _, _ = step(params, state, X, Y, key=jax.random.key(7))
     b, _, _ = step(params, state, X, Y, key=jax.random.key(7))
@@ -184,17 +184,17 @@ def test_dp_train_step_rejects_bad_input():
     params, X, Y = make_problem(3, SIZES, "relu", "softmax", "cross_entropy", 5)
     opt = optax.sgd(0.1)
     dp = mj.DPSGD(1.0, 1.0)
-    with pytest.raises(TypeError, match="dp must be an mlds_jax.DPSGD"):
-        mj.make_dp_train_step(opt, "cross_entropy", (1.0, 1.0))
+    with pytest.raises(TypeError, match="dp must be None or an mlds_jax.DPSGD"):
+        mj.make_train_step(opt, "cross_entropy", dp=(1.0, 1.0))
     with pytest.raises(TypeError, match="optax.GradientTransformation"):
-        mj.make_dp_train_step("sgd", "cross_entropy", dp)
+        mj.make_train_step("sgd", "cross_entropy", dp=dp)
     with pytest.raises(ValueError, match="unknown loss"):
-        mj.make_dp_train_step(opt, "hinge", dp)
-    step = mj.make_dp_train_step(opt, "cross_entropy", dp)
+        mj.make_train_step(opt, "hinge", dp=dp)
+    step = mj.make_train_step(opt, "cross_entropy", dp=dp)
     state = opt.init(params)
     with pytest.raises(TypeError, match="key must be a jax.random key"):
         step(params, state, X, Y, key=0)
-    with pytest.raises(TypeError, match="key"):
+    with pytest.raises(ValueError, match="pass its noise key"):
         step(params, state, X, Y)  # the key is required and keyword-only
     with pytest.raises(ValueError, match="class labels must lie in"):
         step(params, state, X, Y + 10, key=jax.random.key(0))
@@ -283,7 +283,7 @@ def test_dp_train_step_compiles_once_for_new_keys_and_data():
         return sgd.update(grads, state, params)
 
     opt = optax.GradientTransformation(sgd.init, update)
-    step = mj.make_dp_train_step(opt, "cross_entropy", mj.DPSGD(1.0, 1.0))
+    step = mj.make_train_step(opt, "cross_entropy", dp=mj.DPSGD(1.0, 1.0))
     state = opt.init(params)
     for seed in range(3):
         params, state, _ = step(params, state, X + seed, Y, key=jax.random.key(seed))

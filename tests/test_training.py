@@ -33,6 +33,7 @@ from helpers import (
     OUTPUT_LOSS_PAIRS,
     base_problem,
     bit_identical,
+    compilations,
     grid_sizes,
     make_problem,
     tree_is_finite,
@@ -806,22 +807,6 @@ def test_determinism_fit_same_key_bit_identical(grads, dtype):
     assert h1 == h2 and set(h1) == {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
-@contextlib.contextmanager
-def _compilations():
-    """Names of the XLA backend compilations (jax.monitoring events) inside the block."""
-    names: list[str] = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            names.append(str(kwargs.get("fun_name", "?")))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_fit_compiles_its_epoch_once_across_calls(key):
     """A second fit of the same computation, with a fresh optimizer of the same kind, a new
     key, another epoch count and a data set of a few rows fewer (same row bucket, same number
@@ -838,12 +823,12 @@ def test_fit_compiles_its_epoch_once_across_calls(key):
 
     run(optax.sgd(0.1))  # warm-up: the epoch and the input checks' helpers
     run(optax.sgd(0.1), n=39, n_val=11)  # the other row counts' input-check helpers
-    with _compilations() as compiled:
+    with compilations() as compiled:
         _, h = run(optax.sgd(0.1), epochs=3, k=5)
         run(optax.sgd(0.1), n=39, n_val=11)  # 5 batches of 8 either way; buckets 40 and 12
     assert len(h["loss"]) == 3
     assert compiled == []
-    with _compilations() as compiled:
+    with compilations() as compiled:
         run(optax.sgd(0.2))  # the learning rate is a constant of optax.sgd's update
     assert compiled == ["jit(epochs)"]
 
@@ -851,7 +836,7 @@ def test_fit_compiles_its_epoch_once_across_calls(key):
         return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=0.9)
 
     run(injected(0.1))
-    with _compilations() as compiled:
+    with compilations() as compiled:
         _, h1 = run(injected(0.05))
         _, h2 = run(injected(0.01))
     assert compiled == []
@@ -911,7 +896,7 @@ def test_determinism_no_recompilation_across_epochs(grads):
                   progress=False)
     mj.fit(params, X, y, optimizer=optax.sgd(0.1), **kwargs)  # warm-up: the helpers
     lr = 0.1 + (0.001 if grads == "manual" else 0.002)
-    with _compilations() as compiled:
+    with compilations() as compiled:
         _, history = mj.fit(params, X, y, optimizer=optax.sgd(lr), **kwargs)
     assert len(history["loss"]) == 8
     assert compiled == ["jit(epochs)"]
@@ -926,12 +911,12 @@ def test_determinism_the_recompile_counters_do_detect_recompiles():
     opt = optax.sgd(0.1)
     step = mj.make_train_step(opt, loss)
     state = opt.init(params)
-    with _compilations() as compiled:
+    with compilations() as compiled:
         for n in (9, 8, 7):
             params, state, _ = step(params, state, X[:n], y[:n])
     assert step.trace_count == 3
     assert compiled.count("jit(traced)") == 3, compiled
-    with _compilations() as compiled:
+    with compilations() as compiled:
         for n in (10, 9):
             mj.fit(params, X[:n], y[:n], optimizer=optax.sgd(0.1003), epochs=2, progress=False)
     assert compiled.count("jit(epochs)") == 2
@@ -1056,7 +1041,7 @@ def test_fit_l2_and_sample_weight_do_not_recompile(key):
     kw = dict(optimizer=optax.sgd(0.1234), epochs=1, batch_size=4, progress=False)
     mj.fit(params, X, y, **kw)  # warm-up
     rng = np.random.default_rng(0)
-    with _compilations() as compiled:
+    with compilations() as compiled:
         a, _ = mj.fit(params, X, y, l2=0.5, **kw)
         b, _ = mj.fit(params, X, y, l2=1e-3, sample_weight=rng.uniform(size=10), **kw)
         c, _ = mj.fit(params, X, y, shuffle=False, **kw)
@@ -1086,7 +1071,9 @@ def test_fit_rejects_bad_weights(key, kwargs, error, match):
 
 
 # === DP-SGD in training =======================================================================
-def test_dp_train_step_needs_its_key_and_matches_make_dp_train_step(key):
+def test_dp_train_step_needs_its_key_and_is_dp_value_and_grads_then_the_update(key):
+    """make_train_step(dp=...) is THE DP-SGD step: the gradient source's (L, g̃) of (D1)-(D3),
+    then the optimizer's update; its key is required and only DP steps take one."""
     params, X, y = _classification(key, n=10)
     opt, dp = optax.sgd(0.2), mj.DPSGD(1.0, 0.8)
     step = mj.make_train_step(opt, "cross_entropy", dp=dp)
@@ -1099,9 +1086,11 @@ def test_dp_train_step_needs_its_key_and_matches_make_dp_train_step(key):
         mj.make_train_step(opt, "cross_entropy", dp=(1.0, 1.0))
     k = jax.random.key(11)
     new, _, m = step(params, state, X, y, key=k)
-    ref, _, m_ref = mj.make_dp_train_step(opt, "cross_entropy", dp)(params, state, X, y, key=k)
-    assert_close(new, ref)
-    assert math.isclose(float(m["loss"]), float(m_ref["loss"]), rel_tol=1e-12)
+    Y = mj.prepare_targets(params, y, "cross_entropy")
+    value, g = mj.dp_value_and_grads(params, jnp.asarray(X), Y, "cross_entropy", dp, k)
+    updates, _ = opt.update(g, state, params)
+    assert_close(new, optax.apply_updates(params, updates))
+    assert math.isclose(float(m["loss"]), float(value), rel_tol=1e-12)
     assert "accuracy" in m
 
 
@@ -1122,13 +1111,13 @@ def test_fit_dp_without_noise_or_clipping_is_the_plain_fit(key):
 def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
     """fit(dp=...) is a loop of make_dp_train_step steps, step i of epoch e with noise key
     fold_in(fold_in(k, e), i), k = jax.random.split(key)[0], over fit's row orders; ε after
-    every epoch is dp_epsilon(σ, B/N, steps so far, 1/N) (dp_delta overrides δ)."""
+    every epoch is dp_epsilon(σ, B/N, steps so far, 1/N) (DPSGD.delta overrides δ)."""
     pytest.importorskip("dp_accounting")
     params, X, y = _classification(key, n=10)
     opt, dp, k = optax.sgd(0.2), mj.DPSGD(0.5, 1.1), jax.random.key(8)
     fitted, history = mj.fit(params, X, y, optimizer=opt, epochs=2, batch_size=4, key=k, dp=dp,
                              progress=False)
-    step = mj.make_dp_train_step(opt, "cross_entropy", dp)
+    step = mj.make_train_step(opt, "cross_entropy", dp=dp)
     noise = jax.random.split(k)[0]
     p, state = params, opt.init(params)
     for e in range(2):
@@ -1141,8 +1130,8 @@ def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
     expected = [mj.dp_epsilon(1.1, 0.4, 3 * (e + 1), 0.1) for e in range(2)]
     np.testing.assert_allclose(history["epsilon"], expected, rtol=1e-12)
     assert history["epsilon"][1] > history["epsilon"][0]
-    _, h = mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=4, key=k, dp=dp,
-                  dp_delta=1e-5, progress=False)
+    _, h = mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=4, key=k,
+                  dp=mj.DPSGD(0.5, 1.1, delta=1e-5), progress=False)
     assert math.isclose(h["epsilon"][0], mj.dp_epsilon(1.1, 0.4, 3, 1e-5), rel_tol=1e-12)
 
 
@@ -1151,14 +1140,19 @@ def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
     [
         ({"dp": "dp"}, TypeError, "dp must be None or an mlds_jax.DPSGD"),
         ({"dp": mj.DPSGD(1.0, 1.0), "sample_weight": np.ones(6)}, ValueError, "counts each row"),
-        ({"dp_delta": 1e-5}, ValueError, "dp_delta is only used with dp"),
-        ({"dp": mj.DPSGD(1.0, 1.0), "dp_delta": 1.5}, ValueError, r"dp_delta must lie in"),
     ],
 )
 def test_fit_rejects_bad_dp_arguments(key, kwargs, error, match):
     params, X, Y = _regression_problem(key)
     with pytest.raises(error, match=match):
         mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+
+
+@pytest.mark.parametrize("delta", [1.5, 0.0, -1e-5])
+def test_dpsgd_delta_is_checked(delta):
+    with pytest.raises(ValueError, match="DPSGD.delta must"):
+        mj.DPSGD(1.0, 1.0, delta=delta)
+    assert mj.DPSGD(1.0, 1.0, delta=1e-5) == mj.DPSGD(1.0, 1.0)  # not part of the program
 
 
 # === sharpness tracking =======================================================================
@@ -1169,15 +1163,15 @@ def test_fit_track_sharpness_equals_hessian_top_eigenvalue(key):
     params, X, y = _classification(key, n=10)
     kw = dict(optimizer=optax.sgd(0.3), batch_size=4, key=jax.random.key(2), progress=False)
     Xs, ys = X[:6], y[:6]
-    fitted, history = mj.fit(params, X, y, epochs=2, track_sharpness=1,
-                             sharpness_data=(Xs, ys), **kw)
+    fitted, history = mj.fit(params, X, y, epochs=2,
+                             callbacks=[mj.SharpnessTracker(1, data=(Xs, ys))], **kw)
     after_one, _ = mj.fit(params, X, y, epochs=1, **kw)
     assert history["sharpness_epoch"] == [1, 2]
     for p, value in zip((after_one, fitted), history["sharpness"], strict=True):
         lam, _ = mj.hessian_top_eigenvalue(p, Xs, ys, "cross_entropy", key=jax.random.key(9))
         assert math.isclose(value, float(lam), rel_tol=1e-6)
     # default data: the training rows; every 2nd epoch
-    fitted, history = mj.fit(params, X, y, epochs=3, track_sharpness=2, **kw)
+    fitted, history = mj.fit(params, X, y, epochs=3, callbacks=[mj.SharpnessTracker(2)], **kw)
     assert history["sharpness_epoch"] == [2]
     assert len(history["loss"]) == 3
     after_two, _ = mj.fit(params, X, y, epochs=2, **kw)
@@ -1186,20 +1180,23 @@ def test_fit_track_sharpness_equals_hessian_top_eigenvalue(key):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
+    ("args", "error", "match"),
     [
-        ({"track_sharpness": 0}, ValueError, "track_sharpness must be >= 1"),
-        ({"track_sharpness": 1.5}, TypeError, "track_sharpness must be an int"),
-        ({"sharpness_data": ([[0.0] * 3], [[0.0] * 2])}, ValueError, "only used with"),
-        ({"track_sharpness": 1, "sharpness_data": [1]}, TypeError, "sharpness_data must be"),
-        ({"track_sharpness": 1, "sharpness_data": (np.ones((2, 5)), np.ones((2, 2)))},
-         ValueError, "sharpness X"),
+        ((0,), ValueError, "every must be >= 1"),
+        ((1.5,), TypeError, "every must be an int"),
+        ((1, [1]), TypeError, "data must be a tuple"),
     ],
 )
-def test_fit_rejects_bad_sharpness_arguments(key, kwargs, error, match):
-    params, X, Y = _regression_problem(key)
+def test_sharpness_tracker_rejects_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
-        mj.fit(params, X, Y, progress=False, epochs=1, **kwargs)
+        mj.SharpnessTracker(*args)
+
+
+def test_sharpness_tracker_checks_its_data_before_training(key):
+    params, X, Y = _regression_problem(key)
+    tracker = mj.SharpnessTracker(1, data=(np.ones((2, 5)), np.ones((2, 2))))
+    with pytest.raises(ValueError, match="sharpness X"):
+        mj.fit(params, X, Y, progress=False, epochs=1, callbacks=[tracker])
 
 
 # --- issue 12: a validation split that never touches other rows; divergence causes -------------
@@ -1424,9 +1421,10 @@ def test_in_jupyter_kernel_detection(monkeypatch):
     assert in_jupyter_kernel()
 
 
-def test_fit_in_a_kernel_without_tqdm_prints_text_lines(monkeypatch, capsys):
-    """In a kernel without tqdm (the progress extra) fit falls back to a line per epoch on
-    stdout; no error.  With progress=False nothing is shown."""
+def test_fit_in_a_kernel_without_tqdm_updates_one_line(monkeypatch, capsys):
+    """In a kernel without tqdm (the progress extra) fit falls back to one line on stdout,
+    rewritten in place after every epoch ("\r"), ended by one newline; no error.  With
+    progress=False nothing is shown."""
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
@@ -1436,7 +1434,8 @@ def test_fit_in_a_kernel_without_tqdm_prints_text_lines(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # importing tqdm would fail
     _tiny_regression_fit(epochs=3)
     out, err = capsys.readouterr()
-    assert [line.split()[1] for line in out.splitlines()] == ["1/3", "2/3", "3/3"]
+    assert out.count("\n") == 1 and out.endswith("\n")
+    assert [part.split()[2] for part in out.strip().split("\r") if part] == ["1/3", "2/3", "3/3"]
     assert err == ""
     _tiny_regression_fit(epochs=3, progress=False)
     assert capsys.readouterr().out == ""

@@ -6,7 +6,8 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 * :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP;
 * :mod:`~mlds_jax.extensions.curvature`: Hessian- and GGN-vector products by the R-operator,
   the diagonal GGN, the top Hessian eigenvalue (Lanczos), the Hutchinson trace, step sizes;
-* :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block.
+* :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block;
+* :mod:`~mlds_jax.extensions.sharpness_tracker`: λ_max during training, as a callback.
 """
 
 from mlds_jax.extensions.curvature import (
@@ -21,11 +22,10 @@ from mlds_jax.extensions.curvature import (
 )
 from mlds_jax.extensions.dp import (
     DPSGD,
-    DPTrainStep,
+    PrivacyAccountant,
     clip_factors,
     dp_epsilon,
     dp_value_and_grads,
-    make_dp_train_step,
 )
 from mlds_jax.extensions.kfac import kfac_factors
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
@@ -40,11 +40,13 @@ from mlds_jax.extensions.per_example import (
     per_example_grads,
     per_example_grads_core,
 )
+from mlds_jax.extensions.sharpness_tracker import SharpnessTracker
 
 __all__ = [
     "DPSGD",
-    "DPTrainStep",
     "GradientMoments",
+    "PrivacyAccountant",
+    "SharpnessTracker",
     "clip_factors",
     "diag_ggn",
     "dp_epsilon",
@@ -58,7 +60,6 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "kfac_factors",
-    "make_dp_train_step",
     "mlp",
     "mlp_backward",
     "mlp_core",

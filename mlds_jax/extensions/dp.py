@@ -15,40 +15,37 @@ backward with row weights 1/N, bit for bit).  Row weights act as a padding mask 
 w_n > 0 are real and each counts once (DP needs every example's contribution bounded by C,
 which arbitrary weights would break).
 
-The noise key is explicit: ``step(params, opt_state, X, Y, key=k)``.  :func:`dp_epsilon`
-reports the privacy spent with Google's ``dp-accounting`` package (optional extra ``dp``).
+:class:`DPSGD` is a gradient source for training: ``mj.make_train_step(optimizer, loss,
+dp=DPSGD(C, σ))`` (the noise key is explicit: ``step(params, opt_state, X, Y, key=k)``) and
+``mj.fit(..., dp=DPSGD(C, σ))``, where its :class:`PrivacyAccountant` callback records the ε
+spent after every epoch.  :func:`dp_epsilon` reports the privacy spent with Google's
+``dp-accounting`` package (optional extra ``dp``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import Array
-from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.per_example import (
-    check_row_weights,
-    per_example_deltas,
-    row_mask,
-)
+from mlds_jax.callback import Callback
+from mlds_jax.extensions.per_example import per_example_deltas, row_mask
 from mlds_jax.layers import Params
-from mlds_jax.losses import get_loss
 
 __all__ = [
     "ACCOUNTANTS",
     "DPSGD",
+    "PrivacyAccountant",
     "clip_factors",
     "dp_epsilon",
     "dp_value_and_grads",
-    "make_dp_train_step",
 ]
 
 #: Opacus's guard against division by a zero norm, in κ_n = min(1, C / (‖∇ℓ_n‖ + ε)).
@@ -64,14 +61,23 @@ class DPSGD:
     Attributes:
       l2_clip: C > 0; ``math.inf`` turns clipping off (then σ must be 0).
       noise_multiplier: σ ≥ 0, finite: the noise std relative to C.
+      delta: δ in (0, 1) at which :class:`PrivacyAccountant` reports ε during ``fit``;
+        default 1/N.  Not part of the computation (equality and hash ignore it).
 
-    Frozen and hashable, so it can be a static argument of ``jax.jit``.
+    Frozen and hashable, so it can be a static argument of ``jax.jit``.  A gradient source
+    for training (:class:`mlds_jax.training.GradientSource`).
     """
 
     l2_clip: float
     noise_multiplier: float
+    delta: float | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
+        if self.delta is not None:
+            d = validation.positive_float(self.delta, "DPSGD.delta")
+            if d >= 1:
+                raise ValueError(f"DPSGD.delta must lie in (0, 1), got {self.delta}")
+            object.__setattr__(self, "delta", d)
         for name in ("l2_clip", "noise_multiplier"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -87,6 +93,14 @@ class DPSGD:
                 "DPSGD with noise_multiplier > 0 needs a finite l2_clip: the noise "
                 "std is noise_multiplier * l2_clip"
             )
+
+    def value_and_grads(self, params, X, Y, loss: str, key, row_weights=None):
+        """(L, g̃) of one step: :func:`dp_value_and_grads` with these settings."""
+        return dp_value_and_grads(params, X, Y, loss, self, key, row_weights)
+
+    def training_callbacks(self) -> list:
+        """What ``fit(dp=self)`` adds to its callbacks: the :class:`PrivacyAccountant`."""
+        return [PrivacyAccountant(self)]
 
 
 def clip_factors(norms: Array, l2_clip: float) -> Array:
@@ -159,71 +173,6 @@ def dp_value_and_grads(
     return value, jax.tree_util.tree_unflatten(treedef, noisy)
 
 
-class DPTrainStep:
-    """A compiled DP-SGD step: ``step(params, opt_state, X, Y, *, key, row_weights=None)
-    -> (params, opt_state, metrics)``; ``metrics["loss"]`` is the plain loss before the update.
-
-    ``step.jitted(params, opt_state, X, Y, key, row_weights)`` skips the input checks.
-    """
-
-    def __init__(self, optimizer: optax.GradientTransformation, loss: str, dp: DPSGD):
-        self.optimizer, self.loss, self.dp = optimizer, loss, dp
-
-        def step_core(params, opt_state, X, Y, key, row_weights=None):
-            value, grads = dp_value_and_grads(params, X, Y, loss, dp, key, row_weights)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, {"loss": value}
-
-        self.jitted: Callable[..., Any] = jax.jit(step_core)
-
-    def __call__(
-        self,
-        params: Params,
-        opt_state: Any,
-        X: ArrayLike,
-        Y: ArrayLike,
-        *,
-        key: Array,
-        row_weights: ArrayLike | None = None,
-    ):
-        X, Y = validation.check_batch(params, X, Y, self.loss)
-        validation.check_key(key)
-        w = check_row_weights(row_weights, X.shape[0], X.dtype)
-        return self.jitted(params, opt_state, X, Y, key, w)
-
-    def __repr__(self) -> str:
-        return f"DPTrainStep(loss={self.loss!r}, dp={self.dp})"
-
-
-def make_dp_train_step(
-    optimizer: optax.GradientTransformation, loss: str, dp: DPSGD
-) -> DPTrainStep:
-    """Build a jit-compiled DP-SGD training step, equations (D1)-(D3).
-
-    Args:
-      optimizer: any ``optax.GradientTransformation``; DP-SGD proper is ``optax.sgd(α)``.
-      loss: loss name.
-      dp: :class:`DPSGD` (clip norm C, noise multiplier σ).
-
-    Returns:
-      ``step(params, opt_state, X, Y, *, key)`` -> (params, opt_state, {"loss": L}); the key
-      is required (keyword-only) and the same key gives the same step.
-
-    Example:
-      >>> step = mj.make_dp_train_step(optax.sgd(0.1), "cross_entropy", mj.DPSGD(1.0, 1.1))
-      >>> params, opt_state, metrics = step(params, opt_state, X, y, key=jax.random.key(0))
-    """
-    get_loss(loss)
-    if not isinstance(dp, DPSGD):
-        raise TypeError(f"dp must be an mlds_jax.DPSGD, got {type(dp).__name__}")
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(
-            "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)); "
-            f"got {type(optimizer).__name__}"
-        )
-    return DPTrainStep(optimizer, loss, dp)
-
-
 def dp_epsilon(
     noise_multiplier: float,
     sample_rate: float,
@@ -274,3 +223,30 @@ def dp_epsilon(
         acct = dp_accounting.pld.PLDAccountant()
     acct.compose(event, steps)
     return float(acct.get_epsilon(d))
+
+
+class PrivacyAccountant(Callback):
+    """A training callback: ``history["epsilon"]``, the ε spent after each epoch of DP-SGD.
+
+    RDP accountant (:func:`dp_epsilon`) with sample rate q = min(1, batch_size / N), the steps
+    so far (epochs × minibatches per epoch) and δ = ``dp.delta`` (default 1/N).  Records
+    nothing when σ = 0 (no privacy guarantee) or when the optional ``dp-accounting`` package
+    is not installed.
+    """
+
+    def __init__(self, dp: DPSGD):
+        self.dp = dp
+        self._args: tuple | None = None
+
+    def on_train_begin(self, run: Any) -> None:
+        n = run.data.n
+        if self.dp.noise_multiplier > 0 and importlib.util.find_spec("dp_accounting"):
+            delta = 1.0 / n if self.dp.delta is None else self.dp.delta
+            q = min(1.0, run.trainer.batch_size / n)
+            self._args = (q, run.data.steps_per_epoch, delta)
+
+    def on_epoch_end(self, epoch: int, logs: dict, run: Any) -> bool | None:
+        if self._args is not None:
+            q, steps, delta = self._args
+            logs["epsilon"] = dp_epsilon(self.dp.noise_multiplier, q, (epoch + 1) * steps, delta)
+        return None

@@ -1,0 +1,284 @@
+"""The training callbacks ``fit`` builds from its keywords: progress, the verbose log, the
+per-epoch function, resumable checkpoints.  Each is a :class:`mlds_jax.callback.Callback`;
+the protocol is documented there.  (DP-SGD's privacy accounting and sharpness tracking are
+callbacks too; they live with their extensions.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+
+from mlds_jax import train_state
+from mlds_jax.callback import Callback
+from mlds_jax.training.run import History, Run
+
+__all__ = [
+    "Checkpoint",
+    "EpochEndFunction",
+    "ProgressBar",
+    "VerboseLog",
+    "check_verbose",
+    "in_jupyter_kernel",
+    "progress_mode",
+]
+
+
+def in_jupyter_kernel() -> bool:
+    """True when running inside an IPython kernel (Jupyter, VS Code notebooks, Colab).
+
+    IPython must already be imported (it is, in a kernel) and ``get_ipython()`` must return
+    a shell with a ``kernel``; a plain IPython terminal has none.  Never imports IPython.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None:
+        return False
+    try:
+        shell = get_ipython()
+    except Exception:
+        return False
+    return getattr(shell, "kernel", None) is not None
+
+
+def progress_mode(progress: bool) -> str | None:
+    """How ``fit`` shows progress: "notebook" (tqdm's widget bar in a kernel, when tqdm and
+    ipywidgets are installed), "line" (a kernel without them: one line on stdout, rewritten
+    in place), "bar" (tqdm on a terminal stderr) or None (off, not a terminal, or no tqdm)."""
+    if not progress:
+        return None
+    has_tqdm = importlib.util.find_spec("tqdm") is not None
+    if in_jupyter_kernel():
+        return "notebook" if has_tqdm and importlib.util.find_spec("ipywidgets") else "line"
+    if hasattr(sys.stderr, "isatty") and sys.stderr.isatty() and has_tqdm:
+        return "bar"
+    return None
+
+
+def check_verbose(verbose) -> int:
+    if isinstance(verbose, bool) or not isinstance(verbose, int):
+        raise TypeError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose}")
+    return int(verbose)
+
+
+def _shown(logs: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "time")
+
+
+class _Paced(Callback):
+    """A display: chunks are cut so that it updates about every ``interval`` seconds (the
+    first chunk is one epoch, to measure; results do not depend on the chunking)."""
+
+    interval = 0.25
+
+    def __init__(self):
+        self._per_epoch: float | None = None
+        self._seen: int = 0
+
+    def epochs_until_due(self, epoch: int) -> int | None:
+        if self._per_epoch is None or self._seen < 2:  # the first chunk pays the compile
+            return 1
+        return max(1, int(self.interval / max(self._per_epoch, 1e-9)))
+
+    def on_epoch_end(self, epoch: int, logs: dict, run: Run) -> bool | None:
+        self._per_epoch, self._seen = logs.get("time", 0.0), self._seen + 1
+        self.show(epoch, logs, run)
+        return None
+
+    def show(self, epoch: int, logs: dict, run: Run) -> None:
+        """Display one finished epoch (subclasses)."""
+
+
+class ProgressBar(_Paced):
+    """A progress bar: tqdm's on a terminal, its widget in Jupyter (with ipywidgets), or one
+    line rewritten in place in a kernel without them (see :func:`progress_mode`)."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self._bar = None
+        self._line = ""
+
+    def on_train_begin(self, run: Run) -> None:
+        if self.mode in ("bar", "notebook"):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=run.epochs, desc="fit", unit="epoch", file=sys.stderr,
+                initial=run.state.epoch,
+            )  # fmt: skip
+
+    def show(self, epoch: int, logs: dict, run: Run) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "time"})
+            self._bar.update(1)
+        else:
+            line = f"fit: epoch {epoch + 1}/{run.epochs}  {_shown(logs)}"
+            pad = " " * max(0, len(self._line) - len(line))
+            print("\r" + line + pad, end="", flush=True)
+            self._line = line
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._line:
+            print(flush=True)
+
+    def on_train_end(self, run: Run) -> None:
+        self._close()
+
+    def on_interrupt(self, run: Run, error: BaseException) -> None:
+        self._close()
+
+
+class VerboseLog(_Paced):
+    """``verbose=1``: a line ``epoch e/E  loss ...  val_loss ...`` on stdout every ⌈E/10⌉-th
+    epoch and for the last epoch run; ``verbose=2``: a line per epoch."""
+
+    def __init__(self, verbose: int):
+        super().__init__()
+        self.verbose = verbose
+        self._every = 1
+        self._pending: str | None = None
+
+    def on_train_begin(self, run: Run) -> None:
+        self._every = max(1, -(-run.epochs // 10)) if self.verbose == 1 else 1
+
+    def show(self, epoch: int, logs: dict, run: Run) -> None:
+        width = len(str(run.epochs))
+        self._pending = f"epoch {epoch + 1:>{width}}/{run.epochs}  {_shown(logs)}"
+        if (epoch + 1) % self._every == 0 or epoch + 1 == run.epochs:
+            print(self._pending, flush=True)
+            self._pending = None
+
+    def on_train_end(self, run: Run) -> None:
+        if self._pending is not None:  # the last epoch run, when training stopped early
+            print(self._pending, flush=True)
+
+
+class EpochEndFunction(Callback):
+    """``fit(on_epoch_end=fn)``: ``fn(epoch, logs)`` after every epoch (its chunk ends there),
+    with a fresh dict of that epoch's history entries; ``True`` stops training."""
+
+    def __init__(self, fn: Callable[[int, dict], bool | None]):
+        if not callable(fn):
+            raise TypeError(
+                f"on_epoch_end must be callable(epoch, metrics), got {type(fn).__name__}"
+            )
+        self.fn = fn
+        self._last: tuple[int, dict] | None = None
+
+    def epochs_until_due(self, epoch: int) -> int | None:
+        return 1
+
+    def on_epoch_end(self, epoch: int, logs: dict, run: Run) -> bool | None:
+        self._last = (epoch, logs)  # complete once every callback has added its entries
+        return None
+
+    def on_chunk_end(self, run: Run) -> bool | None:
+        if self._last is None:
+            return None
+        epoch, logs = self._last
+        self._last = None
+        return self.fn(epoch, dict(logs)) is True
+
+
+class Checkpoint(Callback):
+    """Resumable training: the whole training state in ``directory/train_state.npz``.
+
+    Written atomically (see :mod:`mlds_jax.train_state`) every ``every`` epochs, when training
+    ends, and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
+    handler or a callback: the last completed epoch is saved, then the exception propagates).
+    With ``resume`` the run continues from the file (FileNotFoundError if there is none),
+    bit-identical to an uninterrupted run; a state of another run (key, data size, batch
+    size, loss), optimizer or architecture is refused naming the mismatch.  The directory is
+    created (parents too) if it does not exist.
+    """
+
+    def __init__(self, directory: str | os.PathLike, every: int = 1, resume: bool = False):
+        self.directory, self.every, self.resume = directory, every, resume
+        self.path = train_state.state_path(directory)
+        self._saved_at = -1
+        self._snapshot = None  # (state, history lengths) after the last completed chunk
+
+    @staticmethod
+    def run_id(run: Run) -> dict:
+        """What must match for a state to be resumed by this run."""
+        return {
+            "key": list(run.data.words),
+            "n": run.data.n,
+            "batch_size": run.trainer.batch_size,
+            "loss": run.trainer.loss,
+        }
+
+    def on_train_begin(self, run: Run) -> None:
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise NotADirectoryError(
+                f"checkpoint_dir {os.fspath(self.directory)!r} exists and is not a directory"
+            )
+        os.makedirs(self.directory, exist_ok=True)
+        if self.resume:
+            state = run.state
+            saved, params, opt_state, best_params = train_state.load_train_state(
+                self.path, state.params, state.opt_state
+            )
+            if saved.get("run") != self.run_id(run):
+                raise ValueError(
+                    f"training state {self.path} is of another run ({saved.get('run')}); this "
+                    f"call has {self.run_id(run)}: resume with the same key, data, batch size "
+                    "and loss"
+                )
+            history = History({k: list(v) for k, v in saved["history"].items()})
+            history.stop_reason = saved["stop_reason"]
+            history.best_epoch = saved["best_epoch"]
+            run.history = history
+            run.state = state._replace(
+                params=params,
+                opt_state=opt_state,
+                epoch=int(saved["epoch"]),
+                best_value=float(saved["best_value"]),
+                since_best=int(saved["since_best"]),
+                best_epoch=saved["best_epoch"],
+                best_params=best_params,
+            )
+            self._saved_at = run.state.epoch
+        self._snapshot = (run.state, run.history.lengths())
+
+    def epochs_until_due(self, epoch: int) -> int | None:
+        return self.every - epoch % self.every
+
+    def on_chunk_end(self, run: Run) -> bool | None:
+        self._snapshot = (run.state, run.history.lengths())
+        if run.state.epoch % self.every == 0:
+            self._save(run, run.history.stop_reason)
+        return None
+
+    def on_train_end(self, run: Run) -> None:
+        self._snapshot = (run.state, run.history.lengths())
+        if self._saved_at != run.state.epoch:
+            self._save(run, run.history.stop_reason)
+
+    def on_interrupt(self, run: Run, error: BaseException) -> None:
+        if self._snapshot is not None and self._saved_at != self._snapshot[0].epoch:
+            self._save(run, "completed")  # the last completed epoch, resumable
+
+    def _save(self, run: Run, stop_reason: str) -> None:
+        assert self._snapshot is not None
+        state, lengths = self._snapshot
+        record = {
+            "run": self.run_id(run),
+            "epoch": state.epoch,
+            "history": {k: list(run.history[k][:m]) for k, m in lengths.items()},
+            "stop_reason": stop_reason,
+            "best_epoch": state.best_epoch,
+            "best_value": state.best_value,
+            "since_best": state.since_best,
+        }
+        train_state.save_train_state(
+            self.path, state.params, state.opt_state, state.best_params, record
+        )
+        self._saved_at = state.epoch
