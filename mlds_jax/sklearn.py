@@ -65,6 +65,8 @@ Not implemented: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``, spars
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import warnings
@@ -462,20 +464,20 @@ class _BaseMLP(BaseEstimator, ABC):
         patience = None if self.n_iter_no_change == np.inf else int(self.n_iter_no_change) + 1
         stop = None
         if patience is not None:
+            # scikit-learn's rule: an epoch counts as no improvement unless it beats the best
+            # value so far by tol (the training loss, or with early_stopping the validation
+            # score: accuracy or R²); the best value follows every better epoch
+            score = "val_accuracy" if is_classifier(self) else "val_r2"
             stop = mj.EarlyStopping(
                 patience=patience,
                 min_delta=float(self.tol),
-                monitor="val_loss" if self.early_stopping else "loss",
+                monitor=score if self.early_stopping else "loss",
                 restore_best=bool(self.early_stopping),
+                reference="best",
             )
         later_stop = None
         if stop is not None:
-            later_stop = mj.EarlyStopping(
-                patience=max(1, stop.patience - 1),
-                min_delta=stop.min_delta,
-                monitor=stop.monitor,
-                restore_best=stop.restore_best,
-            )
+            later_stop = dataclasses.replace(stop, patience=max(1, stop.patience - 1))
         val = None if X_val is None else (X_val, Y_val)
         ss_tot = None
         if val is not None and not is_classifier(self):

@@ -287,6 +287,34 @@ def test_early_stopping_records_scores(iris):
     assert max(reg.validation_scores_) > 0.5
 
 
+@pytest.mark.parametrize(
+    ("name", "early_stopping"),
+    [("digits", False), ("breast_cancer", False), ("diabetes", False), ("digits", True)],
+)
+def test_estimators_stop_where_sklearn_stops(name, early_stopping):
+    """Default settings on standardised data: scikit-learn's tol/n_iter_no_change rule (the
+    best value so far, moved by every better epoch; the training loss, or with early
+    stopping the validation score) gives epoch counts within 25% of scikit-learn's, and a
+    ConvergenceWarning exactly where scikit-learn warns."""
+    from sklearn import datasets
+
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    ours, theirs = (MLPRegressor, sknn.MLPRegressor) if name == "diabetes" else (
+        MLPClassifier, sknn.MLPClassifier)  # fmt: skip
+    if name == "diabetes":
+        y = (y - y.mean()) / y.std()
+    counts, warned = [], []
+    for cls in (ours, theirs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est = cls(random_state=0, early_stopping=early_stopping).fit(X, y)
+        counts.append(est.n_iter_)
+        warned.append(any(issubclass(w.category, ConvergenceWarning) for w in caught))
+    assert abs(counts[0] - counts[1]) <= 0.25 * counts[1], counts
+    assert warned[0] == warned[1]
+
+
 def test_bad_input_messages(iris):
     X, y = iris
     clf = MLPClassifier(max_iter=5)

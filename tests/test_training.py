@@ -16,6 +16,7 @@ diverging learning rate, and determinism (bit-identical fits, one compilation pe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -373,8 +374,10 @@ def test_fit_history_keys_binary_without_validation(key):
                                 n=7, targets="hard")
     _, history = mj.fit(params, X, Y, optimizer=optax.sgd(0.1), epochs=2, batch_size=3,
                         progress=False)
-    assert set(history) == {"loss", "accuracy", "time"}
+    # two labels: exact-match "accuracy" and the fraction of right labels
+    assert set(history) == {"loss", "accuracy", "label_accuracy", "time"}
     assert all(len(v) == 2 for v in history.values())
+    assert all(a <= b for a, b in zip(history["accuracy"], history["label_accuracy"]))
 
 
 def test_fit_progress_in_non_tty_prints_nothing(ref_run):
@@ -519,7 +522,48 @@ def test_early_stopping_arguments(key):
     with pytest.raises(ValueError, match="min_delta"):
         mj.EarlyStopping(min_delta=-1.0)
     with pytest.raises(ValueError, match="monitor"):
-        mj.EarlyStopping(monitor="accuracy")
+        mj.EarlyStopping(monitor="precision")
+    with pytest.raises(ValueError, match="reference"):
+        mj.EarlyStopping(reference="first")
+    # a metric this loss does not record (regression: no accuracy)
+    with pytest.raises(ValueError, match=r"monitors accuracy, which a mse run does not record"):
+        mj.fit(params, X, Y, early_stopping=mj.EarlyStopping(monitor="accuracy"), progress=False)
+
+
+def test_early_stopping_on_a_score_and_with_the_running_best_reference(key):
+    """monitor="val_accuracy" stops when the score stops rising (higher is better); the
+    "best" reference (scikit-learn's rule) compares with the best value so far, so it never
+    runs longer than the "last_improvement" one (Keras's), and on a steadily, slowly
+    improving loss it stops where a hand count of scikit-learn's rule says."""
+    params, X, y = _classification(key, n=30)
+    kw = dict(optimizer=optax.sgd(0.05), epochs=60, batch_size=30, key=jax.random.key(1),
+              progress=False)
+    _, h = mj.fit(params, X, y, **kw)  # full batch: a deterministic, steady descent
+    losses = h["loss"]
+    for tol in (1e-3, 3e-3):
+        # scikit-learn's rule by hand: count epochs whose loss is not below best − tol,
+        # best = the running minimum; stop when the count reaches the patience (3)
+        best, count, stop_at = math.inf, 0, None
+        for e, v in enumerate(losses):
+            count = count + 1 if v > best - tol else 0
+            best = min(best, v)
+            if count >= 3:
+                stop_at = e
+                break
+        es = mj.EarlyStopping(patience=3, min_delta=tol, monitor="loss", reference="best",
+                              restore_best=False)
+        _, hb = mj.fit(params, X, y, early_stopping=es, **kw)
+        _, hk = mj.fit(params, X, y, early_stopping=dataclasses.replace(
+            es, reference="last_improvement"), **kw)
+        assert len(hb["loss"]) == (60 if stop_at is None else stop_at + 1)
+        assert len(hb["loss"]) <= len(hk["loss"])
+    # a score: higher is better, and the best epoch's params come back
+    es = mj.EarlyStopping(patience=2, monitor="val_accuracy")
+    fitted, h = mj.fit(params, X, y, early_stopping=es, validation_data=(X[:10], y[:10]), **kw)
+    best = int(np.argmax(h["val_accuracy"]))  # the first epoch reaching the maximum
+    assert h.best_epoch == best
+    again, _ = mj.fit(params, X, y, **{**kw, "epochs": best + 1})
+    assert_bit_identical(fitted, again)
 
 
 def test_divergence_stops_with_warning_and_last_finite_params(key):
@@ -672,9 +716,12 @@ def test_evaluate_binary_against_numpy(key):
     params, X, Y = make_problem(key, [3, 5, 2], "relu", "sigmoid", "binary_cross_entropy",
                                 n=30, targets="hard")
     scores = mj.evaluate(params, X, Y)
-    assert set(scores) == {"loss", "accuracy"}
+    assert set(scores) == {"loss", "accuracy", "label_accuracy"}
     A, Yn = np_forward(params, X), np.asarray(Y)
-    np.testing.assert_allclose(scores["accuracy"], np.mean((A > 0.5) == (Yn > 0.5)), rtol=1e-12)
+    right = (A > 0.5) == (Yn > 0.5)
+    # "accuracy" is exact match over the labels of a row (scikit-learn's score)
+    np.testing.assert_allclose(scores["accuracy"], np.mean(right.all(axis=1)), rtol=1e-12)
+    np.testing.assert_allclose(scores["label_accuracy"], np.mean(right), rtol=1e-12)
     bce = -np.sum(Yn * np.log(A) + (1 - Yn) * np.log(1 - A)) / 30
     np.testing.assert_allclose(scores["loss"], bce, rtol=1e-10)
 

@@ -60,7 +60,9 @@ class EpochData(NamedTuple):
       wr: regression only: 1/N on the real training rows, for the epoch's R², else None.
       plain: regression only: (slots, B') row indices in the given order, else None.
       noise_key: the DP-SGD noise key, or None.
-      stopping: (monitor index in the metric vector, δ_min, patience) as device scalars.
+      stopping: early stopping's settings as device scalars: (monitor index in the metric
+        vector, sign s (+1: lower is better, −1: higher), δ_min, patience, reference (1:
+        the best value so far, scikit-learn's rule; 0: the last improvement, Keras's)).
     """
 
     X: Array
@@ -75,23 +77,32 @@ class EpochData(NamedTuple):
     wr: Array | None
     plain: Array | None
     noise_key: Array | None
-    stopping: tuple[Array, Array, Array]
+    stopping: tuple[Array, Array, Array, Array, Array]
 
 
 class StopState(NamedTuple):
     """Early stopping's running state, carried on device from epoch to epoch."""
 
-    best_value: Array  # the best monitored value so far (inf before the first epoch)
+    best_value: Array  # s × the reference value (inf before the first epoch): lower is better
     since_best: Array  # int32: epochs since it improved by more than min_delta
     best_epoch: Array  # int32: 0-based epoch of the best value, -1 before the first
     best_params: Params  # the parameters after that epoch
 
 
-def metric_names(loss: str, has_val: bool) -> tuple[str, ...]:
-    """The epoch's metrics in the order of the compiled metric vector."""
+def batch_metric_names(loss: str, n_out: int) -> tuple[str, ...]:
+    """The keys of :func:`~mlds_jax.training.step.batch_metrics`, in order."""
     target = get_loss(loss).targets
-    train = ("loss", "accuracy") if get_loss(loss).is_classification else ("loss",)
-    train = train + (("r2",) if target == "real" else ())
+    if target == "real":
+        return ("loss",)
+    if target == "probability" and n_out > 1:
+        return ("loss", "accuracy", "label_accuracy")
+    return ("loss", "accuracy")
+
+
+def metric_names(loss: str, has_val: bool, n_out: int = 1) -> tuple[str, ...]:
+    """The epoch's metrics in the order of the compiled metric vector (``n_out`` outputs)."""
+    train = batch_metric_names(loss, n_out)
+    train = train + (("r2",) if get_loss(loss).targets == "real" else ())
     return train + (tuple("val_" + k for k in train) if has_val else ())
 
 
@@ -134,11 +145,11 @@ def _make_epoch(spec: ProgramSpec):
     """
     loss, mesh, has_val = spec.loss, spec.mesh, spec.has_val
     step_core = make_step_core(spec.update.optimizer.update, loss, spec.grads, dp=spec.dp)
-    n_train = 2 if get_loss(loss).is_classification else 1
     regression = get_loss(loss).targets == "real"
 
     def epoch(params, opt_state, idx, d: EpochData, e):
         X, Y, mask, sw = d.X, d.Y, d.mask, d.sw
+        keys = batch_metric_names(loss, Y.shape[1])
         pregather = X.dtype.itemsize * X.shape[1] * idx.size <= PREGATHER_MAX_BYTES
         if pregather:  # the epoch's rows in one gather each (see PREGATHER_MAX_BYTES)
             Xe, Ye, se = X[idx], Y[idx], sw[idx] * mask
@@ -163,10 +174,10 @@ def _make_epoch(spec: ProgramSpec):
                 lambda a, b: jnp.where(ok, a, b), new, old
             )
             p, s = keep(p_new, p), keep(s_new, s)  # S = 0: no rows count, no update
-            batch = jnp.stack([met["loss"], met["accuracy"]] if n_train == 2 else [met["loss"]])
+            batch = jnp.stack([met[k] for k in keys])
             return p, s, sums + batch * S, total + S
 
-        sums0 = jnp.zeros((n_train,), X.dtype)
+        sums0 = jnp.zeros((len(keys),), X.dtype)
         params, opt_state, sums, total = jax.lax.fori_loop(
             0, d.n_batches, body, (params, opt_state, sums0, jnp.zeros((), X.dtype))
         )  # n_batches run; the plan's further slots (the rest of the row bucket) do not
@@ -188,7 +199,7 @@ def _make_epoch(spec: ProgramSpec):
             cache = core.forward_cache(params, Xv)
             value = core.loss_value(cache, Yv, loss, row_weights=wv)
             m = batch_metrics(loss, value, cache.As[-1], Yv, wv)
-            values.append(jnp.stack([m["loss"], m["accuracy"]] if n_train == 2 else [m["loss"]]))
+            values.append(jnp.stack([m[k] for k in keys]))
             if regression:
                 values.append(_weighted_r2(cache.As[-1], Yv, wv)[None])
         values.append(_tree_finite(params).astype(X.dtype)[None])
@@ -212,8 +223,10 @@ def epochs(spec: ProgramSpec, params, opt_state, stop: StopState, data: EpochDat
     After each epoch, exactly as a host loop would: if any training or validation metric
     (r² excepted) or the new params are non-finite the epoch is discarded and the chunk
     ends ``DIVERGED``; otherwise it is committed, its metric vector written to row k of
-    ``values``, and early stopping updated (improved: value < best − δ_min, in the metrics'
-    dtype; ``patience`` epochs without improvement end the chunk ``EARLY_STOPPED``).
+    ``values``, and early stopping updated, in the metrics' dtype with x = s · value:
+    improved ⇔ x < reference − δ_min (resets the count); the reference (and the best
+    params) move to x when improved, or, with the "best" reference, whenever x < reference;
+    ``patience`` epochs without improvement end the chunk ``EARLY_STOPPED``.
 
     Returns:
       (params, opt_state, stop, values (K, n_metrics + 1), runs (int32: committed epochs),
@@ -221,10 +234,10 @@ def epochs(spec: ProgramSpec, params, opt_state, stop: StopState, data: EpochDat
       diverged epoch, which holds its (non-finite) metrics.
     """
     epoch = _make_epoch(spec)
-    names = metric_names(spec.loss, spec.has_val)
+    names = metric_names(spec.loss, spec.has_val, data.Y.shape[1])
     # a non-finite loss or accuracy means divergence; r2 can overflow before the params do
     checked = np.array([not k.endswith("r2") for k in names] + [False])
-    monitor, min_delta, patience = data.stopping
+    monitor, sign, min_delta, patience, running = data.stopping
     values0 = jnp.zeros((idx.shape[0], len(names) + 1), data.X.dtype)
 
     def cond(carry):
@@ -238,13 +251,15 @@ def epochs(spec: ProgramSpec, params, opt_state, stop: StopState, data: EpochDat
         finite = (v[-1] == 1) & jnp.all(jnp.where(checked, jnp.isfinite(v), True))
 
         def commit(_):
-            improved = v[monitor] < st.best_value - min_delta
+            x = sign * v[monitor]
+            improved = x < st.best_value - min_delta
+            moved = improved | ((running == 1) & (x < st.best_value))
             since = jnp.where(improved, 0, st.since_best + 1)
-            best = jax.lax.cond(improved, lambda: p_new, lambda: st.best_params)
+            best = jax.lax.cond(moved, lambda: p_new, lambda: st.best_params)
             new_st = StopState(
-                jnp.where(improved, v[monitor], st.best_value),
+                jnp.where(moved, x, st.best_value),
                 since,
-                jnp.where(improved, e0 + k, st.best_epoch),
+                jnp.where(moved, e0 + k, st.best_epoch),
                 best,
             )
             status = jnp.where(since >= patience, EARLY_STOPPED, RUNNING)

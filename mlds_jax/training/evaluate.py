@@ -42,7 +42,9 @@ def evaluate(params: Params, X: ArrayLike, Y: ArrayLike, loss: str | None = None
         sigmoid → binary_cross_entropy, otherwise mse).
 
     Returns:
-      ``{"loss": float, "accuracy": float}`` for classification losses,
+      ``{"loss": float, "accuracy": float}`` for classification losses (for several sigmoid
+      labels: exact-match accuracy, as scikit-learn's ``score``, plus "label_accuracy", the
+      fraction of right labels),
       ``{"loss": float, "r2": float}`` (coefficient of determination) for regression ones;
       for targets without variance (one row, say) r2 is 1 for a perfect fit and 0 otherwise,
       as scikit-learn's ``r2_score``.  An overflowed loss raises ValueError, as in

@@ -181,19 +181,29 @@ def _value_grads_output(params, X, Y, loss, row_weights, grads: str, fused: bool
 
 
 def batch_metrics(loss: str, value: Array, A: Array, Y: Array, row_weights=None) -> dict:
-    """Loss and, for classification, accuracy, averaged with the row weights (default 1/N)."""
+    """Loss and, for classification, accuracy, averaged with the row weights (default 1/N).
+
+    Class targets (softmax): a row is right when argmax Ŷ = argmax Y.  Probability targets
+    (sigmoid outputs, one or more labels): a row is right when every label is (ŷ > 0.5) =
+    (y > 0.5), exact-match accuracy as scikit-learn's ``score``; with several labels
+    "label_accuracy" is the fraction of right labels as well.
+    """
     metrics = {"loss": value}
     target = get_loss(loss).targets
     if target == "real":
         return metrics
+
+    def mean(x):
+        x = x.astype(A.dtype)
+        return jnp.mean(x) if row_weights is None else jnp.sum(x * row_weights.astype(A.dtype))
+
     if target == "class":
-        correct = (jnp.argmax(A, axis=-1) == jnp.argmax(Y, axis=-1)).astype(A.dtype)
-    else:  # probability outputs: threshold at 0.5, mean over the outputs of each row
-        correct = jnp.mean(((A > 0.5) == (Y > 0.5)).astype(A.dtype), axis=-1)
-    if row_weights is None:
-        metrics["accuracy"] = jnp.mean(correct)
-    else:
-        metrics["accuracy"] = jnp.sum(correct * row_weights.astype(A.dtype))
+        metrics["accuracy"] = mean(jnp.argmax(A, axis=-1) == jnp.argmax(Y, axis=-1))
+        return metrics
+    right = (A > 0.5) == (Y > 0.5)  # (N, K) labels
+    metrics["accuracy"] = mean(jnp.all(right, axis=-1))  # exact match
+    if A.shape[-1] > 1:
+        metrics["label_accuracy"] = mean(jnp.mean(right.astype(A.dtype), axis=-1))
     return metrics
 
 

@@ -74,7 +74,8 @@ class TrainState(NamedTuple):
       params: the parameters after ``epoch`` epochs.
       opt_state: the optimizer state.
       epoch: epochs done (the next epoch's 0-based number).
-      best_value: the best monitored value so far (early stopping; inf without it).
+      best_value: early stopping's reference value so far (the monitored metric; inf
+        before the first epoch, −inf for metrics where higher is better, inf without it).
       since_best: epochs since it improved by more than min_delta.
       best_epoch: 0-based epoch of the best value, or None.
       best_params: the parameters after that epoch (``params`` without early stopping).
@@ -237,12 +238,19 @@ class Trainer:
             w = np.zeros(Xv.shape[0], dtype)  # validation rows beyond n_val (padding) weigh 0
             w[:n_val] = 1.0 / n_val
             wv = jnp.asarray(w)
+        names = metric_names(self.loss, has_val, int(Y.shape[1]))
         if early_stopping is not None:
             if not isinstance(early_stopping, EarlyStopping):
                 raise TypeError("early_stopping must be None, an int patience or an EarlyStopping")
-            if early_stopping.monitor == "val_loss" and not has_val:
+            monitor = early_stopping.monitor
+            if monitor.startswith("val_") and not has_val:
                 raise ValueError(
-                    "early stopping monitors val_loss: pass validation_data=(X_val, Y_val)"
+                    f"early stopping monitors {monitor}: pass validation_data=(X_val, Y_val)"
+                )
+            if monitor not in names:
+                raise ValueError(
+                    f"early stopping monitors {monitor}, which a {self.loss} run does not "
+                    f"record; it records {list(names)}"
                 )
         l2 = check_l2(l2)
         if self.dp is not None and sample_weight is not None:
@@ -250,7 +258,6 @@ class Trainer:
         sw = check_sample_weight(sample_weight, n, X.shape[0], dtype)
         multiple = 1 if self.mesh is None else parallel.n_shards(self.mesh)
         plan = batch_plan(n, self.batch_size, multiple, dtype, rows=X.shape[0])
-        names = metric_names(self.loss, has_val)
         wr = None  # regression: 1/n on the real training rows, for the epoch's r2
         if get_loss(self.loss).targets == "real":
             wr = np.zeros(X.shape[0], dtype)
@@ -261,10 +268,11 @@ class Trainer:
             X, Y, Xv, Yv, wv = jax.device_put((X, Y, Xv, Yv, wv), rep)
             put = functools.partial(jax.device_put, device=rep)
         if early_stopping is None:
-            stopping = (0, 0.0, NO_PATIENCE)
+            stopping = (0, 1.0, 0.0, NO_PATIENCE, 0)
         else:
-            monitor = names.index(early_stopping.monitor)
-            stopping = (monitor, early_stopping.min_delta, early_stopping.patience)
+            es = early_stopping
+            running = int(es.reference == "best")
+            stopping = (names.index(es.monitor), es.sign, es.min_delta, es.patience, running)
         noise_key = None
         if self.dp is not None:
             noise_key, _ = jax.random.split(typed_key(key))
@@ -285,7 +293,9 @@ class Trainer:
             stopping=(
                 put(np.asarray(stopping[0], np.int32)),
                 put(np.asarray(stopping[1], dtype)),
-                put(np.asarray(stopping[2], np.int32)),
+                put(np.asarray(stopping[2], dtype)),
+                put(np.asarray(stopping[3], np.int32)),
+                put(np.asarray(stopping[4], np.int32)),
             ),
         )
         return TrainData(
@@ -311,7 +321,9 @@ class Trainer:
             opt_state = self.optimizer.init(params)  # pyright: ignore[reportOptionalMemberAccess, reportArgumentType]
         else:
             check_opt_state(self.optimizer, params, opt_state)
-        return TrainState(params, opt_state, 0, math.inf, 0, None, params)
+        es = data.early_stopping
+        best = math.inf if es is None else es.sign * math.inf  # the worst value to beat
+        return TrainState(params, opt_state, 0, best, 0, None, params)
 
     # --- epochs -----------------------------------------------------------------------------
     def run(
@@ -335,8 +347,9 @@ class Trainer:
         idx = np.zeros((data.chunk, *data.plan.pos.shape), np.int32)
         for i in range(limit):
             idx[i] = epoch_indices(data.plan, data.words, e + i, self.shuffle)
+        sign = 1.0 if data.early_stopping is None else data.early_stopping.sign
         stop = StopState(
-            put(np.asarray(state.best_value, dtype)),
+            put(np.asarray(sign * state.best_value, dtype)),  # lower is better on the device
             put(np.asarray(state.since_best, np.int32)),
             put(np.asarray(-1 if state.best_epoch is None else state.best_epoch, np.int32)),
             best_params,
@@ -359,7 +372,7 @@ class Trainer:
         if data.early_stopping is not None:
             best = int(best_epoch)
             new = TrainState(
-                params, opt_state, e + runs, float(best_value), int(since_best),
+                params, opt_state, e + runs, sign * float(best_value), int(since_best),
                 best if best >= 0 else None, stop.best_params,
             )  # fmt: skip
         else:
