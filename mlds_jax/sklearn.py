@@ -66,7 +66,6 @@ Not implemented: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``, spars
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import warnings

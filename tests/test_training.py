@@ -377,7 +377,7 @@ def test_fit_history_keys_binary_without_validation(key):
     # two labels: exact-match "accuracy" and the fraction of right labels
     assert set(history) == {"loss", "accuracy", "label_accuracy", "time"}
     assert all(len(v) == 2 for v in history.values())
-    assert all(a <= b for a, b in zip(history["accuracy"], history["label_accuracy"]))
+    assert all(a <= b for a, b in zip(history["accuracy"], history["label_accuracy"], strict=True))
 
 
 def test_fit_progress_in_non_tty_prints_nothing(ref_run):
