@@ -327,8 +327,8 @@ class _BaseMLP(BaseEstimator, ABC):
         L = len(coefs)
         return tuple(
             Dense(
-                W=jnp.asarray(np.asarray(W, dtype=dtype)),
-                b=jnp.asarray(np.asarray(b, dtype=dtype)),
+                W=jax.device_put(np.asarray(W, dtype=dtype)),  # a transfer, no compile
+                b=jax.device_put(np.asarray(b, dtype=dtype)),
                 activation=out if i == L - 1 else hidden,
             )
             for i, (W, b) in enumerate(zip(coefs, intercepts, strict=True))
@@ -449,7 +449,7 @@ class _BaseMLP(BaseEstimator, ABC):
         kwargs: dict[str, Any] = dict(
             loss=loss,
             batch_size=batch_size,
-            key=jax.random.key(seed),
+            key=seed,
             grads=self.grads,
             progress=False,
             shuffle=bool(self.shuffle),
@@ -571,9 +571,7 @@ class _BaseMLP(BaseEstimator, ABC):
             )
         if opt_state is not None and opt_state[0] != tag:
             opt_state = None
-        data = trainer[1].prepare(
-            params, X, Y, key=jax.random.key(seed), sample_weight=sw, l2=float(self.alpha)
-        )
+        data = trainer[1].prepare(params, X, Y, key=seed, sample_weight=sw, l2=float(self.alpha))
         state = trainer[1].init(params, data, None if opt_state is None else opt_state[1])
         state, chunk = trainer[1].run(state, data, 1)
         if chunk.status == "diverged":

@@ -84,7 +84,8 @@ def positive_float(value, name: str) -> float:
 def float_dtype(dtype=None):
     """The parameter dtype: float32 by default, float64 when x64 is on; validates floats."""
     if dtype is None:
-        return jnp.zeros((), dtype=float).dtype  # float64 iff jax_enable_x64
+        # float64 iff jax_enable_x64 (read on the host: no device work, nothing compiled)
+        return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
     try:
         dt = jnp.dtype(dtype)
     except TypeError:

@@ -650,6 +650,18 @@ def test_empty_data_is_rejected(key):
         mj.fit(params, X, Y, validation_data=(X[:0], Y[:0]), progress=False)
 
 
+def test_an_int_seed_is_the_key_of_that_seed(key):
+    """key=7 is jax.random.key(7) (built on the host, bit-equal) and key=None is seed 0."""
+    params, X, y = _classification(key, n=10)
+    kw = dict(optimizer=optax.sgd(0.1), epochs=2, batch_size=4, progress=False)
+    for seed in (0, 7, 2**32 - 1):
+        by_seed, _ = mj.fit(params, X, y, key=seed, **kw)
+        by_key, _ = mj.fit(params, X, y, key=jax.random.key(seed), **kw)
+        assert_bit_identical(by_seed, by_key)
+    default, _ = mj.fit(params, X, y, **kw)
+    assert_bit_identical(default, mj.fit(params, X, y, key=0, **kw)[0])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -660,7 +672,7 @@ def test_empty_data_is_rejected(key):
         ({"batch_size": True}, TypeError, "batch_size must be an int"),
         ({"epochs": 0}, ValueError, "epochs must be >= 1"),
         ({"epochs": 1.0}, TypeError, "epochs must be an int"),
-        ({"key": 0}, TypeError, "key must be a jax.random key"),
+        ({"key": True}, TypeError, "key must be a jax.random key"),
         ({"key": "seed"}, TypeError, "key must be a jax.random key"),
         ({"grads": "numeric"}, ValueError, "grads"),
         ({"optimizer": "adam"}, TypeError, "optax"),

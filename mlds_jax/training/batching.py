@@ -19,6 +19,7 @@ from mlds_jax import parallel, validation
 
 __all__ = [
     "BatchPlan",
+    "as_key",
     "batch_plan",
     "bucketed_on_host",
     "check_sample_weight",
@@ -69,6 +70,25 @@ def batch_plan(n: int, batch_size: int, multiple: int, dtype, rows: int | None =
     safe = np.pad(counts, (0, slots - n_batches), constant_values=1)[:, None]
     weights = np.where(real, 1.0 / safe, 0.0).astype(dtype)
     return BatchPlan(pos, weights, counts.astype(dtype))
+
+
+def as_key(key):
+    """A ``jax.random`` key from what the high-level API accepts: a key (new-style or legacy
+    uint32), an int seed (as ``flax.nnx.Rngs(0)`` takes one), or None (seed 0).
+
+    An int seed in [0, 2³²) under the default threefry PRNG is built on the host, bit-equal
+    to ``jax.random.key(seed)`` but without compiling the seeding program (a first-call cost).
+    """
+    if key is None:
+        key = 0
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        seed = int(key)
+        threefry = getattr(jax.config, "jax_default_prng_impl", None) == "threefry2x32"
+        if 0 <= seed < 2**32 and threefry:
+            words = jax.device_put(np.array([0, seed], np.uint32))
+            return jax.random.wrap_key_data(words, impl="threefry2x32")
+        return jax.random.key(seed)
+    return validation.check_key(key)
 
 
 def key_words(key) -> tuple[int, ...]:

@@ -7,7 +7,6 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 import optax
 from jax.typing import ArrayLike
@@ -15,6 +14,7 @@ from jax.typing import ArrayLike
 from mlds_jax import validation
 from mlds_jax.callback import Callback
 from mlds_jax.layers import Params
+from mlds_jax.training.batching import as_key
 from mlds_jax.training.callbacks import (
     Checkpoint,
     EpochEndFunction,
@@ -86,7 +86,8 @@ def fit(
       epochs: passes over the data (>= 1); with ``resume`` the total, counting earlier ones.
       batch_size: rows per update (>= 1); the last partial batch is used.  A batch_size
         above N trains full-batch.
-      key: ``jax.random`` key for the per-epoch shuffles; default ``jax.random.key(0)``.
+      key: ``jax.random`` key for the per-epoch shuffles, or an int seed (``key=7`` is
+        ``jax.random.key(7)``); default 0.
         The same key gives bit-identical parameters and history;
         :func:`mlds_jax.training.shuffle_order` returns the row order of any epoch.
       validation_data: optional (X_val, Y_val), evaluated after every epoch.
@@ -184,7 +185,7 @@ def fit(
             raise ValueError(f"pass {', '.join(clash)} to the Trainer, not to fit(trainer=...)")
     validation.check_params_finite(params)
     validation.check_loss_output(params, trainer.loss)
-    key = jax.random.key(0) if key is None else validation.check_key(key)
+    key = as_key(key)
     epochs = validation.positive_int(epochs, "epochs")
     if validation_split is not None:
         if validation_data is not None:

@@ -24,7 +24,14 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["ProgramSpec", "UpdateIdentity"]
+__all__ = [
+    "Computation",
+    "InitIdentity",
+    "ProgramSpec",
+    "UpdateIdentity",
+    "call",
+    "init_state",
+]
 
 
 def _digest(value: Any) -> tuple:
@@ -32,50 +39,89 @@ def _digest(value: Any) -> tuple:
     return (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
 
 
-class UpdateIdentity:
-    """What ``optimizer.update`` computes for params of one structure, shapes and dtypes.
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+class Computation:
+    """What ``fn`` computes for arguments of given structures, shapes and dtypes.
 
     Equality and hash are those of (the traced jaxpr's text, the digests of its constants,
     the input and output tree structures).  If the jaxpr prints an object by its address
     (a host callback, say), the identity is equal only to itself: no reuse, always correct.
+    ``fn`` is traced through a new function object every time: JAX caches traces by
+    function, and a cached trace would describe what ``fn`` computed then, not now.
 
     Attributes:
-      optimizer: the optax transformation (its ``update`` is what the program traces).
+      fn: the function described (what a program built from this identity calls).
     """
 
-    __slots__ = ("_hash", "_key", "optimizer")
+    __slots__ = ("_hash", "_key", "fn")
 
-    def __init__(self, optimizer, params):
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        state = jax.eval_shape(optimizer.init, abstract)
+    def __init__(self, fn, *args):
+        def fresh(*a):
+            return fn(*a)
 
-        def update(grads, state, params):  # a new function object: JAX caches traces by
-            return optimizer.update(grads, state, params)  # function, which would be stale
-
-        closed, out = jax.make_jaxpr(update, return_shape=True)(abstract, state, abstract)
+        closed, out = jax.make_jaxpr(fresh, return_shape=True)(*args)
         text = str(closed.jaxpr)
-        self.optimizer = optimizer
+        self.fn = fn
         if " at 0x" in text:  # something printed by identity: only this object is known equal
             self._key: tuple = ("unique", id(self))
         else:
             self._key = (
                 text,
                 tuple(_digest(c) for c in closed.consts),
-                jax.tree_util.tree_structure((abstract, state, abstract)),
+                jax.tree_util.tree_structure(args),
                 jax.tree_util.tree_structure(out),
             )
         self._hash = hash(self._key)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, UpdateIdentity) and (
-            self is other or (self._hash == other._hash and self._key == other._key)
+        return type(other) is type(self) and (
+            self is other or (self._hash == other._hash and self._key == other._key)  # pyright: ignore[reportAttributeAccessIssue]
         )
 
     def __hash__(self) -> int:
         return self._hash
 
     def __repr__(self) -> str:
-        return f"UpdateIdentity({type(self.optimizer).__name__}, hash={self._hash:#x})"
+        return f"{type(self).__name__}(hash={self._hash:#x})"
+
+
+class UpdateIdentity(Computation):
+    """What ``optimizer.update(grads, state, params)`` computes for params like ``params``
+    (their structure, shapes and dtypes)."""
+
+    __slots__ = ("optimizer",)
+
+    def __init__(self, optimizer, params):
+        abstract = _abstract(params)
+        state = jax.eval_shape(optimizer.init, abstract)
+        super().__init__(optimizer.update, abstract, state, abstract)
+        self.optimizer = optimizer
+
+
+class InitIdentity(Computation):
+    """What ``optimizer.init(params)`` computes for params like ``params``."""
+
+    __slots__ = ()
+
+    def __init__(self, optimizer, params):
+        super().__init__(optimizer.init, _abstract(params))
+
+
+def _run(identity: Computation, *args):
+    return identity.fn(*args)
+
+
+#: ``call(identity, *args)``: ``identity.fn(*args)`` compiled once per equal identity.
+call = jax.jit(_run, static_argnums=0)
+
+
+def init_state(optimizer, params):
+    """``optimizer.init(params)`` as one compiled program, reused by every optimizer whose
+    ``init`` computes the same (one compile instead of one per operation on a first call)."""
+    return call(InitIdentity(optimizer, params), params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from mlds_jax.layers import Params
 from mlds_jax.losses import get_loss
 from mlds_jax.training.batching import (
     BatchPlan,
+    as_key,
     batch_plan,
     check_sample_weight,
     checked_bucketed,
@@ -50,7 +51,7 @@ from mlds_jax.training.epoch import (
     metric_names,
     run_chunk,
 )
-from mlds_jax.training.program import ProgramSpec, UpdateIdentity
+from mlds_jax.training.program import ProgramSpec, UpdateIdentity, init_state
 from mlds_jax.training.step import (
     GradientSource,
     check_dp,
@@ -217,13 +218,13 @@ class Trainer:
         Args:
           params: the network (its shapes and dtype shape the program).
           X: (N, n_in).  Y: targets as for :func:`mlds_jax.loss`.
-          key: the shuffles' ``jax.random`` key; default ``jax.random.key(0)``.
+          key: the shuffles' ``jax.random`` key or an int seed; default 0.
           validation_data: optional (X_val, Y_val), evaluated after every epoch.
           sample_weight: optional (N,) weights s_n ≥ 0, not all zero (see :func:`fit`).
           l2: λ ≥ 0 of (R1) (data: changing it does not recompile).
           early_stopping: optional :class:`EarlyStopping` (data too).
         """
-        key = jax.random.key(0) if key is None else validation.check_key(key)
+        key = as_key(key)
         X, Y, n = checked_bucketed(params, X, Y, self.loss, train_bucket)
         has_val = validation_data is not None
         Xv = Yv = wv = None
@@ -237,7 +238,7 @@ class Trainer:
             )
             w = np.zeros(Xv.shape[0], dtype)  # validation rows beyond n_val (padding) weigh 0
             w[:n_val] = 1.0 / n_val
-            wv = jnp.asarray(w)
+            wv = jax.device_put(w)
         names = metric_names(self.loss, has_val, int(Y.shape[1]))
         if early_stopping is not None:
             if not isinstance(early_stopping, EarlyStopping):
@@ -262,7 +263,7 @@ class Trainer:
         if get_loss(self.loss).targets == "real":
             wr = np.zeros(X.shape[0], dtype)
             wr[:n] = 1.0 / n
-        put = jnp.asarray
+        put = jax.device_put  # host arrays: a transfer, where jnp.asarray compiles a program
         if self.mesh is not None:
             rep, _ = parallel.shardings(self.mesh)
             X, Y, Xv, Yv, wv = jax.device_put((X, Y, Xv, Yv, wv), rep)
@@ -318,7 +319,7 @@ class Trainer:
         """The state before the first epoch: ``optimizer.init(params)`` unless ``opt_state``
         (continuing an optimizer, as ``partial_fit`` does; checked against the optimizer)."""
         if opt_state is None:
-            opt_state = self.optimizer.init(params)  # pyright: ignore[reportOptionalMemberAccess, reportArgumentType]
+            opt_state = init_state(self.optimizer, params)
         else:
             check_opt_state(self.optimizer, params, opt_state)
         es = data.early_stopping
@@ -335,7 +336,7 @@ class Trainer:
         discarded).  Returns the new state and the :class:`ChunkResult`.
         """
         d = data.arrays
-        put = jnp.asarray
+        put = jax.device_put
         params, opt_state, best_params = state.params, state.opt_state, state.best_params
         if self.mesh is not None:
             rep, _ = parallel.shardings(self.mesh)
