@@ -274,9 +274,11 @@ def _add_cache_flag(sub: argparse.ArgumentParser) -> None:
 
 def _enable_cache(args) -> None:
     """The persistent compilation cache, unless --no-compilation-cache (never fails a run)."""
+    from mlds_jax.compilation import disable_compilation_cache, enable_compilation_cache
+
     if getattr(args, "no_compilation_cache", True):
+        disable_compilation_cache()  # not even the library's default
         return
-    from mlds_jax.compilation import enable_compilation_cache
 
     try:
         enable_compilation_cache()

@@ -7,9 +7,21 @@ by later processes instead of being compiled again.  JAX keys the entries on the
 program, the compiler options, the JAX/jaxlib versions and the device, so an entry is reused
 only for the very same computation.
 
-* The ``mlds-jax`` command turns it on by default (``--no-compilation-cache`` turns it off).
-* Library users opt in with :func:`enable_compilation_cache`: it changes JAX's global config
-  for the whole process, which is an application's choice, not a library's.
+The policy: **on by default, off by one switch.**  Most users run a script once and then
+again; the second run should not wait for the same compiles.  So the first training call in a
+process (:func:`mlds_jax.fit`, a :class:`mlds_jax.Trainer`, the estimators, the ``mlds-jax``
+command) turns the cache on in :func:`default_cache_dir`, with :func:`use_default_cache`,
+unless
+
+* the environment says no: ``MLDS_JAX_COMPILATION_CACHE=0`` (or ``off``, ``false``, ``no``;
+  the command line's ``--no-compilation-cache`` too), or :func:`disable_compilation_cache`
+  was called;
+* the process already configured JAX's cache (``jax_compilation_cache_dir`` is set, e.g. by
+  :func:`enable_compilation_cache` with another path, or by the user): that choice stands.
+
+It is JAX's global config, so it then caches every program of the process, the user's own
+jitted functions too (keyed on the program: never a wrong reuse).  Importing ``mlds_jax``
+changes nothing; only a training call does.
 
 Where: ``$MLDS_JAX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mlds-jax/jax``, else
 ``~/.cache/mlds-jax/jax``.  To clear it, delete that directory (``rm -rf ~/.cache/mlds-jax``);
@@ -26,7 +38,16 @@ import warnings
 
 import jax
 
-__all__ = ["CompilationCacheWarning", "default_cache_dir", "enable_compilation_cache"]
+__all__ = [
+    "CompilationCacheWarning",
+    "default_cache_dir",
+    "disable_compilation_cache",
+    "enable_compilation_cache",
+    "use_default_cache",
+]
+
+#: The environment variable that turns the default cache off ("0", "off", "false", "no").
+ENV_SWITCH = "MLDS_JAX_COMPILATION_CACHE"
 
 
 class CompilationCacheWarning(RuntimeWarning):
@@ -46,6 +67,7 @@ def default_cache_dir() -> str:
 
 
 _warned: set[str] = set()
+_policy: dict[str, bool] = {"decided": False}
 
 
 def _warn_once(path: str, reason: str) -> None:
@@ -97,3 +119,36 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.reset_cache()  # re-initialise on the next compile, in the new directory
     return path
+
+
+def disable_compilation_cache() -> None:
+    """Turn the persistent compilation cache off for this process (JAX reads and writes no
+    cache files from now on), and keep :func:`use_default_cache` from turning it on."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    _policy["decided"] = True
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+
+
+def use_default_cache() -> str | None:
+    """The default policy (see the module docstring), decided once per process: turn the
+    persistent cache on in :func:`default_cache_dir` unless ``MLDS_JAX_COMPILATION_CACHE=0``,
+    :func:`disable_compilation_cache`, or a cache directory already configured in JAX.
+
+    Returns the directory in use (the configured one, if any), or None.  Never raises: an
+    unusable directory gives one :class:`CompilationCacheWarning` and training goes on.
+    """
+    configured = getattr(jax.config, "jax_compilation_cache_dir", None)
+    if _policy["decided"]:
+        return configured
+    _policy["decided"] = True
+    if configured:
+        return configured
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    try:
+        return enable_compilation_cache()
+    except Exception as exc:  # noqa: BLE001 (a cache must never stop a run)
+        _warn_once(default_cache_dir(), f"{type(exc).__name__}: {exc}")
+        return None

@@ -13,9 +13,16 @@ The three ``jax.config`` switches are set at import, before any test module buil
 
 from __future__ import annotations
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+import os
+
+# The library turns JAX's persistent compilation cache on at the first training call (see
+# mlds_jax.compilation); the suite must not read or write ~/.cache: off here, for every test
+# and every subprocess a test starts (tests/test_compilation.py turns it on where it tests it).
+os.environ["MLDS_JAX_COMPILATION_CACHE"] = "0"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

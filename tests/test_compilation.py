@@ -95,3 +95,58 @@ def test_read_only_directory_is_not_used(tmp_path, restore_jax_cache_config):
 
 def test_module_documents_how_to_clear_the_cache():
     assert "delete" in compilation.__doc__ and "~/.cache/mlds-jax" in compilation.__doc__
+
+
+# --- the default policy: on at the first training call, off by one switch -------------------------
+_SCRIPT = """
+import json, sys, warnings
+import jax, numpy as np, optax
+import mlds_jax as mj
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+before = jax.config.jax_compilation_cache_dir  # importing mlds_jax changes nothing
+X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+y = np.arange(20) % 2
+params = mj.init_mlp(jax.random.key(0), [3, 4, 2], output="softmax", dtype=np.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    mj.fit(params, X, y, optimizer=optax.sgd(0.1), epochs=2, batch_size=8, progress=False)
+print(json.dumps({"before": before, "after": jax.config.jax_compilation_cache_dir,
+                  "hits": len(hits), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _run_script(env_changes: dict) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, **env_changes}
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_first_training_call_turns_the_default_cache_on_and_a_later_run_reads_it(tmp_path):
+    cache = tmp_path / "cache"
+    env = {"MLDS_JAX_COMPILATION_CACHE": "", "MLDS_JAX_CACHE_DIR": str(cache)}
+    first = _run_script(env)
+    assert first["before"] is None and first["after"] == str(cache)
+    assert any(p.name.startswith("jit_epochs") for p in cache.iterdir())
+    second = _run_script(env)  # a later run: the compiled programs come from the cache
+    assert second["hits"] > 0 and second["warnings"] == []
+
+
+def test_the_switch_turns_the_default_cache_off(tmp_path):
+    cache = tmp_path / "cache"
+    result = _run_script({"MLDS_JAX_COMPILATION_CACHE": "0", "MLDS_JAX_CACHE_DIR": str(cache)})
+    assert result["after"] is None and not cache.exists()
+
+
+def test_a_broken_default_cache_directory_never_stops_a_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = _run_script({"MLDS_JAX_COMPILATION_CACHE": "", "MLDS_JAX_CACHE_DIR": str(blocker)})
+    assert result["after"] is None  # trained without it
+    assert len(result["warnings"]) == 1 and "not usable" in result["warnings"][0]

@@ -167,7 +167,8 @@ def fit(
       A schedule that reads a global or an object's attribute is traced again every call,
       so a changed value is never served a stale program.  ``epochs``, ``key``, ``l2``,
       ``sample_weight``, ``shuffle``, ``early_stopping`` and the callbacks never trigger a
-      compile.  Across processes, see :func:`mlds_jax.enable_compilation_cache`.
+      compile.  Across processes, JAX's persistent compilation cache is on by default (see
+      :mod:`mlds_jax.compilation`; ``MLDS_JAX_COMPILATION_CACHE=0`` turns it off).
     """
     validation.reject_tracers("fit", params, X, Y, validation_data, sample_weight)
     validation.check_params(params)

@@ -30,6 +30,7 @@ import optax
 from jax.typing import ArrayLike
 
 from mlds_jax import parallel, validation
+from mlds_jax.compilation import use_default_cache
 from mlds_jax.layers import Params
 from mlds_jax.losses import get_loss
 from mlds_jax.training.batching import (
@@ -224,6 +225,7 @@ class Trainer:
           l2: λ ≥ 0 of (R1) (data: changing it does not recompile).
           early_stopping: optional :class:`EarlyStopping` (data too).
         """
+        use_default_cache()  # the persistent compilation cache policy (mlds_jax.compilation)
         key = as_key(key)
         X, Y, n = checked_bucketed(params, X, Y, self.loss, train_bucket)
         has_val = validation_data is not None
