@@ -39,22 +39,23 @@ scikit-learn's conventions, and ours (see the README's "scikit-learn users" sect
   vector of all the parameters (``optax.flatten``: the same arithmetic, fewer kernels).
   ``optimizer=`` takes any optax transformation and then overrides solver and learning-rate
   settings; it runs as given, leaf by leaf.
-* Stopping: after ``n_iter_no_change + 1`` epochs in which the monitored value has not fallen
-  by more than ``tol`` below its value at the last improvement (:class:`mlds_jax.EarlyStopping`,
-  patience ``n_iter_no_change + 1``, ``min_delta=tol``).  scikit-learn compares against the
-  running minimum instead; both stop on a plateau.  With ``early_stopping=True`` the monitored
-  value is the validation *loss* (scikit-learn: the validation score), on a split drawn as
-  scikit-learn does (``train_test_split``, stratified for single-output classification); the
+* Stopping: scikit-learn's rule on scikit-learn's quantity: an epoch counts as no
+  improvement unless it beats the best value so far by ``tol``; ``n_iter_no_change + 1`` such
+  epochs in a row end training (:class:`mlds_jax.EarlyStopping` with ``reference="best"``).
+  The value is the training loss, or with ``early_stopping=True`` the validation score
+  (accuracy, exact match for multilabel; R² for regression) on a split drawn as scikit-learn
+  does (``train_test_split``, stratified for single-output classification); then the
   parameters of the best epoch are restored and ``validation_scores_`` holds the score per
-  epoch (accuracy; R² from the validation loss, equation (K1), for regression).
-* Floating point: the computation runs in JAX's default float dtype (float32, or float64
-  with x64 enabled); integer and float32 inputs are cast to it.  Only dense inputs.
+  epoch.
+* Floating point, as scikit-learn: float32 input trains and predicts in float32; float64 (and
+  integer) input in float64, whatever JAX's process-wide x64 setting (the estimator switches
+  x64 on for its own calls with ``jax.enable_x64``).  A fitted network keeps its precision
+  (``coefs_[0].dtype``); predictions are computed in the wider of it and the input's, so
+  float64 input gives float64 output.  Only dense inputs.
 
-* ``partial_fit`` runs one epoch through a compiled :func:`mlds_jax.make_train_step` and keeps
-  the optimizer state between calls (as scikit-learn); a ``partial_fit`` after ``fit`` starts
-  a fresh optimizer state (``fit``'s stays inside :func:`mlds_jax.fit`).  With sample weights
-  *and* ``alpha > 0`` its penalty divides by the batch's number of weighted rows rather than
-  their total weight (``fit`` uses the total, as scikit-learn).
+* ``partial_fit`` runs one epoch on a :class:`mlds_jax.Trainer` and keeps the optimizer state
+  between calls (as scikit-learn); a ``partial_fit`` after ``fit`` starts a fresh optimizer
+  state (``fit``'s stays inside :func:`mlds_jax.fit`).
 * Sample weights: negative weights are rejected (:func:`mlds_jax.fit`); with
   ``early_stopping`` the validation loss/score is unweighted; the epoch loss in
   ``loss_curve_`` averages the minibatch losses by their total weight (scikit-learn: by their
@@ -65,6 +66,7 @@ Not implemented: ``solver="lbfgs"`` (and ``max_fun``), ``loss="poisson"``, spars
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -148,6 +150,18 @@ def _invscaling(lr0: float, power_t: float, n_batches: int, n_samples: int, t0: 
         return jnp.where(epoch == 0, lr0, lr0 / (t + 1.0) ** power_t)
 
     return schedule
+
+
+def _precision(*dtypes):
+    """The context for computing in the widest of ``dtypes``: float64 work runs with JAX's
+    x64 switched on for the call (whatever the process's setting); float32 as it is."""
+    wide = any(np.dtype(d) == np.float64 for d in dtypes)
+    return jax.enable_x64(True) if wide else contextlib.nullcontext()
+
+
+def _work_dtype(*dtypes) -> np.dtype:
+    """float32 when every dtype is float32, else float64 (scikit-learn's rule)."""
+    return np.dtype(np.float32 if all(np.dtype(d) == np.float32 for d in dtypes) else np.float64)
 
 
 def _as_numpy_params(params: Params) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -316,12 +330,14 @@ class _BaseMLP(BaseEstimator, ABC):
     # --- the network ---------------------------------------------------------------------------
     @property
     def params_(self) -> Params:
-        """The fitted network as our pytree (a tuple of :class:`mlds_jax.Dense`)."""
+        """The fitted network as our pytree (a tuple of :class:`mlds_jax.Dense`), in the
+        network's precision (float64 arrays stay float64 whatever the x64 setting)."""
         check_is_fitted(self, "coefs_")
-        return self._params_from(self.coefs_, self.intercepts_)
+        with _precision(self.coefs_[0].dtype):
+            return self._params_from(self.coefs_, self.intercepts_)
 
-    def _params_from(self, coefs, intercepts) -> Params:
-        dtype = mj.validation.float_dtype(None)
+    def _params_from(self, coefs, intercepts, dtype=None) -> Params:
+        dtype = np.asarray(coefs[0]).dtype if dtype is None else dtype
         hidden = ACTIVATION_NAMES[self.activation]
         out = _OUT_NAMES[self.out_activation_]
         L = len(coefs)
@@ -334,9 +350,8 @@ class _BaseMLP(BaseEstimator, ABC):
             for i, (W, b) in enumerate(zip(coefs, intercepts, strict=True))
         )
 
-    def _init_coefs(self, layer_units: list[int], rng: np.random.RandomState) -> None:
+    def _init_coefs(self, layer_units: list[int], rng: np.random.RandomState, dtype) -> None:
         """scikit-learn's ``_init_coef``: Glorot uniform, the same RandomState draws."""
-        dtype = mj.validation.float_dtype(None)
         factor = 2.0 if self.activation == "logistic" else 6.0
         self.coefs_, self.intercepts_ = [], []
         for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=True):
@@ -347,7 +362,10 @@ class _BaseMLP(BaseEstimator, ABC):
     def _forward(self, X) -> np.ndarray:
         check_is_fitted(self, "coefs_")
         X = np.asarray(validate_data(self, X, reset=False, dtype=(np.float64, np.float32)))
-        return np.asarray(mj.forward(self.params_, X))
+        dtype = _work_dtype(X.dtype, self.coefs_[0].dtype)
+        with _precision(dtype):
+            params = self._params_from(self.coefs_, self.intercepts_, dtype)
+            return np.asarray(mj.forward(params, X.astype(dtype, copy=False)))
 
     @abstractmethod
     def _validate_input(self, X, y, incremental: bool, reset: bool) -> tuple[Any, Any]:
@@ -365,7 +383,13 @@ class _BaseMLP(BaseEstimator, ABC):
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X)
-        dtype = mj.validation.float_dtype(None)
+        # the precision: the input's on a first fit (float32 stays float32, the rest float64),
+        # the network's afterwards (warm_start, partial_fit)
+        dtype = _work_dtype(X.dtype) if first_pass else self.coefs_[0].dtype
+        with _precision(dtype):
+            return self._fit_in(X, Y, sample_weight, incremental, first_pass, hidden, dtype)
+
+    def _fit_in(self, X, Y, sample_weight, incremental, first_pass, hidden, dtype):
         X = np.asarray(X, dtype=dtype)
         Y = np.asarray(Y, dtype=dtype)
         if Y.ndim == 1:
@@ -376,7 +400,7 @@ class _BaseMLP(BaseEstimator, ABC):
             self.n_outputs_ = Y.shape[1]
             self.n_layers_ = len(hidden) + 2
             self.out_activation_ = self._out_activation()
-            self._init_coefs([n_features, *hidden, self.n_outputs_], rng)
+            self._init_coefs([n_features, *hidden, self.n_outputs_], rng, dtype)
             self.n_iter_ = 0
             self.t_ = 0
             self.loss_curve_ = []

@@ -68,9 +68,31 @@ def _expected_failed_checks(estimator) -> dict[str, str]:
     expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_estimator_checks(estimator, check):
-    with warnings.catch_warnings():
+    """scikit-learn's checks under JAX's defaults (x64 off, as users have it: this suite turns
+    it on, so each check runs with it switched off): the estimators choose their precision
+    from the input (float64 checks run in float64, float32 ones in float32)."""
+    with warnings.catch_warnings(), jax.enable_x64(False):
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def test_precision_follows_the_input_whatever_the_x64_setting():
+    """float32 input fits and predicts in float32; float64 input in float64 even with x64
+    off; a float32 network given float64 input predicts in float64 (scikit-learn's rule)."""
+    X, y = make_regression(40, 4, random_state=0)
+    y = y / y.std()
+    with jax.enable_x64(False):
+        for dtype in (np.float32, np.float64):
+            reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=3, random_state=0)
+            reg.fit(X.astype(dtype), y.astype(dtype))
+            assert reg.coefs_[0].dtype == dtype and reg.params_[0].W.dtype == dtype
+            assert reg.predict(X.astype(dtype)).dtype == dtype
+        assert reg.predict(X.astype(np.float32)).dtype == np.float64  # the wider precision
+        reg32 = MLPRegressor(hidden_layer_sizes=(5,), max_iter=3, random_state=0)
+        reg32.fit(X.astype(np.float32), y)
+        assert reg32.predict(X).dtype == np.float64
+        np.testing.assert_allclose(reg32.predict(X), reg32.predict(X.astype(np.float32)),
+                                   rtol=1e-5)  # fmt: skip
 
 
 # --- the same numbers as scikit-learn ---------------------------------------------------------
