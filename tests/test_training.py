@@ -1095,11 +1095,13 @@ def test_fit_shuffle_false_is_the_given_row_order(key):
 
 def test_fit_l2_and_sample_weight_do_not_recompile(key):
     """λ and the sample weights are data of the compiled epoch: new values compile nothing
-    (and do change the result)."""
+    (and do change the result).  Whether there are weights at all is part of the program
+    (unweighted minibatches are never empty, so that program skips no update)."""
     params, X, y = _classification(key, n=10)
     kw = dict(optimizer=optax.sgd(0.1234), epochs=1, batch_size=4, progress=False)
-    mj.fit(params, X, y, **kw)  # warm-up
     rng = np.random.default_rng(0)
+    mj.fit(params, X, y, **kw)  # warm-up, unweighted and weighted
+    mj.fit(params, X, y, sample_weight=rng.uniform(size=10), **kw)
     with compilations() as compiled:
         a, _ = mj.fit(params, X, y, l2=0.5, **kw)
         b, _ = mj.fit(params, X, y, l2=1e-3, sample_weight=rng.uniform(size=10), **kw)

@@ -170,10 +170,12 @@ def _make_epoch(spec: ProgramSpec):
             key = d.noise_key
             step_key = None if key is None else jax.random.fold_in(jax.random.fold_in(key, e), i)
             p_new, s_new, met = step_core(p, s, Xb, Yb, sb / S_safe, d.l2, S_safe, step_key)
-            keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-                lambda a, b: jnp.where(ok, a, b), new, old
-            )
-            p, s = keep(p_new, p), keep(s_new, s)  # S = 0: no rows count, no update
+            if spec.weighted:  # S = 0: no rows count, no update
+                keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+                    lambda a, b: jnp.where(ok, a, b), new, old
+                )
+                p_new, s_new = keep(p_new, p), keep(s_new, s)
+            p, s = p_new, s_new
             batch = jnp.stack([met[k] for k in keys])
             return p, s, sums + batch * S, total + S
 
@@ -251,6 +253,8 @@ def epochs(spec: ProgramSpec, params, opt_state, stop: StopState, data: EpochDat
         finite = (v[-1] == 1) & jnp.all(jnp.where(checked, jnp.isfinite(v), True))
 
         def commit(_):
+            if not spec.stopping:  # no early stopping: nothing to track
+                return k + 1, jnp.int32(RUNNING), p_new, s_new, st
             x = sign * v[monitor]
             improved = x < st.best_value - min_delta
             moved = improved | ((running == 1) & (x < st.best_value))

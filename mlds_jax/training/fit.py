@@ -159,15 +159,16 @@ def fit(
       differs from every earlier call's: the architecture (layer shapes and activations),
       the dtypes, the loss, ``grads``, the batch size (and N itself when N < batch_size), the
       bucket of N (the next power of two, for X up to 64 MiB; the number of minibatches is
-      data), the bucket of N_val, whether there is validation data, the mesh, the ``dp``
+      data), the bucket of N_val, whether there is validation data, whether there are sample
+      weights and whether early stopping is on (their values are data), the mesh, the ``dp``
       settings, and what the optimizer's update computes: its traced jaxpr and constants.
       A fresh ``optax.adam(1e-3)`` reuses the program of an earlier ``optax.adam(1e-3)``;
       ``optax.adam(3e-4)`` compiles again, unless the optimizer comes from
       ``optax.inject_hyperparams`` (hyperparameters as data: one compile serves every value).
       A schedule that reads a global or an object's attribute is traced again every call,
-      so a changed value is never served a stale program.  ``epochs``, ``key``, ``l2``,
-      ``sample_weight``, ``shuffle``, ``early_stopping`` and the callbacks never trigger a
-      compile.  Across processes, JAX's persistent compilation cache is on by default (see
+      so a changed value is never served a stale program.  ``epochs``, ``key``, ``l2``, the
+      values of ``sample_weight`` and ``early_stopping``, ``shuffle`` and the callbacks never
+      trigger a compile.  Across processes, JAX's persistent compilation cache is on by default (see
       :mod:`mlds_jax.compilation`; ``MLDS_JAX_COMPILATION_CACHE=0`` turns it off).
     """
     validation.reject_tracers("fit", params, X, Y, validation_data, sample_weight)

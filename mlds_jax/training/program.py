@@ -24,14 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = [
-    "Computation",
-    "InitIdentity",
-    "ProgramSpec",
-    "UpdateIdentity",
-    "call",
-    "init_state",
-]
+__all__ = ["Computation", "ProgramSpec", "UpdateIdentity"]
 
 
 def _digest(value: Any) -> tuple:
@@ -101,29 +94,6 @@ class UpdateIdentity(Computation):
         self.optimizer = optimizer
 
 
-class InitIdentity(Computation):
-    """What ``optimizer.init(params)`` computes for params like ``params``."""
-
-    __slots__ = ()
-
-    def __init__(self, optimizer, params):
-        super().__init__(optimizer.init, _abstract(params))
-
-
-def _run(identity: Computation, *args):
-    return identity.fn(*args)
-
-
-#: ``call(identity, *args)``: ``identity.fn(*args)`` compiled once per equal identity.
-call = jax.jit(_run, static_argnums=0)
-
-
-def init_state(optimizer, params):
-    """``optimizer.init(params)`` as one compiled program, reused by every optimizer whose
-    ``init`` computes the same (one compile instead of one per operation on a first call)."""
-    return call(InitIdentity(optimizer, params), params)
-
-
 @dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     """Everything a compiled training chunk is a function of, besides its array arguments.
@@ -135,6 +105,10 @@ class ProgramSpec:
       has_val: whether the chunk evaluates validation data after every epoch.
       mesh: the data-parallel mesh, or None.
       dp: the gradient source (:class:`mlds_jax.DPSGD`), or None; equal by value.
+      weighted: whether rows carry sample weights (a minibatch can then weigh 0 in all and
+        is skipped); without them every planned minibatch has rows, and the program omits
+        the skip (fewer kernels to compile, the same numbers).
+      stopping: whether early stopping is on (the program tracks the best epoch only then).
     """
 
     update: UpdateIdentity
@@ -143,3 +117,5 @@ class ProgramSpec:
     has_val: bool
     mesh: Any = None
     dp: Any = None
+    weighted: bool = True
+    stopping: bool = True

@@ -52,7 +52,7 @@ from mlds_jax.training.epoch import (
     metric_names,
     run_chunk,
 )
-from mlds_jax.training.program import ProgramSpec, UpdateIdentity, init_state
+from mlds_jax.training.program import ProgramSpec, UpdateIdentity
 from mlds_jax.training.step import (
     GradientSource,
     check_dp,
@@ -107,6 +107,7 @@ class TrainData:
       early_stopping: the :class:`EarlyStopping` settings, or None.
       trainer: the :class:`Trainer` that prepared it.
       template: the params' structure, shapes and dtypes (``jax.ShapeDtypeStruct`` leaves).
+      weighted: whether ``sample_weight`` was given.
     """
 
     arrays: EpochData
@@ -120,6 +121,7 @@ class TrainData:
     early_stopping: EarlyStopping | None
     trainer: Trainer
     template: Any
+    weighted: bool = True
 
     @property
     def steps_per_epoch(self) -> int:
@@ -132,7 +134,10 @@ class TrainData:
         the first epoch (tracing the optimizer's update comes after every input check)."""
         t = self.trainer
         update = UpdateIdentity(t.optimizer, self.template)
-        return ProgramSpec(update, t.loss, t.grads, self.arrays.Xv is not None, t.mesh, t.dp)
+        return ProgramSpec(
+            update, t.loss, t.grads, self.arrays.Xv is not None, t.mesh, t.dp,
+            weighted=self.weighted, stopping=self.early_stopping is not None,
+        )  # fmt: skip
 
 
 class ChunkResult(NamedTuple):
@@ -312,6 +317,7 @@ class Trainer:
             names=names,
             early_stopping=early_stopping,
             trainer=self,
+            weighted=sample_weight is not None,
             template=jax.tree_util.tree_map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params
             ),
@@ -321,7 +327,7 @@ class Trainer:
         """The state before the first epoch: ``optimizer.init(params)`` unless ``opt_state``
         (continuing an optimizer, as ``partial_fit`` does; checked against the optimizer)."""
         if opt_state is None:
-            opt_state = init_state(self.optimizer, params)
+            opt_state = self.optimizer.init(params)  # pyright: ignore[reportOptionalMemberAccess, reportArgumentType]
         else:
             check_opt_state(self.optimizer, params, opt_state)
         es = data.early_stopping
