@@ -3,7 +3,7 @@
 The public API; see the README for a tour and the notation table.
 """
 
-from mlds_jax import core, validation
+from mlds_jax import core, io, validation
 from mlds_jax.activations import (
     ACTIVATIONS,
     HIDDEN_ACTIVATIONS,
@@ -32,7 +32,6 @@ from mlds_jax.activations import (
 )
 from mlds_jax.autodiff import GradCheckReport, LeafCheck, autodiff_grads, check_grads
 from mlds_jax.backprop import backward_deltas, manual_grads
-from mlds_jax.checkpoint import load, load_checkpoint, save, save_checkpoint
 from mlds_jax.compilation import (
     CompilationCacheWarning,
     default_cache_dir,
@@ -71,6 +70,7 @@ from mlds_jax.extensions import (
     sharpness,
 )
 from mlds_jax.initialization import INITIALIZERS, init_mlp
+from mlds_jax.io.checkpoint import load, save
 from mlds_jax.layers import Dense, Params, layer_sizes
 from mlds_jax.losses import DEFAULT_LOSS, LOSSES, Loss, matched_delta
 from mlds_jax.network import forward, forward_cache, loss, predict, prepare_targets
@@ -141,6 +141,7 @@ __all__ = [
     "hessian_top_eigenvalue",
     "hessian_trace",
     "hvp",
+    "io",
     "identity",
     "identity_prime",
     "identity_prime2",
@@ -151,7 +152,6 @@ __all__ = [
     "leaky_relu_prime",
     "leaky_relu_prime2",
     "load",
-    "load_checkpoint",
     "load_dataset",
     "loss",
     "make_dp_train_step",
@@ -174,7 +174,6 @@ __all__ = [
     "relu_prime",
     "relu_prime2",
     "save",
-    "save_checkpoint",
     "sharpness",
     "sigmoid",
     "sigmoid_prime",

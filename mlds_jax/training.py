@@ -41,9 +41,10 @@ import optax
 from jax import Array
 from jax.typing import ArrayLike
 
-from mlds_jax import core, parallel, train_state, validation
+from mlds_jax import core, parallel, validation
 from mlds_jax.extensions.curvature import lanczos_core
 from mlds_jax.extensions.dp import DPSGD, dp_epsilon, dp_value_and_grads
+from mlds_jax.io import train_state
 from mlds_jax.layers import Params
 from mlds_jax.losses import default_loss_for, get_loss
 from mlds_jax.network import check_loss_finite

@@ -23,7 +23,7 @@ result.  The contract the table encodes, the same for every function that takes 
 A hypothesis test adds random architectures with one random fault each, and a last test the
 bad names of activations, losses and layer sizes.  The argument checks of the other families
 live with their modules (test_training: optimizers and fit's arguments; test_descent,
-test_checkpoint, test_datasets, test_parallel, test_cli).
+test_io_checkpoint, test_datasets, test_parallel, test_cli).
 
 The table runs under the ``op_by_op`` fixture (``jax.disable_jit``): hundreds of calls on a
 few shared shapes, where every jitted fit or check_grads would compile programs of its own.
@@ -525,13 +525,13 @@ CASES: dict[str, tuple] = {
         "ce",
         "all",
         replace_layer(0, activation="gelu"),
-        Raises(ValueError, r"params\[0\] has unknown activation 'gelu'"),
+        Raises(ValueError, r"unknown hidden activation 'gelu' for params\[0\]"),
     ),
     "params softmax hidden": (
         "ce",
         "all",
         replace_layer(0, activation="softmax"),
-        Raises(ValueError, r"params\[0\] is a hidden layer with activation 'softmax'"),
+        Raises(ValueError, r"activation 'softmax' of params\[0\] can only be used on the output"),
     ),
     "params not Dense": (
         "ce",
