@@ -52,6 +52,7 @@ from mlds_jax.io.files import BadFileError
 __all__ = [
     "HEADER_ENTRY",
     "MAX_DIRECTORY_BYTES",
+    "ZIP64_LIMIT",
     "Container",
     "archive_chunks",
     "canonical_json",
@@ -74,7 +75,8 @@ _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # central directory entry (46 bytes)
 _END = struct.Struct("<4s4H2LH")  # end of central directory (22 bytes)
 _END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory (56 bytes)
 _LOCATOR64 = struct.Struct("<4sLQL")  # zip64 end locator (20 bytes)
-_ZIP64_LIMIT = (1 << 31) - 1  # as zipfile.ZIP64_LIMIT: larger entries get zip64 fields
+#: Entries (and directory offsets) larger than this get zip64 fields, as with ``zipfile``.
+ZIP64_LIMIT = (1 << 31) - 1
 _COUNT_LIMIT = 0xFFFF
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, the fixed timestamp
 _DIGEST_HEX = 64
@@ -94,13 +96,19 @@ def canonical_json(obj: Any) -> bytes:
     ).encode("ascii")
 
 
+def _c_order(arr) -> np.ndarray:
+    """``arr`` as a C-contiguous array, 0-d kept 0-d (``np.ascontiguousarray`` makes it 1-d)."""
+    arr = np.asarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
 def content_digest(header: Mapping[str, Any], entries: Sequence[tuple[str, np.ndarray]]) -> str:
     """SHA-256 of the header without its ``sha256`` field, then of every entry's name, dtype
     (``dtype.str``), shape and bytes: what the header's ``sha256`` holds."""
     h = hashlib.sha256()
     h.update(canonical_json({k: v for k, v in header.items() if k != "sha256"}))
     for name, arr in entries:
-        arr = np.ascontiguousarray(arr)
+        arr = _c_order(arr)
         h.update(name.encode("utf-8") + b"\0")
         h.update(arr.dtype.str.encode("ascii") + b"\0")
         h.update(repr(tuple(int(s) for s in arr.shape)).encode("ascii") + b"\0")
@@ -132,12 +140,12 @@ def archive_chunks(format_name: str, entries: Sequence[tuple[str, np.ndarray]]) 
     h = hashlib.sha256()
     offset, written = 0, []
     for name, arr in entries:
-        arr = np.ascontiguousarray(arr)
+        arr = _c_order(arr)
         head, data = _npy_header(arr), files.byte_view(arr)
         size = len(head) + len(data)
         fname = (name + ".npy").encode("utf-8")
         flags = 0 if fname.isascii() else 0x800
-        zip64 = size * 1.05 > _ZIP64_LIMIT  # zipfile's rule for an entry of known size
+        zip64 = size * 1.05 > ZIP64_LIMIT  # zipfile's rule for an entry of known size
         extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
         version = 45 if zip64 else 20
         field = 0xFFFFFFFF if zip64 else size
@@ -163,12 +171,12 @@ def archive_chunks(format_name: str, entries: Sequence[tuple[str, np.ndarray]]) 
         offset += len(local) + len(fname) + len(extra) + size
     start = offset
     for w in written:
-        zip64 = [w.size, w.size] if w.size > _ZIP64_LIMIT else []
-        if w.offset > _ZIP64_LIMIT:
+        zip64 = [w.size, w.size] if w.size > ZIP64_LIMIT else []
+        if w.offset > ZIP64_LIMIT:
             zip64.append(w.offset)
         extra = struct.pack(f"<HH{len(zip64)}Q", 1, 8 * len(zip64), *zip64) if zip64 else b""
         version = max(45 if zip64 else 0, w.version)
-        size = 0xFFFFFFFF if w.size > _ZIP64_LIMIT else w.size
+        size = 0xFFFFFFFF if w.size > ZIP64_LIMIT else w.size
         entry = (
             _CENTRAL.pack(
                 b"PK\x01\x02",
@@ -189,7 +197,7 @@ def archive_chunks(format_name: str, entries: Sequence[tuple[str, np.ndarray]]) 
                 0,
                 0,
                 0o644 << 16,
-                0xFFFFFFFF if w.offset > _ZIP64_LIMIT else w.offset,
+                0xFFFFFFFF if w.offset > ZIP64_LIMIT else w.offset,
             )
             + w.name
             + extra
@@ -199,7 +207,7 @@ def archive_chunks(format_name: str, entries: Sequence[tuple[str, np.ndarray]]) 
         offset += len(entry)
     count, cd_size = len(written), offset - start
     tail = b""
-    if count > _COUNT_LIMIT or start > _ZIP64_LIMIT or cd_size > _ZIP64_LIMIT:
+    if count > _COUNT_LIMIT or start > ZIP64_LIMIT or cd_size > ZIP64_LIMIT:
         tail = _END64.pack(b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, start)
         tail += _LOCATOR64.pack(b"PK\x06\x07", 0, offset, 1)
         count, cd_size, start = min(count, 0xFFFF), min(cd_size, 0xFFFFFFFF), min(start, 0xFFFFFFFF)
@@ -332,13 +340,13 @@ def _directory(fd: int, end_pos: int, record: bytes) -> tuple[list[_Entry], int]
     """The entries (checked: stored, unique, tiling the file), and where the directory starts."""
     _, disk, disk_cd, count_here, count, cd_size, cd_start, _ = _END.unpack_from(record)
     cd_end = end_pos
-    if 0xFFFF in (count, count_here) or 0xFFFFFFFF in (cd_size, cd_start):
-        if end_pos < _LOCATOR64.size + _END64.size:
-            raise BadFileError("is corrupt: its zip64 end records are missing")
+    loc = b""
+    if end_pos >= _LOCATOR64.size + _END64.size:
         loc = files.read_at(fd, end_pos - _LOCATOR64.size, _LOCATOR64.size, "zip64 locator")
-        sig, _, rec_pos, _ = _LOCATOR64.unpack(loc)
+    if loc.startswith(b"PK\x06\x07"):  # zip64 end records precede the end record
+        _, _, rec_pos, _ = _LOCATOR64.unpack(loc)
         cd_end = end_pos - _LOCATOR64.size - _END64.size
-        if sig != b"PK\x06\x07" or rec_pos != cd_end:
+        if rec_pos != cd_end:
             raise BadFileError("is corrupt: its zip64 end locator is damaged")
         rec = files.read_at(fd, cd_end, _END64.size, "zip64 end record")
         sig, _, _, _, disk, disk_cd, count_here, count, cd_size, cd_start = _END64.unpack(rec)
@@ -555,9 +563,12 @@ def _first_entry(fd: int, size: int, what: str) -> None:
 
 
 def _parse_header(fd: int, entry: _Entry, what: str, format_name: str) -> dict:
-    if entry.size > files.MAX_HEADER_BYTES + _NPY_HEADER_MAX:
-        raise BadFileError(f"is corrupt: its header entry is {entry.size} bytes")
     shape, fortran, dtype, head = _npy_layout(fd, entry)
+    if entry.size - head > files.MAX_HEADER_BYTES:
+        raise BadFileError(
+            f"is corrupt: its header entry is {entry.size} bytes, over the "
+            f"{files.MAX_HEADER_BYTES}-byte limit"
+        )
     if dtype != np.uint8 or len(shape) != 1 or fortran or head + shape[0] != entry.size:
         raise BadFileError(f"is corrupt: its header entry is {dtype} {shape}, not uint8 bytes")
     raw = files.read_at(fd, entry.data + head, shape[0], "header")
