@@ -227,8 +227,9 @@ def host_floats(x) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, name: str) -> None:
     """ValueError naming the count and the first NaN/inf of ``arr``; one pass when clean."""
-    if arr.size and math.isfinite(arr.sum(dtype=np.float64)):
-        return
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: the slow path says which
+        if arr.size and math.isfinite(arr.sum(dtype=np.float64)):
+            return
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(j) for j in np.argwhere(bad)[0])

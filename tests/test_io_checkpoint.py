@@ -533,7 +533,7 @@ def test_bad_checkpoint_params(tmp_path):
     path = tmp_path / "m.npz"
     with pytest.raises(TypeError, match=r"all parameters must share one dtype"):
         mj.save(path, (params[0], dataclasses.replace(params[1], b=params[1].b.astype(F64))))
-    with pytest.raises(ValueError, match=r"refusing to save checkpoint .*params\[0\]\.W has 1 "
+    with pytest.raises(ValueError, match=r"refusing to save checkpoint .*params\[0\]\.W contains 1 "
                                          r"non-finite value"):
         mj.save(path, set_leaf(0, "W", (0, 0), jnp.nan)(params, None, None, None)[0])
     with pytest.raises(TypeError, match=r"params must be a non-empty tuple"):

@@ -176,14 +176,13 @@ def _params_to_numpy(params, allow_nonfinite: bool, target: str) -> list[tuple[s
                     f"{list(DTYPES)} (cast with .astype)"
                 )
             if not allow_nonfinite:
-                bad = ~np.isfinite(arr)
-                if bad.any():
-                    idx = tuple(int(j) for j in np.argwhere(bad)[0])
+                try:
+                    validation.check_finite(arr, f"params[{i}].{name}")
+                except ValueError as exc:
                     raise ValueError(
-                        f"refusing to save checkpoint {target}: params[{i}].{name} has "
-                        f"{int(bad.sum())} non-finite value(s), first {arr[idx]} at index "
-                        f"{idx}; pass allow_nonfinite=True to save it anyway"
-                    )
+                        f"refusing to save checkpoint {target}: {exc}; pass "
+                        f"allow_nonfinite=True to save it anyway"
+                    ) from None
             little = np.dtype(arr.dtype.name).newbyteorder("<")
             leaves.append((leaf_key(i, name), np.ascontiguousarray(arr, dtype=little)))
     return leaves
