@@ -21,6 +21,12 @@ Readers, interleaved round by round (medians over ``--rounds``):
 * ``safetensors.numpy``: the reference reader's ``load_file`` (NumPy arrays in PyTorch's
   layout, no transpose); skipped if the ``safetensors`` package is missing.
 
+``--baseline DIR`` adds the ``mj.load`` rows of another mlds_jax source tree (its package
+imported from DIR), e.g. the last commit before the io package::
+
+    git -C . archive f10b504 | tar -x -C /tmp/mlds-f10b504
+    .venv/bin/python benchmarks/io_load.py --baseline /tmp/mlds-f10b504
+
     .venv/bin/python benchmarks/io_load.py                 # 1 GiB, 3 rounds
     .venv/bin/python benchmarks/io_load.py --mib 64 --rounds 1
 
@@ -88,9 +94,17 @@ def worker(reader: str, path: str) -> dict:
     return {"seconds": seconds, "peak_above_base": peak - base, "bytes": nbytes, "reset": reset}
 
 
+def _label(reader: str, tree: str | None) -> str:
+    return reader if tree is None else f"{reader} ({os.path.basename(tree.rstrip('/'))})"
+
+
+def _width(mib: int) -> int:
+    return max(16, int((mib * 2**20 / 4) ** 0.5))
+
+
 def _make_files(directory: str, mib: int) -> dict[str, str]:
     """The network, saved both ways (in a child process: this one stays small)."""
-    width = max(16, int((mib * 2**20 / 4) ** 0.5))
+    width = _width(mib)
     code = f"""
 import numpy as np, mlds_jax as mj
 rng = np.random.default_rng(0)
@@ -110,6 +124,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--mib", type=int, default=1024, help="parameter MiB (default 1024)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--readers", default=",".join(READERS))
+    parser.add_argument("--baseline", metavar="DIR", help="also time mj.load of this source tree")
     parser.add_argument("--worker", nargs=2, metavar=("READER", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -121,23 +136,30 @@ def main(argv=None) -> dict:
             import safetensors.numpy  # noqa: F401
         except ImportError:
             readers.remove("safetensors.numpy")
-    results: dict[str, list[dict]] = {r: [] for r in readers}
+    runs = [(r, None) for r in readers]
+    if args.baseline:
+        runs += [(r, args.baseline) for r in readers if r.startswith("mj.load")]
+    results: dict[str, list[dict]] = {_label(r, tree): [] for r, tree in runs}
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     with tempfile.TemporaryDirectory(prefix="mlds-io-load-", dir="/tmp") as tmp:
         paths = _make_files(tmp, args.mib)
         sizes = {k: os.path.getsize(p) for k, p in paths.items()}
         for _ in range(args.rounds):
-            for reader in readers:
+            for reader, tree in runs:
                 path = paths["safetensors" if "safetensors" in reader else "npz"]
+                run_env = env if tree is None else {**env, "PYTHONPATH": tree}
                 out = subprocess.run(
                     [sys.executable, __file__, "--worker", reader, path],
-                    capture_output=True, text=True, env=env, check=True,
+                    capture_output=True, text=True, env=run_env, check=True,
                 )  # fmt: skip
-                results[reader].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                results[_label(reader, tree)].append(
+                    json.loads(out.stdout.strip().splitlines()[-1])
+                )
     mib = 2**20
-    print(f"\nLoading a {sizes['npz'] / mib:.0f} MiB checkpoint (16384-16384-10 float32 scaled "
-          f"to {args.mib} MiB), {args.rounds} round(s), one process per measurement; "
-          f"load {os.getloadavg()[0]:.2f}\n")  # fmt: skip
+    w = _width(args.mib)
+    print(f"\nLoading a {sizes['npz'] / mib:.0f} MiB checkpoint ({w}-{w}-10 float32), "
+          f"{args.rounds} round(s), one process per measurement; load average "
+          f"{os.getloadavg()[0]:.2f}\n")  # fmt: skip
     print("| reader | load time (s) | peak RSS above baseline (MiB) | peak / params |")
     print("|---|---:|---:|---:|")
     table = {}
