@@ -650,7 +650,7 @@ def _train(args, dp, run) -> int:
                 "curves.png": _plot_history(cli_history, title, lr=lr, optimizer=args.optimizer),
             }
         )
-        print(f"wrote {os.path.join(run.out, 'model.npz')}, history.json, history.csv, curves.png")
+        print(f"wrote {os.path.join(args.out, 'model.npz')}, history.json, history.csv, curves.png")
     return 0
 
 
