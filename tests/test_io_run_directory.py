@@ -250,6 +250,9 @@ def test_resume_without_a_state_and_bad_out_paths(tmp_path):
         RunDirectory(blocker, resume=False).__enter__()
     with pytest.raises(ValueError, match="is a file"):
         RunDirectory(blocker / "run", resume=False).__enter__()
+    Path(f"{tmp_path / 'x'}.partial").write_text("not a directory")
+    with pytest.raises(ValueError, match=r"x\.partial is in the way"):
+        RunDirectory(tmp_path / "x", resume=False).__enter__()
     rc, err = _in_process([*ARGS, "--epochs", "1", "--resume", "--out", str(tmp_path / "r")])
     assert rc == 2 and "nothing to resume" in _one_line(err)
 

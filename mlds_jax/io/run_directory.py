@@ -113,9 +113,11 @@ class RunDirectory:
     def _take(self) -> None:
         """Create and lock the work directory (the path must still name the locked one)."""
         for _ in range(10):
-            os.makedirs(self.work, exist_ok=True)
-            if os.path.islink(self.work) or not os.path.isdir(self.work):
+            if os.path.islink(self.work) or (
+                os.path.lexists(self.work) and not os.path.isdir(self.work)
+            ):
                 raise ValueError(f"{self.work} is in the way of the run's work directory")
+            os.makedirs(self.work, exist_ok=True)
             fd = os.open(self.work, os.O_RDONLY)
             if not _lock(fd):
                 os.close(fd)
