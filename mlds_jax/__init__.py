@@ -3,7 +3,7 @@
 The public API; see the README for a tour and the notation table.
 """
 
-from mlds_jax import core, io, validation
+from mlds_jax import core, validation
 from mlds_jax.activations import (
     ACTIVATIONS,
     HIDDEN_ACTIVATIONS,
@@ -141,7 +141,6 @@ __all__ = [
     "hessian_top_eigenvalue",
     "hessian_trace",
     "hvp",
-    "io",
     "identity",
     "identity_prime",
     "identity_prime2",
