@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         # copy.  Only process 0 writes.
         host_params = jax.device_get(params)
         if lead:
-            from mlds_jax.checkpoint import save
+            from mlds_jax.io.checkpoint import save
 
             os.makedirs(args.out, exist_ok=True)
             path = save(os.path.join(args.out, "model.npz"), host_params,

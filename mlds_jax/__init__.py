@@ -33,7 +33,6 @@ from mlds_jax.activations import (
 from mlds_jax.autodiff import GradCheckReport, LeafCheck, autodiff_grads, check_grads
 from mlds_jax.backprop import backward_deltas, manual_grads
 from mlds_jax.callback import Callback
-from mlds_jax.checkpoint import load, load_checkpoint, save, save_checkpoint
 from mlds_jax.compilation import (
     CompilationCacheWarning,
     default_cache_dir,
@@ -72,6 +71,7 @@ from mlds_jax.extensions import (
     sharpness,
 )
 from mlds_jax.initialization import INITIALIZERS, init_mlp
+from mlds_jax.io.checkpoint import load, save
 from mlds_jax.layers import Dense, Params, layer_sizes
 from mlds_jax.losses import DEFAULT_LOSS, LOSSES, Loss, matched_delta
 from mlds_jax.network import forward, forward_cache, loss, predict, prepare_targets
@@ -156,7 +156,6 @@ __all__ = [
     "leaky_relu_prime",
     "leaky_relu_prime2",
     "load",
-    "load_checkpoint",
     "load_dataset",
     "loss",
     "make_train_step",
@@ -178,7 +177,6 @@ __all__ = [
     "relu_prime",
     "relu_prime2",
     "save",
-    "save_checkpoint",
     "sharpness",
     "sigmoid",
     "sigmoid_prime",

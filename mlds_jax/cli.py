@@ -10,6 +10,11 @@ diverged (non-finite loss or parameters: one line on stderr, nothing written to 
 130 interrupted by Ctrl-C, 143 terminated by SIGTERM (with ``--out``, the last completed epoch
 is saved first for ``--resume``).
 
+``train --out DIR`` publishes its files in ``DIR`` as one complete set when the run ends; while
+it runs, its training state lives in ``DIR.partial/`` beside it, which ``--resume`` continues
+(:mod:`mlds_jax.io.run_directory`): an interrupted, killed or failed run leaves an earlier run's
+``DIR`` exactly as it was.
+
 ``train`` holds out ``--validation-fraction`` of the training rows (stratified) for the epoch
 log and early stopping; the test split is scored once, at the end.  Logs, history, plots and
 JSON name the three splits train / val / test.
@@ -175,13 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         metavar="DIR",
-        help="write model.npz, history.json, history.csv and curves.png here",
+        help="publish model.npz, history.json, history.csv, curves.png and train_state.npz "
+        "here, as one set when the run ends (its state meanwhile: DIR.partial/)",
     )
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run saved in --out DIR (train_state.npz, written every epoch and "
-        "on Ctrl-C/SIGTERM); same options, --epochs is the total",
+        help="continue the run of --out DIR: the interrupted one in DIR.partial/ (its state "
+        "is written every epoch and on Ctrl-C/SIGTERM), else the finished one in DIR; same "
+        "options, --epochs is the total",
     )
     t.add_argument(
         "--data-parallel",
@@ -296,48 +303,29 @@ def _optimizer(name: str, lr: float):
     return optax.adam(lr)
 
 
-def _prepare_out(path: str) -> str:
-    parent = os.path.dirname(os.path.abspath(path))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"cannot create --out directory {path!r}: {probe!r} is a file")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --out directory {path!r}: {exc.strerror}") from None
-    if not os.path.isdir(path):
-        raise UsageError(f"--out {path!r} is a file, not a directory")
-    if not os.access(path, os.W_OK | os.X_OK) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out directory {path!r} (or its parent) is not writable")
-    return path
-
-
 def _cli_history(history: dict, dtype) -> dict:
-    """The history as the CLI writes it: train_/val_ names; metrics computed in float32 as
-    their shortest float32 repr (0.57968, not 0.5796799063682556)."""
-    import numpy as np
-
+    """The history as the CLI writes it: train_/val_ names; metrics as shown (:func:`_shown`)."""
     renamed = {}
     for k, v in history.items():
         plain = k in _PLAIN_KEYS
         name = k if k.startswith("val_") or plain else "train_" + k
-        short = not plain and np.dtype(dtype) == np.float32
-        renamed[name] = [_short(x) if short else x for x in v]
+        renamed[name] = list(v) if k in _HOST_KEYS else [_shown(x, dtype) for x in v]
     return renamed
 
 
 #: History keys that are not metrics of the training rows.
 _PLAIN_KEYS = ("time", "epsilon", "sharpness", "sharpness_epoch")
+#: History keys computed on the host in float64 (everything else in the data's dtype).
+_HOST_KEYS = ("time", "epsilon")
 
 
-def _short(x):
-    """A float32-computed value as its shortest float32 repr (0.57968 not 0.5796799063682556)."""
-    if isinstance(x, float):
-        import numpy as np
+def _shown(x, dtype):
+    """A value computed in ``dtype`` as the user saw it: a float32 result as its shortest
+    float32 repr (0.09722222, not 0.0972222238779068); anything else as it is."""
+    import numpy as np
 
-        return float(str(np.float32(x))) if abs(x) < 3e38 else x
+    if isinstance(x, float) and np.dtype(dtype) == np.float32 and abs(x) < 3e38:
+        return float(str(np.float32(x)))
     return x
 
 
@@ -495,59 +483,6 @@ def _check_fits_in_memory(sizes: list[int], dtype, device, optimizer: str) -> No
         )
 
 
-def _write_set(out: str, files: dict[str, bytes]) -> None:
-    """Replace the contents of ``out`` with ``files`` as one set: they are written to a
-    sibling directory, fsync'ed, and swapped in (an atomic exchange where the OS has one), so
-    a failure at any point leaves either the previous complete set or the new one."""
-    import secrets
-    import shutil
-
-    from mlds_jax.checkpoint import fsync_dir
-
-    out = os.path.abspath(out)
-    parent, base = os.path.split(out)
-    token = secrets.token_hex(6)
-    stage = os.path.join(parent, f".{base}.new-{token}")
-    os.mkdir(stage)
-    try:
-        for name, data in files.items():
-            with open(os.path.join(stage, name), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_dir(stage)
-        if not os.path.exists(out):
-            os.rename(stage, out)
-        elif not _exchange(stage, out):
-            old = os.path.join(parent, f".{base}.old-{token}")
-            os.rename(out, old)
-            try:
-                os.rename(stage, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            stage = old  # removed below
-        fsync_dir(parent)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
-
-
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so training stops like on Ctrl-C."""
 
@@ -556,16 +491,29 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+@contextlib.contextmanager
+def _run_directory(args):
+    """The run directory of ``--out`` (None without it), entered and finally closed; a
+    problem with it is a UsageError, found before any data is loaded."""
+    if not args.out:
+        yield None
+        return
+    from mlds_jax.io.run_directory import RunDirectory
+
+    run = RunDirectory(args.out, resume=args.resume)
+    try:
+        run.__enter__()
+    except (ValueError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"--out {args.out!r}: {reason}") from None
+    try:
+        yield run
+    finally:
+        run.close()
+
+
 def cmd_train(args) -> int:
-    import warnings
-
-    import jax
-
     import mlds_jax as mj
-    from mlds_jax.checkpoint import checkpoint_bytes
-    from mlds_jax.datasets import load_dataset
-    from mlds_jax.losses import LOSSES
-    from mlds_jax.training import validation_split_indices
 
     if (args.dp_clip is None) != (args.dp_noise is None):
         raise UsageError("--dp-clip C and --dp-noise SIGMA go together: give both or neither")
@@ -573,8 +521,23 @@ def cmd_train(args) -> int:
     if dp is not None and args.data_parallel:
         raise UsageError("--dp-clip/--dp-noise cannot be combined with --data-parallel")
     if args.resume and not args.out:
-        raise UsageError("--resume needs --out DIR (the run's train_state.npz lives there)")
-    out = _prepare_out(args.out) if args.out else None
+        raise UsageError("--resume needs --out DIR (the run's state lives in DIR.partial/)")
+    with _run_directory(args) as run:
+        return _train(args, dp, run)
+
+
+def _train(args, dp, run) -> int:
+    """Train, report, and publish the run's files in ``run`` (if any) as one set."""
+    import warnings
+
+    import jax
+
+    import mlds_jax as mj
+    from mlds_jax.datasets import load_dataset
+    from mlds_jax.io.checkpoint import checkpoint_bytes
+    from mlds_jax.losses import LOSSES
+    from mlds_jax.training import validation_split_indices
+
     ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
     loss = args.loss or ds.default_loss
     Y_train, Y_test, n_out = _targets(ds, loss)
@@ -599,10 +562,11 @@ def cmd_train(args) -> int:
             key_fit, Y_train, args.validation_fraction, stratify=LOSSES[loss].is_classification
         )[1]
     )
+    rows = {"n_train": len(ds.X_train) - n_val, "n_val": n_val, "n_test": len(ds.X_test)}
     acts = f"{args.activation}/{output}" if args.hidden_sizes else output
     print(
-        f"mlds-jax train: {ds.name} ({ds.task}, {len(ds.X_train) - n_val} train / {n_val} val "
-        f"/ {len(ds.X_test)} test rows), MLP {'-'.join(map(str, sizes))} {acts}, loss {loss}, "
+        f"mlds-jax train: {ds.name} ({ds.task}, {rows['n_train']} train / {n_val} val "
+        f"/ {rows['n_test']} test rows), MLP {'-'.join(map(str, sizes))} {acts}, loss {loss}, "
         f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
         f"on {where}",
         flush=True,
@@ -629,7 +593,7 @@ def cmd_train(args) -> int:
             mesh=mesh,
             dp=dp,
             callbacks=[mj.SharpnessTracker(args.track_sharpness)] if args.track_sharpness else [],
-            checkpoint_dir=out,
+            checkpoint_dir=None if run is None else run.work,
             resume=args.resume,
         )
     for w in caught:
@@ -639,11 +603,8 @@ def cmd_train(args) -> int:
         message = next(
             str(w.message) for w in caught if issubclass(w.category, mj.TrainingDivergedWarning)
         )
-        if out and not args.resume:  # a diverged run leaves nothing to resume
-            from mlds_jax.train_state import state_path
-
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(state_path(out))
+        if run is not None and not args.resume:  # a diverged run leaves nothing to resume
+            run.discard()
         print(f"mlds-jax train: error: {message} Nothing written.", file=sys.stderr)
         return EXIT_DIVERGED
     seconds = time.perf_counter() - t0
@@ -662,36 +623,36 @@ def cmd_train(args) -> int:
         "seed": args.seed,
         "test_size": args.test_size,
         "validation_fraction": args.validation_fraction,
+        **rows,
         "epochs_run": n_epochs,
         "data_parallel_devices": n_dev if mesh is not None else 1,
         "stop_reason": history.stop_reason,
         **({"best_epoch": history.best_epoch + 1} if history.best_epoch is not None else {}),
         **({"dp_clip": args.dp_clip, "dp_noise": args.dp_noise} if dp is not None else {}),
         **({"epsilon": history["epsilon"][-1]} if history.get("epsilon") else {}),
-        **({"final_sharpness": history["sharpness"][-1]} if history.get("sharpness") else {}),
+        **(
+            {"final_sharpness": _shown(history["sharpness"][-1], ds.dtype)}
+            if history.get("sharpness")
+            else {}
+        ),
         "train_seconds": round(seconds, 3),
-        **{f"test_{k}": v for k, v in scores.items()},
+        **{f"test_{k}": _shown(v, ds.dtype) for k, v in scores.items()},
     }
     shown = "  ".join(f"test {k} {v:.4f}" for k, v in scores.items())
     print(f"trained {n_epochs} epochs in {seconds:.1f} s ({history.stop_reason}); {shown}")
     if dp is not None:
         print(_dp_report(dp, history, len(ds.X_train)))
-    if out:
+    if run is not None:
         cli_history = _cli_history(history, ds.dtype)
-        files = {"model.npz": checkpoint_bytes(params, metadata=summary)}
-        files.update(_history_files(cli_history, summary))
-        files["curves.png"] = _plot_history(
-            cli_history,
-            f"{ds.name}: MLP {'-'.join(map(str, sizes))}",
-            lr=lr,
-            optimizer=args.optimizer,
+        title = f"{ds.name}: MLP {'-'.join(map(str, sizes))}"
+        run.publish(
+            {
+                "model.npz": checkpoint_bytes(params, metadata=summary),
+                **_history_files(cli_history, summary),
+                "curves.png": _plot_history(cli_history, title, lr=lr, optimizer=args.optimizer),
+            }
         )
-        from mlds_jax.checkpoint import read_regular_file
-        from mlds_jax.train_state import state_path
-
-        files["train_state.npz"] = read_regular_file(state_path(out), "training state")
-        _write_set(out, files)
-        print(f"wrote {os.path.join(out, 'model.npz')}, history.json, history.csv, curves.png")
+        print(f"wrote {os.path.join(args.out, 'model.npz')}, history.json, history.csv, curves.png")
     return 0
 
 
@@ -724,10 +685,9 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import mlds_jax as mj
-    from mlds_jax.checkpoint import load
     from mlds_jax.datasets import load_dataset
 
-    params, meta = load(args.checkpoint, return_metadata=True)
+    params, meta = mj.load(args.checkpoint, return_metadata=True)
     meta = meta or {}
     name = args.dataset or meta.get("dataset")
     if name is None:
@@ -763,15 +723,17 @@ def cmd_evaluate(args) -> int:
 
 
 def _resumable(args) -> str:
-    """ "; saved ...": the saved epoch of an interrupted train run with --out, else ""."""
+    """ "; saved ...": where an interrupted ``train --out`` saved its last epoch, else ""."""
     out = getattr(args, "out", None)
     if args.command != "train" or not out:
         return ""
-    from mlds_jax.train_state import state_path
+    from mlds_jax.io.run_directory import work_path
+    from mlds_jax.io.train_state import state_path
 
-    if not os.path.isfile(state_path(out)):
+    state = state_path(work_path(out))
+    if not os.path.isfile(state):
         return ""
-    return f"; the last completed epoch is saved in {state_path(out)}: rerun with --resume"
+    return f"; the last completed epoch is saved in {state}: rerun with --resume"
 
 
 COMMANDS = {"train": cmd_train, "gradcheck": cmd_gradcheck, "evaluate": cmd_evaluate}
@@ -789,9 +751,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError, OSError) as exc:
+    except (UsageError, ValueError, TypeError) as exc:
         # bad values found by the library's own checks: one line, no traceback
         print(f"mlds-jax {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a full disk, say: what was saved can be resumed
+        print(f"mlds-jax {args.command}: error: {exc}{_resumable(args)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"mlds-jax {args.command}: interrupted{_resumable(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -27,12 +27,12 @@ Synthetic data are generated with a fixed seed (0), so ``seed`` only changes the
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import DTypeLike
 
+from mlds_jax import validation
 from mlds_jax.losses import default_loss_for
 
 __all__ = [
@@ -365,10 +365,7 @@ def one_hot(labels, num_classes: int, dtype: DTypeLike = np.float32) -> np.ndarr
     Raises:
       ValueError: a label out of range or not an integer (the message names it and its index).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = validation.positive_int(num_classes, "num_classes")
     dt = _float_dtype(dtype)
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -539,21 +536,11 @@ def _check_name(name) -> str:
 
 
 def _check_test_size(test_size) -> float:
-    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
-        raise TypeError(f"test_size must be a float in (0, 1), got {test_size!r}")
-    ts = float(test_size)
-    if not 0.0 < ts < 1.0:  # also False for NaN
-        raise ValueError(f"test_size must lie strictly between 0 and 1, got {test_size!r}")
-    return ts
+    return validation.number_in_interval(test_size, "test_size", 0, 1)
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
-    seed = int(seed)
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
-    return seed
+    return validation.int_in_range(seed, "seed", 0, 2**32, high_text="2**32")  # numpy's seeds
 
 
 def load_dataset(

@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlds_jax import validation
+
 __all__ = [
     "GradientDescentResult",
     "gradient_descent",
@@ -162,45 +164,6 @@ def _check_scalar_value(f: Callable[[jax.Array], jax.Array], x: jax.Array, name:
     if not math.isfinite(value_f):
         raise ValueError(f"f({name}) must be finite, got {value_f}")
     return value_f
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, (str, bytes)):  # float("0.1") would accept it silently
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a real number, got {value!r}") from err
-    if not math.isfinite(v) or v <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def _check_tolerance(value: object, name: str) -> float:
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a real number, got {value!r}") from err
-    if math.isnan(v) or v < 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return v
-
-
-def _check_max_iter(max_iter: object, name: str = "max_iter") -> int:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {max_iter!r}")
-    if max_iter < 1:
-        raise ValueError(f"{name} must be >= 1, got {max_iter}")
-    return int(max_iter)
-
-
-def _check_unit_interval(value: object, name: str) -> float:
-    v = _check_positive(value, name)
-    if v >= 1.0:
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return v
 
 
 def _schedule_value(schedule: Callable) -> float:
@@ -428,20 +391,20 @@ def gradient_descent(
             f"line_search={line_search!r} searches along -grad f and needs "
             f'method="gradient", got method={method!r}'
         )
-    c = _check_unit_interval(armijo_c, "armijo_c")
-    rho = _check_unit_interval(armijo_shrink, "armijo_shrink")
-    n_back = _check_max_iter(max_backtracks, "max_backtracks")
+    c = validation.number_in_interval(armijo_c, "armijo_c", 0, 1)
+    rho = validation.number_in_interval(armijo_shrink, "armijo_shrink", 0, 1)
+    n_back = validation.positive_int(max_backtracks, "max_backtracks")
     x0_arr = _as_float_vector(x0)
     schedule = None
     if callable(step_size):
         schedule = step_size
-        _check_positive(_schedule_value(schedule), "step_size(0)")
+        validation.positive_float(_schedule_value(schedule), "step_size(0)")
         eta = 1.0  # unused
     else:
-        eta = _check_positive(step_size, "step_size")
-    eps_f = _check_tolerance(tol_f, "tol_f")
-    eps_g = _check_tolerance(tol_grad, "tol_grad")
-    n_max = _check_max_iter(max_iter)
+        eta = validation.positive_float(step_size, "step_size")
+    eps_f = validation.non_negative_float(tol_f, "tol_f")
+    eps_g = validation.non_negative_float(tol_grad, "tol_grad")
+    n_max = validation.positive_int(max_iter, "max_iter")
     f0 = _check_scalar_value(f, x0_arr, "x0")
 
     dtype = x0_arr.dtype

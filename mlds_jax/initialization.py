@@ -10,7 +10,6 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import validation
-from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from mlds_jax.layers import Dense, Params
 
 __all__ = ["INITIALIZERS", "init_mlp"]
@@ -74,25 +73,23 @@ def init_mlp(
     ):
         if not isinstance(value, str) and value is not None:  # None: "unknown ..." below
             raise TypeError(f"{name} must be a str, {what}; got {type(value).__name__} {value!r}")
-    if hidden not in HIDDEN_ACTIVATIONS:
-        if hidden in ACTIVATIONS:
-            raise ValueError(
-                f"activation {hidden!r} can only be used on the output layer; "
-                f"hidden layers take one of {list(HIDDEN_ACTIVATIONS)}"
-            )
-        raise ValueError(f"unknown hidden activation {hidden!r}; valid: {list(HIDDEN_ACTIVATIONS)}")
-    if output not in OUTPUT_ACTIVATIONS:
-        raise ValueError(f"unknown output activation {output!r}; valid: {list(OUTPUT_ACTIVATIONS)}")
+    validation.check_activation(hidden, hidden=True)  # even with no hidden layer: a typo
+    validation.check_activation(output, hidden=False)
     if init == "auto":
         init = "he" if hidden in ("relu", "leaky_relu") else "xavier"
     if init not in INITIALIZERS:
         raise ValueError(f"unknown init {init!r}; valid: {['auto', *INITIALIZERS]}")
     key = validation.check_key(key)
     dtype = validation.float_dtype(dtype)
+    activations = [hidden] * (len(sizes) - 2) + [output]
+    shapes = list(zip(sizes[:-1], sizes[1:], strict=True))
+    validation.check_schema(activations, shapes, [(fan_out,) for _, fan_out in shapes])
     keys = jax.random.split(key, len(sizes) - 1)
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        act = output if i == len(sizes) - 2 else hidden
-        W = INITIALIZERS[init](keys[i], (fan_in, fan_out), dtype)
-        layers.append(Dense(W=W, b=jnp.zeros((fan_out,), dtype), activation=act))
-    return tuple(layers)
+    return tuple(
+        Dense(
+            W=INITIALIZERS[init](keys[i], shape, dtype),
+            b=jnp.zeros((shape[1],), dtype),
+            activation=activations[i],
+        )
+        for i, shape in enumerate(shapes)
+    )

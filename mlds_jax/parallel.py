@@ -16,10 +16,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from mlds_jax import validation
 
 __all__ = ["BATCH_AXIS", "data_parallel_mesh", "pad_rows"]
 
@@ -80,10 +81,7 @@ def pad_rows(X: Array, Y: Array, multiple: int) -> tuple[Array, Array, Array]:
     Returns:
       X (N', d), Y (N', K), row_weights (N',) = 1/N on real rows, 0 on padding; N' ≥ N.
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)):
-        raise TypeError(f"multiple must be an int (the device count), got {multiple!r}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1 (the device count), got {multiple}")
+    multiple = validation.positive_int(multiple, "multiple")  # the device count
     for name, a in (("X", X), ("Y", Y)):
         if getattr(a, "ndim", None) != 2:
             raise ValueError(

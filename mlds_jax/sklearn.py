@@ -72,7 +72,6 @@ import math
 import os
 import warnings
 from abc import ABC, abstractmethod
-from numbers import Integral, Real
 from typing import Any
 
 import jax
@@ -168,6 +167,16 @@ def _as_numpy_params(params: Params) -> tuple[list[np.ndarray], list[np.ndarray]
     return [np.asarray(p.W) for p in params], [np.asarray(p.b) for p in params]
 
 
+def _as_value_error(check, *args, **kwargs):
+    """A :mod:`mlds_jax.validation` check whose TypeError (a bool, a string, ...) becomes a
+    ValueError, with the same message: scikit-learn reports every bad hyperparameter as a
+    ValueError when ``fit`` starts."""
+    try:
+        return check(*args, **kwargs)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _BaseMLP(BaseEstimator, ABC):
     """The shared machinery; use :class:`MLPClassifier` or :class:`MLPRegressor`."""
 
@@ -248,21 +257,16 @@ class _BaseMLP(BaseEstimator, ABC):
         sizes = self.hidden_layer_sizes
         if not hasattr(sizes, "__iter__"):
             sizes = [sizes]
-        sizes = list(sizes)
-        for s in sizes:
-            if not isinstance(s, Integral) or isinstance(s, bool) or s <= 0:
-                raise ValueError(f"hidden_layer_sizes must be positive ints, got {sizes}.")
-        return [int(s) for s in sizes]
+        return [
+            _as_value_error(mj.validation.positive_int, s, f"hidden_layer_sizes[{i}]")
+            for i, s in enumerate(sizes)
+        ]
 
     def _check_params(self) -> None:
-        def real(name, lo, hi=None, lo_open=False, hi_open=False):
-            v = getattr(self, name)
-            ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
-            ok = ok and (v > lo if lo_open else v >= lo)
-            if hi is not None:
-                ok = ok and (v < hi if hi_open else v <= hi)
-            if not ok:
-                raise ValueError(f"{name} must be a real number in the valid range, got {v!r}")
+        def real(name, lo, hi=math.inf, closed="left"):
+            _as_value_error(
+                mj.validation.number_in_interval, getattr(self, name), name, lo, hi, closed=closed
+            )
 
         if self.activation not in ACTIVATION_NAMES:
             raise ValueError(
@@ -280,24 +284,19 @@ class _BaseMLP(BaseEstimator, ABC):
         if self.grads not in ("manual", "autodiff"):
             raise ValueError(f"grads must be 'manual' or 'autodiff', got {self.grads!r}")
         real("alpha", 0)
-        real("learning_rate_init", 0, lo_open=True)
+        real("learning_rate_init", 0, closed="neither")
         real("power_t", 0)
         real("tol", 0)
-        real("momentum", 0, 1)
-        real("validation_fraction", 0, 1, hi_open=True)
-        real("beta_1", 0, 1, hi_open=True)
-        real("beta_2", 0, 1, hi_open=True)
-        real("epsilon", 0, lo_open=True)
-        if not isinstance(self.max_iter, Integral) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
-        nic = self.n_iter_no_change
-        if not (nic == np.inf or (isinstance(nic, Integral) and nic >= 1)):
-            raise ValueError(f"n_iter_no_change must be an int >= 1 or inf, got {nic!r}")
-        bs = self.batch_size
-        if not (
-            bs == "auto" or (isinstance(bs, Integral) and not isinstance(bs, bool) and int(bs) >= 1)
-        ):
-            raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {bs!r}")
+        real("momentum", 0, 1, closed="both")
+        real("validation_fraction", 0, 1)
+        real("beta_1", 0, 1)
+        real("beta_2", 0, 1)
+        real("epsilon", 0, closed="neither")
+        _as_value_error(mj.validation.positive_int, self.max_iter, "max_iter")
+        if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
+            _as_value_error(mj.validation.positive_int, self.n_iter_no_change, "n_iter_no_change")
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            _as_value_error(mj.validation.positive_int, self.batch_size, "batch_size")
         if self.optimizer is not None and not (
             hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")
         ):

@@ -24,6 +24,7 @@ from mlds_jax.losses import get_loss
 
 __all__ = [
     "check_X",
+    "check_activation",
     "check_batch",
     "check_data",
     "check_finite",
@@ -34,15 +35,22 @@ __all__ = [
     "check_params_finite",
     "check_representable",
     "check_row_weights",
+    "check_schema",
     "check_sizes",
     "float_dtype",
     "host_floats",
+    "int_in_range",
     "is_concrete",
+    "non_negative_float",
+    "number_in_interval",
     "numeric_array",
     "positive_float",
     "positive_int",
     "prepare_targets",
+    "real_number",
     "reject_tracers",
+    "require_x64",
+    "x64_enabled",
 ]
 
 
@@ -62,22 +70,80 @@ def reject_tracers(function: str, *values) -> None:
         )
 
 
+# The number validators: one wording per fault, everywhere.  A bool is never a number (True
+# is an int to Python, but ``step_size=True`` is a mistake, not 1.0).
+def real_number(value, name: str) -> float:
+    """``value`` as a float: a Python or NumPy real, or a concrete 0-d real array.
+
+    Raises:
+      TypeError: ``"{name} must be a real number, got {value!r}"`` for bools, strings, None,
+        arrays with more than one element and everything else.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    dtype = getattr(value, "dtype", None)
+    if (
+        getattr(value, "shape", None) == ()
+        and dtype is not None
+        and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+        and is_concrete(value)
+    ):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+
+
 def positive_int(value, name: str, *, minimum: int = 1) -> int:
     """``value`` as an int ≥ ``minimum`` (bool and floats refused, even 2.0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
+def int_in_range(value, name: str, low: int, high: int, *, high_text: str | None = None) -> int:
+    """``value`` as an int in ``[low, high)`` (bool and floats refused); ``high_text`` is how
+    the message writes ``high`` (e.g. ``"2**32"``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not low <= value < high:
+        raise ValueError(
+            f"{name} must lie in [{low}, {high if high_text is None else high_text}), got {value}"
+        )
+    return int(value)
+
+
 def positive_float(value, name: str) -> float:
     """``value`` as a finite float > 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
+    v = real_number(value, name)
     if not math.isfinite(v) or v <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def non_negative_float(value, name: str, *, finite: bool = False) -> float:
+    """``value`` as a float ≥ 0 (NaN refused; +inf too when ``finite``)."""
+    v = real_number(value, name)
+    if math.isnan(v) or v < 0.0 or (finite and math.isinf(v)):
+        raise ValueError(
+            f"{name} must be {'a finite number ' if finite else ''}>= 0, got {value!r}"
+        )
+    return v
+
+
+def number_in_interval(
+    value, name: str, low: float, high: float, *, closed: str = "neither"
+) -> float:
+    """``value`` as a float in the interval from ``low`` to ``high``; ``closed`` is
+    "neither" (the open interval, the default), "left", "right" or "both"."""
+    v = real_number(value, name)
+    left, right = closed in ("left", "both"), closed in ("right", "both")
+    inside = (v >= low if left else v > low) and (v <= high if right else v < high)
+    if not inside:  # also for NaN
+        interval = f"{'[' if left else '('}{low:g}, {high:g}{']' if right else ')'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
     return v
 
 
@@ -93,6 +159,21 @@ def float_dtype(dtype=None):
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype, got {dt}")
     return dt
+
+
+def x64_enabled() -> bool:
+    """Whether JAX's x64 mode is on (float64 arrays stay float64)."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.dtype(np.float64)
+
+
+def require_x64(dtype, what: str, instead: str = "dtype=np.float32") -> None:
+    """The one float64 guard: a ValueError when ``dtype`` is float64 and x64 is off (JAX
+    would silently make float32 arrays of it).  ``what`` starts the message."""
+    if np.dtype(dtype) == np.float64 and not x64_enabled():
+        raise ValueError(
+            f"{what}: float64 parameters need JAX's x64 mode, which is off; enable it "
+            f"(jax.config.update('jax_enable_x64', True)) or use {instead}"
+        )
 
 
 def check_key(key):
@@ -147,8 +228,9 @@ def host_floats(x) -> np.ndarray:
 
 def check_finite(arr: np.ndarray, name: str) -> None:
     """ValueError naming the count and the first NaN/inf of ``arr``; one pass when clean."""
-    if arr.size and math.isfinite(arr.sum(dtype=np.float64)):
-        return
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: the slow path says which
+        if arr.size and math.isfinite(arr.sum(dtype=np.float64)):
+            return
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(j) for j in np.argwhere(bad)[0])
@@ -173,54 +255,116 @@ def check_representable(arr: np.ndarray, dtype, name: str) -> None:
     )
 
 
-# --- parameters -----------------------------------------------------------------------------
+# --- parameters: the network schema ---------------------------------------------------------
+def check_activation(name, *, hidden: bool, subject: str = "") -> str:
+    """An activation name that a layer of this role may use.
+
+    Args:
+      name: the name to check.
+      hidden: whether the layer is a hidden one (hidden layers take only the element-wise
+        activations, :data:`~mlds_jax.activations.HIDDEN_ACTIVATIONS`).
+      subject: the layer, for the message ("params[0]", "layer 1"); "" for an argument.
+
+    Raises:
+      ValueError: ``unknown hidden activation 'gelu' for params[0]; valid: [...]``, or
+        ``activation 'softmax' of params[0] can only be used on the output layer; ...``.
+    """
+    role = "hidden" if hidden else "output"
+    valid = HIDDEN_ACTIVATIONS if hidden else tuple(ACTIVATIONS)
+    if isinstance(name, str) and name in valid:
+        return name
+    if hidden and isinstance(name, str) and name in ACTIVATIONS:
+        of = f" of {subject}" if subject else ""
+        raise ValueError(
+            f"activation {name!r}{of} can only be used on the output layer; hidden layers "
+            f"take one of {list(HIDDEN_ACTIVATIONS)}"
+        )
+    where = f" for {subject}" if subject else ""
+    raise ValueError(f"unknown {role} activation {name!r}{where}; valid: {list(valid)}")
+
+
+def _params_name(i: int, leaf: str | None) -> str:
+    return f"params[{i}]" if leaf is None else f"params[{i}].{leaf}"
+
+
+def check_schema(activations, W_shapes, b_shapes, dtypes=None, *, names=_params_name) -> list[int]:
+    """The one network-schema check, for params in memory and in files alike.
+
+    First every leaf is floating point and all share one dtype; then per layer i, in this
+    order: W_i is 2-D, b_i has shape (fan_out_i,), the activation is known (and element-wise
+    on a hidden layer), fan_in_i == fan_out_(i-1).
+
+    Args:
+      activations: one name per layer.
+      W_shapes: per layer the shape of W, (fan_in, fan_out) (None if it has none).
+      b_shapes: per layer the shape of b, (fan_out,).
+      dtypes: optional, one dtype per leaf in the order W_0, b_0, W_1, ... (None: unknown).
+      names: ``names(i, "W" | "b" | None)``: how messages name a leaf or a layer; default
+        ``params[i].W`` / ``params[i]``.
+
+    Returns:
+      The layer sizes ``[n_in, h_1, ..., n_out]``.
+
+    Raises:
+      ValueError: a shape or activation problem.  TypeError: a dtype problem.
+    """
+    n = len(activations)
+    if n == 0 or len(W_shapes) != n or len(b_shapes) != n:
+        raise ValueError(
+            f"a network needs one W, b and activation per layer (at least one layer); got "
+            f"{len(W_shapes)} W, {len(b_shapes)} b and {n} activations"
+        )
+    if dtypes is not None:
+        dtypes = [None if d is None else np.dtype(d) for d in dtypes]
+        for j, dt in enumerate(dtypes):
+            if dt is not None and not jnp.issubdtype(dt, jnp.floating):
+                raise TypeError(f"{names(j // 2, 'Wb'[j % 2])} must be floating point, got {dt}")
+        for j, dt in enumerate(dtypes):
+            # one dtype for every leaf: mixing them would be promoted (or, under strict
+            # promotion, fail inside XLA) instead of computing in the documented dtype
+            if dt is not None and dtypes[0] is not None and dt != dtypes[0]:
+                raise TypeError(
+                    f"all parameters must share one dtype: {names(j // 2, 'Wb'[j % 2])} is "
+                    f"{dt} but {names(0, 'W')} is {dtypes[0]} (mixed dtypes); cast them with "
+                    f".astype"
+                )
+    sizes: list[int] = []
+    for i, (act, W_shape, b_shape) in enumerate(zip(activations, W_shapes, b_shapes, strict=True)):
+        W_shape = None if W_shape is None else tuple(W_shape)
+        b_shape = None if b_shape is None else tuple(b_shape)
+        if W_shape is None or len(W_shape) != 2:
+            raise ValueError(f"{names(i, 'W')} must be 2-D (fan_in, fan_out), got shape {W_shape}")
+        if b_shape != (W_shape[1],):
+            raise ValueError(f"{names(i, 'b')} must have shape ({W_shape[1]},), got {b_shape}")
+        check_activation(act, hidden=i < n - 1, subject=names(i, None))
+        if i > 0 and sizes[-1] != W_shape[0]:
+            raise ValueError(
+                f"{names(i, 'W')} has fan_in {W_shape[0]} but {names(i - 1, None)} has "
+                f"fan_out {sizes[-1]}"
+            )
+        if i == 0:
+            sizes.append(int(W_shape[0]))
+        sizes.append(int(W_shape[1]))
+    return sizes
+
+
 def check_params(params) -> None:
-    """params is a non-empty tuple (or list) of Dense with chained shapes and one float dtype."""
+    """params is a non-empty tuple (or list) of Dense with chained shapes and one float dtype
+    (:func:`check_schema`)."""
     if not isinstance(params, (tuple, list)) or len(params) == 0:
         raise TypeError(
             "params must be a non-empty tuple of Dense layers (from mlds_jax.init_mlp); "
             f"got {type(params).__name__}"
         )
-    dtype = getattr(getattr(params[0], "W", None), "dtype", None)
     for i, layer in enumerate(params):
         if not isinstance(layer, Dense):
             raise TypeError(f"params[{i}] must be a Dense layer, got {type(layer).__name__}")
-        W, b = layer.W, layer.b
-        if getattr(W, "ndim", None) != 2:
-            raise ValueError(
-                f"params[{i}].W must be 2-D (fan_in, fan_out), got shape "
-                f"{getattr(W, 'shape', None)}"
-            )
-        if getattr(b, "shape", None) != (W.shape[1],):
-            raise ValueError(
-                f"params[{i}].b must have shape ({W.shape[1]},), got {getattr(b, 'shape', None)}"
-            )
-        if layer.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"params[{i}] has unknown activation {layer.activation!r}; "
-                f"valid: {list(ACTIVATIONS)}"
-            )
-        if i < len(params) - 1 and layer.activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(
-                f"params[{i}] is a hidden layer with activation "
-                f"{layer.activation!r}; hidden layers take {list(HIDDEN_ACTIVATIONS)}"
-            )
-        if i > 0 and params[i - 1].W.shape[1] != W.shape[0]:
-            raise ValueError(
-                f"params[{i}].W has fan_in {W.shape[0]} but params[{i - 1}] has "
-                f"fan_out {params[i - 1].W.shape[1]}"
-            )
-        if not jnp.issubdtype(W.dtype, jnp.floating):
-            raise TypeError(f"params[{i}].W must be floating point, got {W.dtype}")
-        # one dtype for every leaf: mixing them would be promoted (or, under strict
-        # promotion, fail inside XLA) instead of computing in the documented params dtype
-        for name, leaf in (("W", W), ("b", b)):
-            if leaf.dtype != dtype:
-                raise TypeError(
-                    f"all parameters must share one dtype: params[{i}].{name} is "
-                    f"{leaf.dtype} but params[0].W is {dtype}; cast them with "
-                    f".astype"
-                )
+    check_schema(
+        [layer.activation for layer in params],
+        [getattr(layer.W, "shape", None) for layer in params],
+        [getattr(layer.b, "shape", None) for layer in params],
+        [getattr(leaf, "dtype", None) for layer in params for leaf in (layer.W, layer.b)],
+    )
 
 
 #: Parameters with at most this many entries are checked on the host (a copy of at most

@@ -385,7 +385,7 @@ def case_example() -> dict:
                                        "--batch-size", "50", "--lr", "0.01", "--out", tmp])
             wrote = os.path.exists(os.path.join(tmp, "model.npz"))
             if wrote:
-                from mlds_jax.checkpoint import load
+                from mlds_jax.io.checkpoint import load
 
                 loaded = load(os.path.join(tmp, "model.npz"))
                 sizes = mj.layer_sizes(loaded)

@@ -280,7 +280,7 @@ def ref_forward_Zs(params, X):
 
 # --- the bad-input, edge, fault and determinism tests' shared helpers ---------------------------
 # (test_validation, test_losses, test_network, test_backprop, test_autodiff, test_training,
-# test_checkpoint, test_datasets, test_descent, test_parallel, test_cli)
+# test_io_checkpoint, test_datasets, test_descent, test_parallel, test_cli)
 F16, F32, F64 = np.float16, np.float32, np.float64
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -142,3 +142,12 @@ def test_torch_skipped_cleanly_when_absent(bench, monkeypatch, capsys):
     assert list(results["workloads"]["digits-256"]["contenders"]) == ["numpy"]
     assert results["skipped"] == ["torch (not importable)"]
     assert "| torch |" not in capsys.readouterr().out
+
+
+def test_io_load_benchmark_smoke():
+    """benchmarks/io_load.py at 2 MiB, one reader, one round: it runs end to end and reports
+    a positive time and a finite peak ratio (no memory assertion at this size: that is
+    test_io_container's, at 128 MiB)."""
+    table = _load("io_load").main(["--mib", "2", "--rounds", "1", "--readers", "mj.load npz"])
+    (row,) = table.values()
+    assert row["seconds"] > 0 and math.isfinite(row["peak_ratio"])

@@ -82,6 +82,7 @@ def test_train_writes_model_history_and_curves(trained):
     out: Path = trained["out"]
     assert sorted(p.name for p in out.iterdir()) == [
         "curves.png", "history.csv", "history.json", "model.npz", "train_state.npz"]
+    assert os.listdir(out.parent) == ["run"]  # the work directory went with the publication
 
     payload = json.loads((out / "history.json").read_text())
     assert set(payload) == {"history", "summary"}
@@ -97,6 +98,10 @@ def test_train_writes_model_history_and_curves(trained):
     assert summary["optimizer"] == "momentum" and summary["grads"] == "manual"
     assert 0 <= summary["test_accuracy"] <= 1
     assert summary["validation_fraction"] == 0.1
+    # the rows the header printed, and every float32 result as the user saw it
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (108, 12, 30)
+    for key in ("test_loss", "test_accuracy"):
+        assert str(np.float32(summary[key])) == repr(summary[key])
     # the val metrics come from held-out training rows, not from the test split
     ds = mj.load_dataset("iris", seed=1)
     _, val_idx = validation_split_indices(
@@ -353,7 +358,7 @@ def test_bad_cli_values_exit_2_with_one_line(argv, needle):
 # --- fault: Ctrl-C during training leaves --out empty ------------------------------------------
 def test_fault_cli_interrupted_training_writes_nothing(tmp_path):
     """Ctrl-C during training: exit status 130, one line, and no model.npz/history in --out
-    (nothing half-written: outputs are only written after training)."""
+    (nothing half-written: outputs are only published as a set after training)."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -364,7 +369,7 @@ def test_fault_cli_interrupted_training_writes_nothing(tmp_path):
                                  "sgd", "--no-progress", "--out", str(out_dir)])
     assert rc == 130
     assert one_error_line(err) == "mlds-jax train: interrupted"
-    assert os.listdir(out_dir) == []
+    assert os.listdir(tmp_path) == []  # no DIR, and no DIR.partial: no epoch was saved
 
 
 
@@ -436,38 +441,10 @@ def test_train_model_too_large_exits_2_naming_the_sizes(capsys):
     assert "model too large" in line and "4-4000000-4000000-3" in line and "GiB" in line
 
 
-def test_out_is_replaced_as_a_set_or_not_at_all(tmp_path):
-    out = tmp_path / "run"
-    cli._write_set(str(out), {"a": b"1", "b": b"2"})
-    assert sorted(os.listdir(out)) == ["a", "b"]
-
-    def failing_open(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    with patching() as mp:  # disk full while writing the second file of the new set
-        real_open = open
-        calls = []
-
-        def counting_open(path, mode="r", *a, **k):
-            calls.append(path)
-            if len(calls) == 2:
-                failing_open()
-            return real_open(path, mode, *a, **k)
-
-        mp.setattr("builtins.open", counting_open)
-        with pytest.raises(OSError, match="No space"):
-            cli._write_set(str(out), {"a": b"new", "c": b"3"})
-    assert sorted(os.listdir(out)) == ["a", "b"] and (out / "a").read_bytes() == b"1"
-    assert sorted(os.listdir(tmp_path)) == ["run"]  # no staging directory left behind
-    cli._write_set(str(out), {"a": b"new", "c": b"3"})
-    assert sorted(os.listdir(out)) == ["a", "c"] and (out / "a").read_bytes() == b"new"
-    assert sorted(os.listdir(tmp_path)) == ["run"]
-
-
 def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path, capsys):
     """SIGTERM (raised from the handler as in a real signal) after epoch 2 of 3: exit 143,
-    one line, the state of epoch 2 saved; --resume completes the run to the same model as an
-    uninterrupted one."""
+    one line, the state of epoch 2 saved in DIR.partial/; --resume completes the run to the
+    same model as an uninterrupted one, published in DIR."""
     args = ["train", "--dataset", "iris", "--epochs", "3", "--optimizer", "sgd",
             "--hidden-sizes", "8", "--no-progress"]
     ref = tmp_path / "ref"
@@ -488,8 +465,10 @@ def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path
     _, err = capsys.readouterr()
     assert rc == cli.EXIT_TERMINATED == 143
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("mlds-jax train: terminated; the last completed epoch is saved")
-    assert os.listdir(out) == ["train_state.npz"]
+    assert err.startswith("mlds-jax train: terminated; the last completed epoch is saved in "
+                          f"{out}.partial/train_state.npz")
+    assert not out.exists()  # nothing published: the state waits in the work directory
+    assert os.listdir(f"{out}.partial") == ["train_state.npz"]
     assert real_logger is cli._epoch_logger
     assert run_main([*args, "--out", str(out), "--resume"]) == 0
     a, b = mj.load(ref / "model.npz"), mj.load(out / "model.npz")

@@ -395,7 +395,8 @@ def test_bad_dataset_dtypes(dtype):
     (lambda: mj.standardize(np.zeros((0, 2))), ValueError, r"X_train is empty \(0 rows\)"),
     (lambda: mj.standardize(np.ones(3)), ValueError, r"X_train must be 2-D"),
     (lambda: mj.load_dataset("mnist"), ValueError, r"unknown dataset 'mnist'; valid names"),
-    (lambda: mj.load_dataset("iris", test_size="0.2"), TypeError, r"test_size must be a float"),
+    (lambda: mj.load_dataset("iris", test_size="0.2"), TypeError,
+     r"test_size must be a real number, got '0.2'"),
 ])
 def test_bad_data_helper_input(call, exc, regex):
     with pytest.raises(exc, match=regex):

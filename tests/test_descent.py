@@ -418,6 +418,7 @@ def test_bad_descent_dtypes(dtype, outcome):
         ([[1.0, 2.0], [3.0]], 0.1, TypeError, r"x0 must be a floating-point vector, got list"),
         (X0_LIST, "0.1", TypeError, r"step_size must be a real number, got '0\.1'"),
         (X0_LIST, None, TypeError, r"step_size must be a real number, got None"),
+        (X0_LIST, True, TypeError, r"step_size must be a real number, got True"),  # no bools
         ([3.0, np.nan], 0.1, ValueError, r"x0 must be finite"),
     ],
 )
@@ -429,6 +430,10 @@ def test_bad_descent_arguments(x0, step, exc, regex):
 def test_bad_descent_tolerance_strings():
     with pytest.raises(TypeError, match=r"tol_f must be a real number, got '1e-3'"):
         mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_f="1e-3")
+    with pytest.raises(TypeError, match=r"tol_grad must be a real number, got False"):
+        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_grad=False)
+    with pytest.raises(TypeError, match=r"max_iter must be an int, got True"):
+        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), max_iter=True)
 # ---------------------------------------------------------------------------------------------
 # Step-size rules: schedules, exact line search (S1), Armijo (S3), the optimal fixed step (S4)
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +525,8 @@ def test_bad_step_size_rules() -> None:
         gradient_descent(quadratic_example, _x0(), line_search="exact", method="sign")
     with pytest.raises(ValueError, match=r"armijo_c must lie in \(0, 1\)"):
         gradient_descent(quadratic_example, _x0(), line_search="armijo", armijo_c=1.5)
-    with pytest.raises(ValueError, match=r"armijo_shrink must be a finite number > 0"):
+    # the same fault, the same words: outside (0, 1), below or above
+    with pytest.raises(ValueError, match=r"armijo_shrink must lie in \(0, 1\), got 0\.0"):
         gradient_descent(quadratic_example, _x0(), line_search="armijo", armijo_shrink=0.0)
     with pytest.raises(ValueError, match=r"step_size\(0\) must be a finite number > 0"):
         gradient_descent(quadratic_example, _x0(), step_size=lambda k: jnp.asarray(-0.1))

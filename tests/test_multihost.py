@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlds_jax.checkpoint import load
+from mlds_jax.io.checkpoint import load
 
 pytestmark = [
     pytest.mark.slow,

@@ -445,8 +445,8 @@ def test_malformed_params_rejected():
     with pytest.raises(TypeError, match=r"params\[0\] must be a Dense layer, got dict"):
         mj.forward(({"W": good[0].W, "b": good[0].b},), X)
     hidden_softmax = (Dense(W=good[0].W, b=good[0].b, activation="softmax"), good[1])
-    with pytest.raises(ValueError, match=r"params\[0\] is a hidden layer with activation "
-                                         r"'softmax'"):
+    with pytest.raises(ValueError, match=r"activation 'softmax' of params\[0\] can only be used "
+                                         r"on the output layer"):
         mj.forward(hidden_softmax, X)
     unchained = (good[0], Dense(W=jnp.zeros((5, 2)), b=jnp.zeros(2), activation="identity"))
     with pytest.raises(ValueError, match=r"params\[1\]\.W has fan_in 5 but params\[0\] has "
@@ -456,7 +456,7 @@ def test_malformed_params_rejected():
     with pytest.raises(ValueError, match=r"params\[0\]\.b must have shape \(4,\), got \(3,\)"):
         mj.forward(bad_b, X)
     unknown = (Dense(W=good[0].W, b=good[0].b, activation="gelu"), good[1])
-    with pytest.raises(ValueError, match=r"params\[0\] has unknown activation 'gelu'"):
+    with pytest.raises(ValueError, match=r"unknown hidden activation 'gelu' for params\[0\]"):
         mj.forward(unknown, X)
 
 

@@ -350,6 +350,13 @@ def test_bad_input_messages(iris):
         MLPClassifier().partial_fit(X, y)
     with pytest.raises(TypeError, match="optax"):
         MLPClassifier(optimizer="adam").fit(X, y)
+    # mlds_jax.validation's words, as ValueError (scikit-learn's way): bools are not numbers
+    for kwargs, match in (({"max_iter": True}, r"max_iter must be an int, got True"),
+                          ({"alpha": True}, r"alpha must be a real number, got True"),
+                          ({"momentum": 1.5}, r"momentum must lie in \[0, 1\], got 1\.5"),
+                          ({"batch_size": 0}, r"batch_size must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=match):
+            MLPClassifier(**kwargs).fit(X, y)
 
 
 def test_custom_optax_optimizer_and_autodiff_agree(iris):

@@ -23,7 +23,7 @@ result.  The contract the table encodes, the same for every function that takes 
 A hypothesis test adds random architectures with one random fault each, and a last test the
 bad names of activations, losses and layer sizes.  The argument checks of the other families
 live with their modules (test_training: optimizers and fit's arguments; test_descent,
-test_checkpoint, test_datasets, test_parallel, test_cli).
+test_io_checkpoint, test_datasets, test_parallel, test_cli).
 
 The table runs under the ``op_by_op`` fixture (``jax.disable_jit``): hundreds of calls on a
 few shared shapes, where every jitted fit or check_grads would compile programs of its own.
@@ -525,13 +525,13 @@ CASES: dict[str, tuple] = {
         "ce",
         "all",
         replace_layer(0, activation="gelu"),
-        Raises(ValueError, r"params\[0\] has unknown activation 'gelu'"),
+        Raises(ValueError, r"unknown hidden activation 'gelu' for params\[0\]"),
     ),
     "params softmax hidden": (
         "ce",
         "all",
         replace_layer(0, activation="softmax"),
-        Raises(ValueError, r"params\[0\] is a hidden layer with activation 'softmax'"),
+        Raises(ValueError, r"activation 'softmax' of params\[0\] can only be used on the output"),
     ),
     "params not Dense": (
         "ce",
@@ -829,3 +829,68 @@ def test_bad_names_for_activations_losses_and_sizes(key):
         mj.activations.get_activation("gelu")
     with pytest.raises(ValueError, match=r"unknown loss 'hinge'"):
         mj.evaluate(base_problem("mse")[0], base_problem("mse")[1], base_problem("mse")[2], "hinge")
+
+
+# --- the one set of number validators, and the one schema check --------------------------------
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), "1", None, [1.0], np.ones(2)])
+def test_number_validators_refuse_what_is_not_a_number(value):
+    """Bools are never numbers (``True`` is not a step size of 1.0); one wording per fault."""
+    v = mj.validation
+    for check in (v.real_number, v.positive_float, v.non_negative_float):
+        with pytest.raises(TypeError, match=r"^x must be a real number, got "):
+            check(value, "x")
+    with pytest.raises(TypeError, match=r"^x must be a real number, got "):
+        v.number_in_interval(value, "x", 0, 1)
+    with pytest.raises(TypeError, match=r"^n must be an int, got "):
+        v.positive_int(value, "n")
+    with pytest.raises(TypeError, match=r"^n must be an int, got "):
+        v.int_in_range(value, "n", 0, 10)
+
+
+def test_number_validators_accept_numbers_and_name_the_range():
+    v = mj.validation
+    assert v.real_number(np.float32(0.5), "x") == 0.5
+    assert v.real_number(jnp.asarray(2, jnp.int32), "x") == 2.0  # a concrete 0-d array
+    assert v.positive_int(np.int64(3), "n") == 3
+    assert v.non_negative_float(float("inf"), "tol") == float("inf")
+    for value in (0.0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"^x must be a finite number > 0, got {value!r}"):
+            v.positive_float(value, "x")
+    with pytest.raises(ValueError, match=r"^tol must be >= 0, got nan"):
+        v.non_negative_float(float("nan"), "tol")
+    with pytest.raises(ValueError, match=r"^tol must be a finite number >= 0, got inf"):
+        v.non_negative_float(float("inf"), "tol", finite=True)
+    for value, closed, text in ((0, "neither", r"\(0, 1\)"), (1, "left", r"\[0, 1\)"),
+                                (-0.5, "both", r"\[0, 1\]"), (float("nan"), "right", r"\(0, 1\]")):
+        with pytest.raises(ValueError, match=rf"^p must lie in {text}, got {value!r}"):
+            v.number_in_interval(value, "p", 0, 1, closed=closed)
+    assert v.number_in_interval(1, "p", 0, 1, closed="right") == 1.0
+    with pytest.raises(ValueError, match=r"^seed must lie in \[0, 2\*\*32\), got -1"):
+        v.int_in_range(-1, "seed", 0, 2**32, high_text="2**32")
+    with pytest.raises(ValueError, match=r"^n must be >= 1, got 0"):
+        v.positive_int(0, "n")
+
+
+def test_require_x64_is_the_one_float64_guard():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"^loading m: float64 parameters need JAX's x64 "
+                                             r"mode, which is off"):
+            mj.validation.require_x64(np.float64, "loading m")
+        mj.validation.require_x64(np.float32, "loading m")
+    mj.validation.require_x64(np.float64, "loading m")  # conftest: x64 on
+
+
+def test_check_schema_names_leaves_as_the_caller_does():
+    """The rules of check_params, for shapes and names read from a file."""
+    names = lambda i, leaf: f"layer {i}" if leaf is None else f"layer{i}/{leaf}"  # noqa: E731
+    check = mj.validation.check_schema
+    assert check(["tanh", "softmax"], [(5, 7), (7, 3)], [(7,), (3,)], names=names) == [5, 7, 3]
+    with pytest.raises(ValueError, match=r"^layer1/W has fan_in 6 but layer 0 has fan_out 7"):
+        check(["tanh", "softmax"], [(5, 7), (6, 3)], [(7,), (3,)], names=names)
+    with pytest.raises(ValueError, match=r"^activation 'softmax' of layer 0 can only be used on "
+                                         r"the output layer"):
+        check(["softmax", "softmax"], [(5, 7), (7, 3)], [(7,), (3,)], names=names)
+    with pytest.raises(TypeError, match=r"^all parameters must share one dtype: layer1/b is "
+                                        r"float64 but layer0/W is float32 \(mixed dtypes\)"):
+        check(["tanh", "identity"], [(5, 7), (7, 3)], [(7,), (3,)],
+              ["float32", "float32", "float32", "float64"], names=names)

@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from mlds_jax import train_state
 from mlds_jax.callback import Callback
+from mlds_jax.io import train_state
 from mlds_jax.training.run import History, Run
 
 __all__ = [
@@ -190,7 +190,7 @@ class EpochEndFunction(Callback):
 class Checkpoint(Callback):
     """Resumable training: the whole training state in ``directory/train_state.npz``.
 
-    Written atomically (see :mod:`mlds_jax.train_state`) every ``every`` epochs, when training
+    Written atomically (see :mod:`mlds_jax.io.train_state`) every ``every`` epochs, when training
     ends, and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
     handler or a callback: the last completed epoch is saved, then the exception propagates).
     With ``resume`` the run continues from the file (FileNotFoundError if there is none),

@@ -1,4 +1,4 @@
-"""safetensors files (``mj.save(..., format="safetensors")``, ``mlds_jax.interop``).
+"""safetensors files (``mj.save(..., format="safetensors")``, ``mlds_jax.io.safetensors``).
 
 * round trips are exact, through ``mj.save``/``mj.load``, for float16/32/64;
 * the files are what the reference implementation (the ``safetensors`` package) reads, with
@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 
 import mlds_jax as mj
-from mlds_jax import checkpoint, interop
+from mlds_jax.io import files, safetensors
 
 SIZES = [5, 7, 4, 3]
-#: Our activation -> PyTorch module, written out here independently of interop.TORCH_MODULES.
+#: Our activation -> PyTorch module, written out here independently of safetensors.TORCH_MODULES.
 TORCH = {
     "identity": lambda nn: nn.Identity(),
     "sigmoid": lambda nn: nn.Sigmoid(),
@@ -181,7 +181,7 @@ def test_reference_implementation_reads_and_writes_the_same_files(tmp_path):
     st_numpy.save_file(tensors, str(other))  # no activations: we cannot know the layers
     with pytest.raises(ValueError, match="lacks 'activations'"):
         mj.load(other)
-    got = interop.read_safetensors(other, activations=["relu", "sigmoid", "identity"])
+    got = safetensors.read_safetensors(other, activations=["relu", "sigmoid", "identity"])
     assert got.activations == ("relu", "sigmoid", "identity") and got.metadata == {}
     for (W, b), p in zip(got.weights, params, strict=True):
         np.testing.assert_array_equal(W, p.W)
@@ -190,7 +190,7 @@ def test_reference_implementation_reads_and_writes_the_same_files(tmp_path):
 
 # --- PyTorch end to end ----------------------------------------------------------------------
 def _torch_model(torch, acts, sizes):
-    """The matching nn.Sequential, built here by hand (not by interop.torch_sequential)."""
+    """The matching nn.Sequential, built here by hand (not by safetensors.torch_sequential)."""
     layers = []
     for i, act in enumerate(acts):
         layers += [
@@ -217,7 +217,7 @@ def test_pytorch_forward_equals_ours(tmp_path, hidden, output):
     assert theirs.dtype == ours.dtype == np.float64
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=FORWARD_ATOL)
     # the helper builds the same model
-    built = interop.torch_sequential([p.activation for p in params], SIZES, dtype=torch.float64)
+    built = safetensors.torch_sequential([p.activation for p in params], SIZES, dtype=torch.float64)
     assert [type(m) for m in built] == [type(m) for m in model]
     assert [p.shape for p in built.parameters()] == [p.shape for p in model.parameters()]
 
@@ -272,7 +272,7 @@ def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch, where):
     def boom(*args, **kwargs):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(checkpoint.os, where, boom)
+    monkeypatch.setattr(os, where, boom)
     with pytest.raises(OSError, match="simulated crash"):
         mj.save(path, _params(seed=3))
     monkeypatch.undo()
@@ -329,7 +329,7 @@ def _forge(path, edit=None, meta=None, data_edit=None):
 
 @pytest.fixture
 def bytes_read(monkeypatch):
-    """Count the bytes interop reads, to prove that a bad header stops it before the data."""
+    """Count the bytes the reader reads, to prove that a bad header stops it before the data."""
     counter = {"n": 0}
     real = os.read
     me = threading.get_ident()  # os.read is global: count this test's thread only
@@ -340,13 +340,13 @@ def bytes_read(monkeypatch):
             counter["n"] += len(chunk)
         return chunk
 
-    monkeypatch.setattr(interop.os, "read", read)
+    monkeypatch.setattr(os, "read", read)
     return counter
 
 
 def _expect_invalid(path, match, **kwargs):
     with pytest.raises(ValueError, match=match) as info:
-        interop.read_safetensors(path, **kwargs)
+        safetensors.read_safetensors(path, **kwargs)
     assert str(path) in str(info.value)
     with pytest.raises(ValueError):  # and through the public load
         mj.load(path, format="safetensors")
@@ -409,7 +409,7 @@ def test_lying_header_is_refused_before_the_data_is_read(tmp_path, bytes_read, c
     n = struct.unpack("<Q", path.read_bytes()[:8])[0]
     bytes_read["n"] = 0
     with pytest.raises(ValueError, match=match) as info:
-        interop.read_safetensors(path)
+        safetensors.read_safetensors(path)
     assert str(path) in str(info.value)
     assert bytes_read["n"] <= 8 + n, "tensor bytes were read before the header was checked"
     with pytest.raises(ValueError):
@@ -420,8 +420,11 @@ def test_lying_header_is_refused_before_the_data_is_read(tmp_path, bytes_read, c
     ("meta", "match"),
     [
         ({}, "lacks 'activations'"),
-        ({"activations": '["relu", "swish", "identity"]'}, "unknown activation 'swish'"),
-        ({"activations": '["softmax", "sigmoid", "identity"]'}, "hidden layer 0"),
+        ({"activations": '["relu", "swish", "identity"]'}, "unknown hidden activation 'swish'"),
+        (
+            {"activations": '["softmax", "sigmoid", "identity"]'},
+            "activation 'softmax' of layer 0 can only be used on the output layer",
+        ),
         ({"activations": '["relu", "identity"]'}, "unexpected tensors"),
         ({"activations": "relu"}, "not valid JSON"),
         ({"activations": json.dumps(GOOD_ACTS), "layer_sizes": "[5, 7, 4, 2]"}, "layer_sizes"),
@@ -441,15 +444,15 @@ def test_bad_metadata(tmp_path, meta, match):
 def test_activations_argument_must_agree_with_the_file(tmp_path):
     path = _forge(tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="records activations"):
-        interop.read_safetensors(path, activations=["tanh", "sigmoid", "identity"])
-    assert interop.read_safetensors(path, activations=GOOD_ACTS).activations == tuple(GOOD_ACTS)
+        safetensors.read_safetensors(path, activations=["tanh", "sigmoid", "identity"])
+    assert safetensors.read_safetensors(path, activations=GOOD_ACTS).activations == tuple(GOOD_ACTS)
 
 
 @pytest.mark.parametrize(
     ("header", "length", "match"),
     [
         (b"", 2**63, "exceeds"),  # header length huge
-        (b"{}", 10**8 + 1, "exceeds"),  # just over the limit
+        (b"{}", files.MAX_HEADER_BYTES + 1, "exceeds"),  # just over the limit
         (b'{"a": 1}', 4096, "does not fit"),  # longer than the file
         (b"[1, 2]", None, "does not start with"),  # not an object
         (b"\xff{}", None, "does not start with|UTF-8"),
@@ -488,7 +491,7 @@ def test_every_single_bit_flip_is_detected(tmp_path):
             data[pos] ^= 1 << bit
             path.write_bytes(bytes(data))
             try:
-                interop.read_safetensors(path)
+                safetensors.read_safetensors(path)
             except ValueError:
                 continue
             undetected.append((pos, bit))
@@ -515,7 +518,7 @@ def test_only_regular_files_are_opened(tmp_path):
     (tmp_path / "link.safetensors").symlink_to(good)
     _assert_same(mj.load(good), mj.load(tmp_path / "link.safetensors"))
     with pytest.raises(FileNotFoundError, match="nope"):
-        interop.read_safetensors(tmp_path / "nope.safetensors")
+        safetensors.read_safetensors(tmp_path / "nope.safetensors")
     with pytest.raises(FileNotFoundError, match="nope"):
         mj.load(tmp_path / "nope.safetensors")
 

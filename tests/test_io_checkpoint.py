@@ -1,4 +1,4 @@
-"""Tests for mlds_jax.checkpoint: exact round trips, and every bad file is a clean ValueError.
+"""Tests for mlds_jax.io.checkpoint: exact round trips, and every bad file is a clean ValueError.
 
 Written to pass with or without the suite's strict JAX flags: params are built with
 explicit dtypes, float64 ones inside ``jax.enable_x64(True)``.  The exception is the last
@@ -36,10 +36,22 @@ from helpers import (
 )
 
 import mlds_jax as mj
-from mlds_jax import checkpoint
-from mlds_jax.checkpoint import load, save
+from mlds_jax.io import checkpoint, container, files
+from mlds_jax.io.checkpoint import load, save
 
 SIZES = [5, 7, 4, 3]
+SIGNATURE = container.signature(checkpoint.FORMAT_NAME)
+
+
+def _leaves(params) -> list[tuple[str, np.ndarray]]:
+    """The checkpoint's entries of ``params``: ``layer{i}/W``, ``layer{i}/b``, ..."""
+    return [(checkpoint.leaf_key(i, name), np.asarray(getattr(p, name)))
+            for i, p in enumerate(params) for name in ("W", "b")]
+
+
+def _archive(entries) -> bytes:
+    """A signed container of raw entries (the header entry included), as a forger writes it."""
+    return b"".join(container.archive_chunks(checkpoint.FORMAT_NAME, entries))
 
 
 def _params(dtype=jnp.float32, output="softmax", seed=0):
@@ -243,7 +255,7 @@ def test_bit_flips_behind_a_valid_archive_checksum(saved, tmp_path):
     path = tmp_path / "forged.npz"
     for _ in range(20):
         data = bytearray(raw)
-        pos = int(rng.integers(len(data) - 64 - len(checkpoint._SIGNATURE)))
+        pos = int(rng.integers(len(data) - 64 - len(SIGNATURE)))
         data[pos] ^= 1 << int(rng.integers(8))
         path.write_bytes(_resign(bytes(data)))
         try:
@@ -316,7 +328,7 @@ def _object_npz(entries: dict) -> bytes:
 def _sign(zip_bytes: bytes) -> bytes:
     buf = io.BytesIO(zip_bytes)
     with zipfile.ZipFile(buf, "a") as zf:
-        zf.comment = checkpoint._SIGNATURE + b"0" * 64
+        zf.comment = SIGNATURE + b"0" * 64
     return _resign(buf.getvalue())
 
 
@@ -343,7 +355,7 @@ def test_object_arrays_inside_an_npz_are_never_unpickled(saved, tmp_path):
 # --- headers that lie (with every checksum recomputed, as a forger would) -------------------
 def _forge(path, params, edit_header=None, edit_arrays=None):
     """Write a checkpoint whose header/arrays were edited and whose checksums are valid."""
-    leaves, _ = checkpoint._params_to_numpy(params, False, str(path))
+    leaves = _leaves(params)
     arrays = dict(leaves)
     header = {
         "format": checkpoint.FORMAT_NAME, "format_version": 1, "library_version": "0",
@@ -357,9 +369,9 @@ def _forge(path, params, edit_header=None, edit_arrays=None):
     if edit_arrays:
         edit_arrays(arrays)
     items = list(arrays.items())
-    header["sha256"] = checkpoint._content_digest(header, items)
+    header["sha256"] = container.content_digest(header, items)
     head = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path.write_bytes(checkpoint._archive_bytes([("__header__", head), *items]))
+    path.write_bytes(_archive([("__header__", head), *items]))
     return path
 
 
@@ -381,7 +393,7 @@ def _set_shape(index, shape):
         (lambda h: h.update(layer_sizes=[5, 8, 4, 3]), None, "shape"),  # sizes vs. leaves
         (None, lambda a: a.update({"layer0/W": np.zeros((5, 6), np.float32)}), "shape"),
         (lambda h: h.update(activations=["tanh", "swish", "softmax"]), None,
-         "unknown activation 'swish'"),
+         "unknown hidden activation 'swish' for layer 1"),
         (lambda h: h.update(activations=["softmax", "tanh", "softmax"]), None, "hidden layer"),
         (lambda h: h.update(format_version=2), None, "newer"),
         (lambda h: h.update(format="something.else"), None, "not an mlds_jax checkpoint"),
@@ -408,7 +420,7 @@ def test_header_checksum_is_checked(tmp_path, saved):
     W[0, 0] += 1
     items = [(k, W if k == "layer0/W" else v) for k, v in entries.items()]
     path = tmp_path / "stale.npz"
-    path.write_bytes(checkpoint._archive_bytes(items))
+    path.write_bytes(_archive(items))
     _expect_invalid(path, "checksum mismatch")
 
 
@@ -458,7 +470,7 @@ def test_unwritable_directory(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(checkpoint.os, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionError, match="not writable") as info:
         save(tmp_path / "m.npz", _params())
     assert info.value.filename == str(tmp_path / "m.npz")
@@ -472,20 +484,20 @@ def test_interrupted_save_keeps_the_old_checkpoint(saved, tmp_path, monkeypatch,
     def boom(*args, **kwargs):
         raise error("simulated crash")
 
-    if where == "write_array":
-        real, calls = np.lib.format.write_array, []
+    if where == "write_array":  # the entries' .npy headers are made as the file is written
+        real, calls = np.lib.format.write_array_header_1_0, []
 
-        def write_array(*args, **kwargs):  # fail midway through the entries
+        def write_header(*args, **kwargs):  # fail midway through the entries
             calls.append(1)
             if len(calls) == 3:
                 boom()
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(np.lib.format, "write_array", write_array)
+        monkeypatch.setattr(np.lib.format, "write_array_header_1_0", write_header)
     elif where == "replace":
-        monkeypatch.setattr(checkpoint.os, "replace", boom)
+        monkeypatch.setattr(os, "replace", boom)
     else:
-        monkeypatch.setattr(checkpoint.os, "fsync", boom)
+        monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(error, match="simulated crash"):
         save(path, _params(seed=5))
     monkeypatch.undo()
@@ -521,7 +533,7 @@ def test_bad_checkpoint_params(tmp_path):
     path = tmp_path / "m.npz"
     with pytest.raises(TypeError, match=r"all parameters must share one dtype"):
         mj.save(path, (params[0], dataclasses.replace(params[1], b=params[1].b.astype(F64))))
-    with pytest.raises(ValueError, match=r"refusing to save checkpoint .*params\[0\]\.W has 1 "
+    with pytest.raises(ValueError, match=r"refusing to save checkpoint .*params\[0\]\.W contains 1 "
                                          r"non-finite value"):
         mj.save(path, set_leaf(0, "W", (0, 0), jnp.nan)(params, None, None, None)[0])
     with pytest.raises(TypeError, match=r"params must be a non-empty tuple"):
@@ -559,7 +571,7 @@ def test_fault_keyboard_interrupt_midway_through_the_bytes(tmp_path):
     old = base_problem("ce")[0]
     mj.save(path, old)
     raw = path.read_bytes()
-    real_fdopen = checkpoint.os.fdopen
+    real_fdopen = os.fdopen
     written = []
 
     def fdopen(fd, mode):
@@ -568,7 +580,7 @@ def test_fault_keyboard_interrupt_midway_through_the_bytes(tmp_path):
         return _InterruptedFile(f)
 
     with patching() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(checkpoint.os, "fdopen", fdopen)
+        mp.setattr(os, "fdopen", fdopen)
         mj.save(path, cast_params(old, F64))
     assert len(written) == 1 and written[0].closed
     assert path.read_bytes() == raw  # the previous checkpoint, byte for byte
@@ -576,12 +588,10 @@ def test_fault_keyboard_interrupt_midway_through_the_bytes(tmp_path):
     assert bit_identical(mj.load(path), old)
 
 
-# NOTE: forges a file with checkpoint's private writers (_params_to_numpy, _content_digest,
-# _archive_bytes), read as module attributes.
 def _future_checkpoint(path, version):
     """A checkpoint whose header says ``format_version = version``, checksums recomputed."""
     params = base_problem("ce")[0]
-    leaves, _ = checkpoint._params_to_numpy(params, False, str(path))
+    leaves = _leaves(params)
     header = {"format": checkpoint.FORMAT_NAME, "format_version": version,
               "library_version": "9.0.0", "n_layers": len(params),
               "layer_sizes": mj.layer_sizes(params),
@@ -589,9 +599,9 @@ def _future_checkpoint(path, version):
               "byteorder": "little", "leaves": [{"key": k, "shape": list(a.shape)}
                                                 for k, a in leaves],
               "metadata": {"dataset": "iris"}}
-    header["sha256"] = checkpoint._content_digest(header, leaves)
+    header["sha256"] = container.content_digest(header, leaves)
     head = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path.write_bytes(checkpoint._archive_bytes([("__header__", head), *leaves]))
+    path.write_bytes(_archive([("__header__", head), *leaves]))
     return path
 
 
@@ -680,7 +690,7 @@ def test_save_refuses_metadata_load_would_refuse_and_keeps_the_good_file(tmp_pat
         node = node["x"]
     with pytest.raises(ValueError, match="nested"):
         save(path, _params(), metadata=deep)
-    monkeypatch.setattr(checkpoint, "_MAX_HEADER_BYTES", 4096)
+    monkeypatch.setattr(files, "MAX_HEADER_BYTES", 4096)
     with pytest.raises(ValueError, match="header .* bytes"):
         save(path, _params(), metadata={"big": "x" * 5000})
     with pytest.raises(TypeError, match="JSON"):

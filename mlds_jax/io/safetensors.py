@@ -39,16 +39,18 @@ metadata holds
 The header is padded with spaces to a multiple of 8 bytes, as the reference implementation
 does.
 
-Reading is as strict as the ``.npz`` format's (:mod:`mlds_jax.checkpoint`)
-----------------------------------------------------------------------------
-Only a regular file is opened (a FIFO, directory or device is refused before ``open``, and
-re-checked on the open descriptor, which is opened non-blocking).  Before a single tensor
-byte is read: the header length is bounded (:data:`MAX_HEADER_BYTES`) and must fit in the
-file; the header must be a JSON object (duplicate keys refused) whose tensor set is exactly
-the one the activations imply; every dtype, shape and offset pair is checked, shapes must
-chain, ``end - begin`` must equal the tensor's size, and the offsets must tile
-``[0, file size - 8 - N)`` exactly.  Only then are the tensor bytes read (and the digest, when
-present, verified).  Every problem is a ``ValueError`` naming the file.
+Reading is as strict as the ``.npz`` format's (:mod:`mlds_jax.io.checkpoint`)
+------------------------------------------------------------------------------
+Only a regular file is opened (:func:`mlds_jax.io.files.open_regular`).  Before a single
+tensor byte is read: the header length is bounded
+(:data:`~mlds_jax.io.files.MAX_HEADER_BYTES`) and must fit in the file; the header must be a
+JSON object (duplicate keys refused) whose tensor set is exactly the one the activations
+imply; every dtype, shape and offset pair is checked, the network schema
+(:func:`mlds_jax.validation.check_schema`) holds, ``end - begin`` equals the tensor's size,
+and the offsets tile ``[0, file size - 8 - N)`` exactly.  Only then are the tensors read,
+each straight into the array returned (a weight in blocks of at most 16 MiB, transposed on
+the way), so peak memory is the weights plus one block; the digest, when present, is checked
+before anything is returned.  Every problem is a ``ValueError`` naming the file.
 
 PyTorch's modules for our activations are in :data:`TORCH_MODULES`.  One differs in
 floating point: ``nn.Softplus`` (threshold 20) returns ``z`` itself for ``z > 20`` where we
@@ -57,28 +59,28 @@ compute ``log(1 + e^z)``; the two differ by less than ``e^-20 ≈ 2e-9`` there.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
 import os
-import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mlds_jax.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from mlds_jax import validation
+from mlds_jax.io import files
+from mlds_jax.io.container import canonical_json
+from mlds_jax.io.files import BadFileError
 
 __all__ = [
     "FORMAT_VERSION",
-    "MAX_HEADER_BYTES",
     "TORCH_MODULES",
     "SafetensorsFile",
-    "read_exactly",
     "read_safetensors",
     "safetensors_bytes",
+    "safetensors_chunks",
     "tensor_names",
     "torch_expression",
     "torch_sequential",
@@ -86,8 +88,6 @@ __all__ = [
 
 #: The ``mlds_jax.format_version`` this module writes (and the newest it reads).
 FORMAT_VERSION = 1
-#: Largest JSON header accepted (the reference implementation's limit, 100 MB).
-MAX_HEADER_BYTES = 100_000_000
 
 #: Our activation name -> the PyTorch module that computes it (float64 agreement 1e-12; see
 #: the module docstring for softplus above 20).
@@ -107,10 +107,7 @@ _META = "__metadata__"
 _SHA_KEY = "mlds_jax.sha256"
 _VERSION_KEY = "mlds_jax.format_version"
 _ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
-
-
-class _FileError(Exception):
-    """A problem with the file; the message continues "safetensors file <path> ..."."""
+_WHAT = "safetensors file"
 
 
 def tensor_names(layer: int) -> tuple[str, str]:
@@ -118,18 +115,17 @@ def tensor_names(layer: int) -> tuple[str, str]:
     return f"{2 * layer}.weight", f"{2 * layer}.bias"
 
 
+def _tensor_name(i: int, leaf: str | None) -> str:
+    """How the schema check names our W/b of layer ``i``: by the file's tensor names."""
+    return f"layer {i}" if leaf is None else tensor_names(i)[leaf == "b"]
+
+
 def _check_activations(activations: Any) -> list[str]:
     if not isinstance(activations, (list, tuple)) or not activations:
         raise ValueError(f"activations must be a non-empty list of names, got {activations!r}")
+    n = len(activations)
     for i, act in enumerate(activations):
-        if act not in ACTIVATIONS:
-            raise ValueError(
-                f"layer {i} has unknown activation {act!r}; valid: {list(ACTIVATIONS)}"
-            )
-        if i < len(activations) - 1 and act not in HIDDEN_ACTIVATIONS:
-            raise ValueError(
-                f"hidden layer {i} has activation {act!r}, allowed only on the output layer"
-            )
+        validation.check_activation(act, hidden=i < n - 1, subject=f"layer {i}")
     return [str(a) for a in activations]
 
 
@@ -179,43 +175,31 @@ def torch_sequential(activations: Sequence[str], layer_sizes: Sequence[int], *, 
     return nn.Sequential(*layers)
 
 
+def _rows_per_block(row_bytes: int) -> int:
+    return max(1, files.CHUNK_BYTES // max(row_bytes, 1))
+
+
+def _transposed_blocks(W: np.ndarray) -> Iterator[memoryview]:
+    """The bytes of ``W.T`` (row-major), as blocks of at most 16 MiB: no full copy."""
+    step = _rows_per_block(W.shape[0] * W.dtype.itemsize)
+    for r in range(0, W.shape[1], step):
+        yield files.byte_view(np.ascontiguousarray(W[:, r : r + step].T))
+
+
+def _tensor_blocks(arr: np.ndarray, transposed: bool) -> Iterator[memoryview]:
+    if transposed:
+        return _transposed_blocks(arr)
+    return iter([files.byte_view(arr)])
+
+
 # --- writing ----------------------------------------------------------------------------------
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _digest(meta: Mapping[str, str], tensors: Sequence[tuple[str, str, list[int], bytes]]) -> str:
-    h = hashlib.sha256(_canonical({k: v for k, v in meta.items() if k != _SHA_KEY}))
-    for name, code, shape, data in tensors:
-        h.update(f"{name}\0{code}\0{shape}\0".encode("ascii"))
-        h.update(data)
-    return h.hexdigest()
-
-
-def safetensors_bytes(
+def _layout(
     weights: Sequence[tuple[Any, Any]],
     activations: Sequence[str],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    library_version: str = "unknown",
-) -> bytes:
-    """The bytes of a safetensors file holding an MLP (the layout of the module docstring).
-
-    ``mj.save(path, params, format="safetensors")`` validates the params, calls this and
-    writes the result atomically; call it directly only to serialise in memory.
-
-    Args:
-      weights: per layer ``(W, b)`` in our layout, W (fan_in, fan_out), b (fan_out,), NumPy
-        arrays (or array-likes) of one dtype among float16/32/64, shapes chained.
-      activations: one activation name per layer.
-      metadata: JSON-serialisable dict stored under the ``"metadata"`` key.
-      library_version: recorded as ``"mlds_jax.library_version"``.
-
-    Raises:
-      ValueError: inconsistent shapes, dtypes or activations, or non-JSON metadata.
-    """
+    metadata: Mapping[str, Any] | None,
+    library_version: str,
+) -> tuple[bytes, list[tuple[np.ndarray, bool]]]:
+    """(the header with its length in front, [(array, stored transposed?)] in file order)."""
     acts = _check_activations(list(activations))
     if len(weights) != len(acts):
         raise ValueError(f"{len(weights)} layers of weights but {len(acts)} activations")
@@ -226,6 +210,7 @@ def safetensors_bytes(
             f"weights must share one dtype among {list(_DTYPE_CODES)}, got {sorted(dtypes)}"
         )
     code = _DTYPE_CODES[dtypes.pop()]
+    little = _DTYPES[code]
     sizes = [int(arrays[0][0].shape[0])] if arrays[0][0].ndim == 2 else [-1]
     for i, (W, b) in enumerate(arrays):
         if W.ndim != 2 or W.shape[0] != sizes[-1] or b.shape != (W.shape[1],):
@@ -247,35 +232,79 @@ def safetensors_bytes(
         _VERSION_KEY: str(FORMAT_VERSION),
         "mlds_jax.library_version": str(library_version),
     }
-    tensors = []
-    for i, (W, b) in enumerate(arrays):
-        w_name, b_name = tensor_names(i)
-        little = _DTYPES[code]
-        # torch's Linear.weight is (out, in): our W transposed
-        tensors.append(
-            (
-                w_name,
-                code,
-                [int(W.shape[1]), int(W.shape[0])],
-                np.ascontiguousarray(W.T, dtype=little).tobytes(),
-            )
-        )
-        tensors.append(
-            (b_name, code, [int(b.shape[0])], np.ascontiguousarray(b, dtype=little).tobytes())
-        )
-    meta[_SHA_KEY] = _digest(meta, tensors)
-    header: dict[str, Any] = {_META: meta}
+    tensors: list[tuple[np.ndarray, bool]] = []
+    header: dict[str, Any] = {}
+    h = hashlib.sha256(canonical_json(meta))
     offset = 0
-    for name, tcode, shape, data in tensors:
-        header[name] = {
-            "dtype": tcode,
-            "shape": shape,
-            "data_offsets": [offset, offset + len(data)],
-        }
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    head += b" " * (-len(head) % 8)  # pad to 8 bytes, as the reference writer does
-    return len(head).to_bytes(8, "little") + head + b"".join(t[3] for t in tensors)
+    for i, (W, b) in enumerate(arrays):
+        for name, arr, transposed in zip(tensor_names(i), (W, b), (True, False), strict=True):
+            arr = np.ascontiguousarray(arr, dtype=little)
+            shape = [int(s) for s in (arr.shape[::-1] if transposed else arr.shape)]
+            h.update(f"{name}\0{code}\0{shape}\0".encode("ascii"))
+            for block in _tensor_blocks(arr, transposed):  # torch's Linear.weight is W.T
+                h.update(block)
+            header[name] = {
+                "dtype": code,
+                "shape": shape,
+                "data_offsets": [offset, offset + arr.nbytes],
+            }
+            offset += arr.nbytes
+            tensors.append((arr, transposed))
+    meta[_SHA_KEY] = h.hexdigest()
+    head = json.dumps({_META: meta, **header}, separators=(",", ":"), ensure_ascii=True)
+    raw = head.encode("ascii")
+    raw += b" " * (-len(raw) % 8)  # pad to 8 bytes, as the reference writer does
+    return len(raw).to_bytes(8, "little") + raw, tensors
+
+
+def safetensors_chunks(
+    weights: Sequence[tuple[Any, Any]],
+    activations: Sequence[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    library_version: str = "unknown",
+) -> Iterator:
+    """The file of :func:`safetensors_bytes` as buffers in order (the header first), for a
+    streamed write; the arguments are checked before the first buffer is produced."""
+    head, tensors = _layout(weights, activations, metadata, library_version)
+
+    def chunks():
+        yield head
+        for arr, transposed in tensors:
+            yield from _tensor_blocks(arr, transposed)
+
+    return chunks()
+
+
+def safetensors_bytes(
+    weights: Sequence[tuple[Any, Any]],
+    activations: Sequence[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    library_version: str = "unknown",
+) -> bytes:
+    """The bytes of a safetensors file holding an MLP (the layout of the module docstring).
+
+    ``mj.save(path, params, format="safetensors")`` validates the params and writes these
+    bytes atomically, streamed (:func:`safetensors_chunks`); call this only to serialise in
+    memory.
+
+    Args:
+      weights: per layer ``(W, b)`` in our layout, W (fan_in, fan_out), b (fan_out,), NumPy
+        arrays (or array-likes) of one dtype among float16/32/64, shapes chained.
+      activations: one activation name per layer.
+      metadata: JSON-serialisable dict stored under the ``"metadata"`` key.
+      library_version: recorded as ``"mlds_jax.library_version"``.
+
+    Raises:
+      ValueError: inconsistent shapes, dtypes or activations, or non-JSON metadata.
+    """
+    return b"".join(
+        bytes(c)
+        for c in safetensors_chunks(
+            weights, activations, metadata=metadata, library_version=library_version
+        )
+    )
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -302,13 +331,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _FileError(f"is corrupt: header has the key {key!r} twice")
+            raise BadFileError(f"is corrupt: header has the key {key!r} twice")
         out[key] = value
     return out
 
 
 def _reject_constant(name: str) -> Any:
-    raise _FileError(f"is corrupt: header holds the non-JSON number {name}")
+    raise BadFileError(f"is corrupt: header holds the non-JSON number {name}")
 
 
 def _is_int(x: Any) -> bool:
@@ -319,74 +348,24 @@ def _json_field(meta: Mapping[str, str], key: str) -> Any:
     try:
         return json.loads(meta[key])
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise _FileError(f"is corrupt: metadata {key!r} is not valid JSON ({exc})") from None
-
-
-def _open_regular(path: str) -> tuple[int, int]:
-    """Open ``path`` read-only if it is a regular file; returns (fd, size)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            errno.ENOENT, f"safetensors file {path} does not exist", path
-        ) from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(st.st_mode)
-            else "not a regular file"
-        )
-        raise _FileError(f"is {kind}; only regular files are read")
-    # Non-blocking: if the path was swapped for a FIFO since the stat, open must not hang.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _FileError("is not a regular file; only regular files are read")
-    return fd, st.st_size
-
-
-def read_exactly(fd: int, n: int) -> bytes:
-    """Exactly ``n`` bytes from the file descriptor ``fd``, read in pieces of at most 16 MiB
-    (nothing is allocated beyond what the file holds).  ``EOFError(left)`` if the file ends
-    ``left`` bytes short (it was truncated, or changed while being read)."""
-    chunks, left = [], n
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 24))
-        if not chunk:
-            raise EOFError(left)
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_exactly(fd: int, n: int, what: str) -> bytes:
-    try:
-        return read_exactly(fd, n)
-    except EOFError as short:
-        raise _FileError(
-            f"is truncated: it ended {short.args[0]} bytes short inside the {what} (was it "
-            f"changed while being read?)"
-        ) from None
+        raise BadFileError(f"is corrupt: metadata {key!r} is not valid JSON ({exc})") from None
 
 
 def _parse_header(head: bytes) -> dict[str, Any]:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _FileError(f"is corrupt: header is not UTF-8 ({exc})") from None
+        raise BadFileError(f"is corrupt: header is not UTF-8 ({exc})") from None
     if not text.startswith("{"):
-        raise _FileError("is not a safetensors file: its header does not start with '{'")
+        raise BadFileError("is not a safetensors file: its header does not start with '{'")
     try:
         header = json.loads(
             text.rstrip(" "), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
         )
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise _FileError(f"is corrupt: header is not valid JSON ({exc})") from None
+        raise BadFileError(f"is corrupt: header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
-        raise _FileError("is corrupt: header is not a JSON object")
+        raise BadFileError("is corrupt: header is not a JSON object")
     return header
 
 
@@ -395,22 +374,22 @@ def _check_metadata(
 ) -> tuple[dict[str, str], list[str]]:
     meta = header.get(_META, {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _FileError(f"is corrupt: {_META} is not a map of strings")
+        raise BadFileError(f"is corrupt: {_META} is not a map of strings")
     if _VERSION_KEY in meta:
         version = meta[_VERSION_KEY]
         if not version.isdigit():
-            raise _FileError(f"is corrupt: {_VERSION_KEY} is {version!r}")
+            raise BadFileError(f"is corrupt: {_VERSION_KEY} is {version!r}")
         if int(version) > FORMAT_VERSION:
-            raise _FileError(
+            raise BadFileError(
                 f"has format version {version}, newer than this mlds_jax reads "
                 f"({FORMAT_VERSION}); upgrade mlds_jax"
             )
         if _SHA_KEY not in meta:
-            raise _FileError(f"is corrupt: written by mlds_jax but its {_SHA_KEY!r} is missing")
+            raise BadFileError(f"is corrupt: written by mlds_jax but its {_SHA_KEY!r} is missing")
     stored = _json_field(meta, "activations") if "activations" in meta else None
     if activations is None:
         if stored is None:
-            raise _FileError(
+            raise BadFileError(
                 "names no activations: its metadata lacks 'activations' (pass "
                 "activations=[...] to read a file written elsewhere)"
             )
@@ -418,17 +397,25 @@ def _check_metadata(
     try:
         acts = _check_activations(activations)
     except ValueError as exc:
-        raise _FileError(f"is invalid: {exc}") from None
+        raise BadFileError(f"is invalid: {exc}") from None
     if stored is not None and list(stored) != acts:
-        raise _FileError(f"records activations {stored} but {acts} were asked for")
+        raise BadFileError(f"records activations {stored} but {acts} were asked for")
     return meta, acts
+
+
+@dataclass
+class _Tensor:
+    name: str
+    shape: list[int]
+    begin: int
+    end: int
 
 
 def _check_entries(
     header: dict[str, Any], acts: list[str], meta: dict[str, str], data_size: int
-) -> tuple[np.dtype, list[tuple[str, list[int], int, int]]]:
-    """Validate every tensor entry against the layout; returns (dtype, [(name, shape, begin,
-    end)] in layer order)."""
+) -> tuple[np.dtype, list[_Tensor]]:
+    """Validate every tensor entry against the layout and the network schema; returns
+    (dtype, tensors in layer order W0, b0, W1, ...)."""
     expected = [name for i in range(len(acts)) for name in tensor_names(i)]
     found = {k for k in header if k != _META}
     if found != set(expected):
@@ -437,69 +424,104 @@ def _check_entries(
         problems = ([f"missing tensors {missing}"] if missing else []) + (
             [f"unexpected tensors {extra[:10]}"] if extra else []
         )
-        raise _FileError(
+        raise BadFileError(
             f"does not hold the {len(acts)}-layer MLP its activations describe: "
             f"{', '.join(problems)}"
         )
-    codes = set()
-    entries = []
+    tensors, dtypes = [], []
     for name in expected:
         entry = header[name]
         if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
-            raise _FileError(
+            raise BadFileError(
                 f"is corrupt: entry {name!r} is not {{dtype, shape, data_offsets}}: "
                 f"{str(entry)[:200]}"
             )
         code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if code not in _DTYPES:
-            raise _FileError(f"is invalid: {name} has dtype {code!r}; readable: {list(_DTYPES)}")
-        codes.add(code)
+            raise BadFileError(f"is invalid: {name} has dtype {code!r}; readable: {list(_DTYPES)}")
+        dtypes.append(_DTYPES[code])
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 1 for s in shape):
-            raise _FileError(f"is corrupt: {name} has shape {shape!r}")
+            raise BadFileError(f"is corrupt: {name} has shape {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(_is_int(o) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise _FileError(f"is corrupt: {name} has data_offsets {offsets!r}")
+            raise BadFileError(f"is corrupt: {name} has data_offsets {offsets!r}")
         nbytes = math.prod(shape) * _DTYPES[code].itemsize
         if offsets[1] - offsets[0] != nbytes:
-            raise _FileError(
+            raise BadFileError(
                 f"is corrupt: {name} {code} {shape} needs {nbytes} bytes but its "
                 f"data_offsets {offsets} span {offsets[1] - offsets[0]}"
             )
-        entries.append((name, shape, offsets[0], offsets[1]))
-    if len(codes) != 1:
-        raise _FileError(f"is invalid: tensors of mixed dtypes {sorted(codes)}")
-    sizes = [entries[0][1][-1]]
-    for i in range(len(acts)):
-        (w_name, w_shape, *_), (b_name, b_shape, *_) = entries[2 * i], entries[2 * i + 1]
-        if len(w_shape) != 2 or w_shape[1] != sizes[-1] or b_shape != [w_shape[0]]:
-            raise _FileError(
-                f"is invalid: {w_name} {w_shape} and {b_name} {b_shape} are not an "
-                f"nn.Linear (out, in) weight and (out,) bias with in = {sizes[-1]}"
-            )
-        sizes.append(w_shape[0])
+        tensors.append(_Tensor(name, shape, offsets[0], offsets[1]))
+    try:  # in our layout: a weight (out, in) is W (in, out)
+        sizes = validation.check_schema(
+            acts,
+            [t.shape[::-1] for t in tensors[0::2]],
+            [t.shape for t in tensors[1::2]],
+            dtypes,
+            names=_tensor_name,
+        )
+    except ValueError as exc:
+        raise BadFileError(f"is invalid: the tensors are not an nn.Linear chain: {exc}") from None
+    except TypeError as exc:
+        raise BadFileError(f"is invalid: {exc}") from None
     if "layer_sizes" in meta and _json_field(meta, "layer_sizes") != sizes:
-        raise _FileError(
+        raise BadFileError(
             f"is invalid: metadata layer_sizes {meta['layer_sizes']} but the "
             f"tensors chain as {sizes}"
         )
     position = 0
-    for name, _, begin, end in sorted(entries, key=lambda e: (e[2], e[3])):
-        if begin != position:
-            what = "overlaps the previous tensor" if begin < position else "leaves a gap"
-            raise _FileError(
-                f"is corrupt: {name} data_offsets start at {begin}, {what} (expected {position})"
+    for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if t.begin != position:
+            what = "overlaps the previous tensor" if t.begin < position else "leaves a gap"
+            raise BadFileError(
+                f"is corrupt: {t.name} data_offsets start at {t.begin}, {what} (expected "
+                f"{position})"
             )
-        position = end
+        position = t.end
     if position != data_size:
-        raise _FileError(
+        raise BadFileError(
             f"is corrupt: the tensors cover {position} bytes but the file holds "
             f"{data_size} after the header (truncated, or trailing bytes)"
         )
-    return _DTYPES[codes.pop()], entries
+    return dtypes[0], tensors
+
+
+def _read_tensors(fd: int, base: int, dtype: np.dtype, tensors: list[_Tensor], hasher):
+    """Each tensor read into its array in our layout (a weight transposed block by block);
+    ``hasher`` (if any) sees the file's bytes, which must then be in layer order."""
+    out = []
+    for t in tensors:
+        transposed = t.name.endswith(".weight")
+        arr = files.aligned_empty(t.shape[::-1] if transposed else t.shape, dtype)
+        if hasher is not None:
+            hasher.update(f"{t.name}\0{_DTYPE_CODES[dtype.name]}\0{t.shape}\0".encode("ascii"))
+        if not transposed:
+            files.read_into(fd, base + t.begin, files.byte_view(arr), t.name, hasher)
+        else:
+            rows, cols = t.shape  # the file's (out, in): rows of W.T
+            step = _rows_per_block(cols * dtype.itemsize)
+            block = np.empty((min(step, rows), cols), dtype)
+            for r in range(0, rows, step):
+                part = block[: min(step, rows - r)]
+                where = base + t.begin + r * cols * dtype.itemsize
+                files.read_into(fd, where, files.byte_view(part), t.name, hasher)
+                arr[:, r : r + len(part)] = part.T
+        out.append(arr)
+    return out
+
+
+def _layer_order_digest(meta: dict, dtype: np.dtype, tensors: list[_Tensor], arrays) -> str:
+    """The digest of arrays already read, for a file whose tensors are not in layer order."""
+    h = hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != _SHA_KEY}))
+    for t, arr in zip(tensors, arrays, strict=True):
+        h.update(f"{t.name}\0{_DTYPE_CODES[dtype.name]}\0{t.shape}\0".encode("ascii"))
+        for block in _tensor_blocks(arr, t.name.endswith(".weight")):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_safetensors(
@@ -525,47 +547,55 @@ def read_safetensors(
       ValueError: anything wrong with the file (the message names it and the problem).
     """
     target = os.fsdecode(os.fspath(path))
+    fd, size = files.open_regular(target, _WHAT)
     try:
-        fd, size = _open_regular(target)
-        try:
-            if size < 8:
-                raise _FileError(f"is truncated: {size} bytes, not even the 8-byte header length")
-            n = int.from_bytes(_read_exactly(fd, 8, "header length"), "little")
-            if n > MAX_HEADER_BYTES:
-                raise _FileError(
-                    f"is corrupt: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"
+        if size < 8:
+            raise BadFileError(f"is truncated: {size} bytes, not even the 8-byte header length")
+        n = int.from_bytes(files.read_at(fd, 0, 8, "header length"), "little")
+        if n > files.MAX_HEADER_BYTES:
+            raise BadFileError(
+                f"is corrupt: header length {n} exceeds the {files.MAX_HEADER_BYTES}-byte limit"
+            )
+        if n < 2 or 8 + n > size:
+            raise BadFileError(
+                f"is corrupt or truncated: header length {n} does not fit in the file's "
+                f"{size} bytes"
+            )
+        header = _parse_header(files.read_at(fd, 8, n, "header"))
+        meta, acts = _check_metadata(header, activations)
+        dtype, tensors = _check_entries(header, acts, meta, size - 8 - n)
+        # Everything is consistent: now, and only now, read the tensor bytes.
+        in_order = all(a.end == b.begin for a, b in zip(tensors, tensors[1:], strict=False)) and (
+            tensors[0].begin == 0
+        )
+        hasher = None
+        if _SHA_KEY in meta and in_order:
+            hasher = hashlib.sha256(
+                canonical_json({k: v for k, v in meta.items() if k != _SHA_KEY})
+            )
+        arrays = _read_tensors(fd, 8 + n, dtype, tensors, hasher)
+        os.lseek(fd, size, os.SEEK_SET)
+        if os.read(fd, 1):
+            raise BadFileError("grew while being read")
+        if _SHA_KEY in meta:
+            digest = (
+                hasher.hexdigest()
+                if hasher is not None
+                else _layer_order_digest(meta, dtype, tensors, arrays)
+            )
+            if digest != meta[_SHA_KEY]:
+                raise BadFileError(
+                    "is corrupt: checksum mismatch (its bytes changed after it was saved)"
                 )
-            if n < 2 or 8 + n > size:
-                raise _FileError(
-                    f"is corrupt or truncated: header length {n} does not fit in "
-                    f"the file's {size} bytes"
-                )
-            header = _parse_header(_read_exactly(fd, n, "header"))
-            meta, acts = _check_metadata(header, activations)
-            dtype, entries = _check_entries(header, acts, meta, size - 8 - n)
-            # Everything is consistent: now, and only now, read the tensor bytes.
-            data = _read_exactly(fd, size - 8 - n, "tensor data")
-            if os.read(fd, 1):
-                raise _FileError("grew while being read")
-        finally:
-            os.close(fd)
-        blobs = [
-            (name, _DTYPE_CODES[dtype.name], shape, data[begin:end])
-            for name, shape, begin, end in entries
-        ]
-        if _SHA_KEY in meta and _digest(meta, blobs) != meta[_SHA_KEY]:
-            raise _FileError("is corrupt: checksum mismatch (its bytes changed after it was saved)")
         user = _json_field(meta, "metadata") if "metadata" in meta else {}
         if not isinstance(user, dict):
-            raise _FileError("is corrupt: metadata 'metadata' is not a JSON object")
-    except _FileError as exc:
-        raise ValueError(f"safetensors file {target} {exc}") from None
-    arrays = [np.frombuffer(blob, dtype=dtype).reshape(shape) for _, _, shape, blob in blobs]
-    weights = tuple(
-        (np.ascontiguousarray(arrays[2 * i].T), arrays[2 * i + 1].copy()) for i in range(len(acts))
-    )
+            raise BadFileError("is corrupt: metadata 'metadata' is not a JSON object")
+    except BadFileError as exc:
+        raise ValueError(f"{_WHAT} {target} {exc}") from None
+    finally:
+        os.close(fd)
     return SafetensorsFile(
-        weights=weights,
+        weights=tuple((arrays[2 * i], arrays[2 * i + 1]) for i in range(len(acts))),
         activations=tuple(acts),
         dtype=dtype.newbyteorder("="),
         metadata=user,
