@@ -14,11 +14,12 @@
     ``tests/test_notebooks.py`` writes them when that variable is set (CI does: the notebooks
     run once, in the tests, and the site shows their outputs).  A missing or stale copy
     fails the build.
-* ``on_page_content`` (notebook pages): the table of contents takes its anchors from the
-  rendered headings (mkdocs-jupyter slugs the TOC from a Markdown rendering that drops inline
-  code and the headings from nbconvert's, which keeps it: ``## 5. The check: `mj.f` `` got two
-  different ids), and nbconvert's mermaid loader (an import from a CDN, for diagrams these
-  notebooks don't have) is removed.
+* ``on_page_content`` (notebook pages): the table of contents takes its anchors and texts
+  from the rendered headings (mkdocs-jupyter slugs the TOC from a Markdown rendering that
+  drops inline code and the headings from nbconvert's, which keeps it: ``## 5. The check:
+  `mj.f` `` got two different ids, and "1. `notes.md`" the title "1."); nbconvert's dead
+  MathJax 2 stub and its mermaid loader (an import from a CDN, for diagrams these notebooks
+  don't have) are removed.
 * ``on_post_build``: every in-site link ``page#anchor`` must reach an id on its page (mkdocs'
   own anchor validation sees only Markdown pages, not the notebooks nor the API pages'
   generated HTML), and no page, style sheet or page script may load anything from another
@@ -31,6 +32,7 @@ checks them without mkdocs installed.
 from __future__ import annotations
 
 import contextlib
+import html
 import html.parser
 import json
 import logging
@@ -144,7 +146,8 @@ def executed_copy(notebook: pathlib.Path, folder: pathlib.Path) -> tuple[pathlib
     return copy, ""
 
 
-_HEADING = re.compile(r"<h([1-6])\b[^>]*\bid=\"([^\"]+)\"", re.I)
+_HEADING = re.compile(r"<h([1-6])\b[^>]*\bid=\"([^\"]+)\"[^>]*>(.*?)</h\1>", re.I | re.S)
+_ANCHOR_LINK = re.compile(r"<a\b[^>]*\banchor-link\b.*?</a>", re.S)
 # nbconvert's page head: a MathJax 2 loader with an empty src and its configuration (dead
 # code here: the site's MathJax 3 typesets the notebooks), and a mermaid loader that imports
 # from a CDN when a page has a diagram
@@ -154,10 +157,17 @@ _MERMAID_LOADER = re.compile(
     r"<script type=\"module\">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>", re.S)
 
 
+def heading_text(inner_html: str) -> str:
+    """A heading's text as the TOC shows it: its code kept, tags and the ¶ link dropped."""
+    text = re.sub(r"<[^>]+>", "", _ANCHOR_LINK.sub("", inner_html))
+    return html.escape(html.unescape(" ".join(text.split())), quote=False)
+
+
 def retarget_toc(toc_items, page_html: str) -> int:
-    """Give the TOC entries (pre-order) the ids of the page's headings, in order, when both
-    list the same levels; returns how many entries changed."""
-    headings = [(int(level), hid) for level, hid in _HEADING.findall(page_html)]
+    """Give the TOC entries (pre-order) the ids and texts of the page's headings, in order,
+    when both list the same levels; returns how many ids changed."""
+    headings = [(int(level), hid, heading_text(inner))
+                for level, hid, inner in _HEADING.findall(page_html)]
     items = []
 
     def walk(entries):
@@ -166,12 +176,12 @@ def retarget_toc(toc_items, page_html: str) -> int:
             walk(item.children)
 
     walk(toc_items)
-    if [item.level for item in items] != [level for level, _ in headings]:
+    if [item.level for item in items] != [level for level, _, _ in headings]:
         return 0
     changed = 0
-    for item, (_, hid) in zip(items, headings, strict=True):
-        if item.id != hid:
-            item.id, changed = hid, changed + 1
+    for item, (_, hid, text) in zip(items, headings, strict=True):
+        changed += item.id != hid
+        item.id, item.title = hid, text or item.title
     return changed
 
 
@@ -317,8 +327,7 @@ def on_files(files, config):
                             "tests/test_notebooks.py` or build with MLDS_DOCS_EXECUTE=true",
                             file.src_uri, why, folder)
             else:
-                inner = getattr(file, "file", file)  # mkdocs-jupyter wraps the File
-                inner.abs_src_path = str(copy)
+                file.abs_src_path = str(copy)  # what mkdocs-jupyter converts and offers
     return files
 
 

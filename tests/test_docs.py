@@ -289,18 +289,21 @@ def test_the_site_config_names_no_remote_script():
 def test_notebook_toc_takes_the_rendered_ids():
     @dataclasses.dataclass
     class Item:  # the fields of mkdocs' AnchorLink that the hook uses
+        title: str
         id: str
         level: int
         children: list
 
-    toc = [Item("title", 1, [Item("5-the-check", 2, []), Item("6", 2, [])])]
-    rendered = ('<h1 id="title">T</h1><h2 id="5-the-check-mjf">5. The check: <code>mj.f</code>'
-                '</h2><h2 id="6-mjg">6. <code>mj.g</code></h2>')
+    toc = [Item("T", "t", 1, [Item("5. The check:", "5-the-check", 2, []),
+                              Item("6.", "6", 2, [])])]
+    rendered = ('<h1 id="t">T<a class="anchor-link" href="#t">¶</a></h1>'
+                '<h2 id="5-the-check-mjf">5. The check: <code>mj.f</code></h2>'
+                '<h2 id="6-mjg">6. <code>mj.g</code> &amp; $x$</h2>')
     assert hooks.retarget_toc(toc, rendered) == 2
-    assert [toc[0].id, toc[0].children[0].id, toc[0].children[1].id] == [
-        "title", "5-the-check-mjf", "6-mjg"]
+    assert [(i.id, i.title) for i in [toc[0], *toc[0].children]] == [
+        ("t", "T"), ("5-the-check-mjf", "5. The check: mj.f"), ("6-mjg", "6. mj.g &amp; $x$")]
     # headings that do not line up with the TOC: left alone (the site check reports them)
-    assert hooks.retarget_toc([Item("a", 2, [])], '<h3 id="b">b</h3>') == 0
+    assert hooks.retarget_toc([Item("a", "a", 2, [])], '<h3 id="b">b</h3>') == 0
 
 
 def test_executed_copies_must_hold_the_notebooks_cells(tmp_path):
