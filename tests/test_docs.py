@@ -9,6 +9,10 @@ working directory (blocks save files).  A page's pymdownx.snippets lines
 The blocks run in a reader's JAX: float32 (x64 off), standard dtype promotion (optax's Adam
 mixes int and float) and rank promotion allowed, not the suite's strict float64 settings.
 
+A page that begins with the same blocks as a page already run (docs/index.md includes the
+README's quick start) starts from the namespace and files those blocks left: the same code,
+run once.
+
 A block that is not meant to run says so in the page: the line right before its fence is
 ``<!-- not run: REASON -->``.  That marker, and nothing else, skips a block; a marker that is
 not followed by a ```python fence fails.  Other fences (```bash, ```text, a bare ```) are
@@ -22,6 +26,7 @@ import importlib.util
 import json
 import pathlib
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -101,20 +106,34 @@ def blocks(page: pathlib.Path) -> list[Block]:
     return found
 
 
-def run_page(page: pathlib.Path) -> list[tuple[Block, dict]]:
-    """Run the page's Python blocks in one namespace; returns each run block with a shallow
-    copy of the namespace after it (for assertions on what a block promised)."""
+# The code of the blocks run so far (a page's first k blocks) -> the namespace and working
+# directory after them.  docs/index.md includes the README's quick start: it resumes from
+# the README's run of those same blocks instead of compiling them all again, as if it had
+# run them itself (the same code, in the same order, from a fresh namespace).
+_RUNS: dict[tuple[str, ...], tuple[dict, pathlib.Path]] = {}
+
+
+def run_page(page: pathlib.Path, workdir: pathlib.Path) -> list[tuple[Block, dict]]:
+    """Run the page's Python blocks in one namespace, in ``workdir`` (the current directory);
+    returns each block it ran with a shallow copy of the namespace after it (for assertions
+    on what a block promised)."""
+    todo = [b for b in blocks(page) if b.language in ("python", "py") and not b.marker]
+    codes = tuple(b.code for b in todo)
     names: dict = {"__name__": "__main__"}
+    start = next((k for k in range(len(codes), 0, -1) if codes[:k] in _RUNS), 0)
+    if start:
+        saved, saved_dir = _RUNS[codes[:start]]
+        names = dict(saved)
+        shutil.copytree(saved_dir, workdir, dirs_exist_ok=True)
     ran = []
     with (jax.enable_x64(False), jax.numpy_dtype_promotion("standard"),
           jax.numpy_rank_promotion("allow")):
-        for block in blocks(page):
-            if block.language not in ("python", "py") or block.marker:
-                continue
+        for k, block in enumerate(todo[start:], start + 1):
             # pad so that a traceback names the page's own line numbers
             code = compile("\n" * (block.line - 1) + block.code, block.page, "exec")
             exec(code, names)
             ran.append((block, dict(names)))
+            _RUNS[codes[:k]] = (dict(names), workdir)
     return ran
 
 
@@ -125,7 +144,7 @@ def _ids(paths):
 @pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
 def test_every_python_block_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks save files into the working directory
-    ran = run_page(page)
+    ran = run_page(page, tmp_path)
     if page == ROOT / "README.md":
         readme_keeps_its_promises(ran, tmp_path)
 
