@@ -32,8 +32,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
-## docs: build the documentation site into site/ (strict: a broken reference or link fails);
-## the notebooks are executed for their figures (MLDS_DOCS_EXECUTE=false skips that)
+## docs: build the documentation site into site/ (strict: a broken reference, link or anchor,
+## or a page loading from another host, fails); the notebooks are executed for their figures
+## (MLDS_DOCS_EXECUTE=false skips that; with MLDS_EXECUTED_NOTEBOOKS=DIR it takes their outputs
+## from the copies tests/test_notebooks.py executed into DIR, as CI does)
 DOCS_STAMP := $(VENV)/.docs-installed
 $(DOCS_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[docs]"

@@ -10,7 +10,10 @@ this rewrites (in memory only; the source is untouched):
   doctest lines in it become code);
 * unindented ``>>>`` lines (module docstrings) and the output lines after them -> a fenced
   ``pycon`` block;
-* a paragraph ending in ``::`` (a reST literal block follows) -> ending in ``:``.
+* a paragraph ending in ``::`` (a reST literal block follows) -> ending in ``:``;
+* an ``Attributes:`` section that lists names rather than ``name: description`` entries
+  (the estimators' fitted attributes, as scikit-learn's docstrings summarise them) -> a
+  paragraph headed **Attributes:**, which griffe's Google parser then leaves as text.
 
 Enabled in mkdocs.yml (``extensions: [docs/griffe_rst.py]``).
 """
@@ -24,6 +27,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`<]+?)(?:\s*<[^>]+>)?`")
 _MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
+_ENTRY = re.compile(r"^\s*\w+(\s*\([^)]*\))?\s*:(\s|$)")  # "name: ...", "name (type): ..."
 
 
 def _role(match: re.Match) -> str:
@@ -54,6 +58,12 @@ def rst_to_markdown(text: str) -> str:
                 i += 1
             out += ["", f"{pad}$$", *(f"{pad}{b}" for b in body), f"{pad}$$", ""]
             continue
+        if line.strip() == "Attributes:":
+            following = next((x for x in lines[i + 1 :] if x.strip()), "")
+            if following and not _ENTRY.match(following):
+                out += [line.replace("Attributes:", "**Attributes:**")]
+                i += 1
+                continue
         if line.strip() == "Example:":
             out.append(line.replace("Example:", "Examples:"))
         elif line.startswith(">>> "):

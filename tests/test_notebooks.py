@@ -3,7 +3,12 @@
 The ``notebooks/NN_name.py`` files (jupytext py:percent) are the source of truth; the paired
 ``.ipynb`` files are generated from them without outputs (``jupytext --to ipynb``).  Each
 notebook runs top to bottom in a fresh ``python3`` kernel, in a temporary working directory,
-with the non-interactive matplotlib backend; any cell error fails the test.
+with matplotlib's inline backend (figures become outputs; no window); any cell error fails
+the test.
+
+With ``$MLDS_EXECUTED_NOTEBOOKS`` set to a folder, each executed notebook is also written
+there with its outputs (``NN_name.ipynb``): CI builds the documentation site from those
+copies (``docs/hooks.py``) instead of running every notebook a second time.
 
 The kernel is ipykernel's ``python3`` spec; jupyter_client launches its ``python`` argv as
 ``sys.executable``, so the kernel runs this interpreter (this venv), which is asserted below.
@@ -11,6 +16,7 @@ The kernel is ipykernel's ``python3`` spec; jupyter_client launches its ``python
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +48,7 @@ def test_notebook_executes(source: Path, tmp_path: Path, monkeypatch: pytest.Mon
     # Check first that the kernel will be this interpreter, not some other python3 on PATH.
     nb.cells.insert(0, nbformat.v4.new_code_cell(
         f"import sys\nassert sys.executable == {sys.executable!r}, sys.executable"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.chdir(tmp_path)
     client = nbclient.NotebookClient(
         nb,
@@ -57,6 +63,17 @@ def test_notebook_executes(source: Path, tmp_path: Path, monkeypatch: pytest.Mon
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, errors
+    folder = os.environ.get("MLDS_EXECUTED_NOTEBOOKS")
+    if folder:
+        del nb.cells[0]  # the interpreter check: not part of the notebook, nor its count
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.get("execution_count"):
+                cell.execution_count -= 1
+                for out in cell.outputs:
+                    if out.get("execution_count"):
+                        out.execution_count -= 1
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(folder) / f"{source.stem}.ipynb")
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))

@@ -2,8 +2,9 @@
 //  * pymdownx.arithmatex's output (generic mode: \( \) and \[ \] inside .arithmatex
 //    elements), as mkdocs-material documents it;
 //  * the notebooks' Markdown cells, rendered by nbconvert inside .jp-MarkdownOutput, which
-//    write $...$ and $$...$$ in ordinary <p>, <li>, <h2> ... elements: markNotebookMath()
-//    tags those elements (not their code) so that MathJax looks into them.
+//    write $...$ and $$...$$ in ordinary <p>, <li>, <h2> ... elements, and a notebook page's
+//    table of contents: markNotebookMath() tags those elements (not their code) so that
+//    MathJax looks into them.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"], ["$", "$"]],
@@ -28,6 +29,12 @@ function markNotebookMath() {
   document
     .querySelectorAll(`${cells}, ${cells} *:not(code):not(pre)`)
     .forEach((el) => el.classList.add("notebook-math"));
+  // a notebook page's table of contents repeats its headings' $...$
+  if (document.querySelector(cells)) {
+    document
+      .querySelectorAll(".md-nav--secondary .md-ellipsis")
+      .forEach((el) => el.classList.add("notebook-math"));
+  }
 }
 
 // mkdocs-material's instant navigation swaps pages without a reload: typeset each new page.
