@@ -815,7 +815,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
 def load(path: str | os.PathLike) -> MLPClassifier | MLPRegressor:
     """Rebuild an estimator written by ``est.save(path)`` (no pickle: see :func:`mlds_jax.load`)."""
-    params, meta = mj.load(path, return_metadata=True)
+    with jax.enable_x64(True):  # a float64 network loads as float64 whatever the x64 setting
+        params, meta = mj.load(path, return_metadata=True)
     kinds: dict[str, type[MLPClassifier] | type[MLPRegressor]] = {
         "MLPClassifier": MLPClassifier,
         "MLPRegressor": MLPRegressor,

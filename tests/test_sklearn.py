@@ -76,7 +76,7 @@ def test_sklearn_estimator_checks(estimator, check):
         check(estimator)
 
 
-def test_precision_follows_the_input_whatever_the_x64_setting():
+def test_precision_follows_the_input_whatever_the_x64_setting(tmp_path):
     """float32 input fits and predicts in float32; float64 input in float64 even with x64
     off; a float32 network given float64 input predicts in float64 (scikit-learn's rule)."""
     X, y = make_regression(40, 4, random_state=0)
@@ -93,6 +93,10 @@ def test_precision_follows_the_input_whatever_the_x64_setting():
         assert reg32.predict(X).dtype == np.float64
         np.testing.assert_allclose(reg32.predict(X), reg32.predict(X.astype(np.float32)),
                                    rtol=1e-5)  # fmt: skip
+        reg.save(tmp_path / "reg.npz")  # a float64 network saved and loaded with x64 off
+        again = load(tmp_path / "reg.npz")
+        assert again.coefs_[0].dtype == np.float64
+        np.testing.assert_array_equal(again.predict(X), reg.predict(X))
 
 
 # --- the same numbers as scikit-learn ---------------------------------------------------------
