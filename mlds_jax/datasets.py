@@ -581,7 +581,7 @@ def load_dataset(
     except ModuleNotFoundError:
         raise ImportError(
             "load_dataset needs scikit-learn, whose wheel ships the data sets: "
-            "pip install 'mlds-jax[data]'"
+            "pip install scikit-learn (from a clone of mlds_jax: pip install -e '.[data]')"
         ) from None
     raw = loader()
     task = info.task

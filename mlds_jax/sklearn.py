@@ -92,7 +92,8 @@ try:
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "mlds_jax.sklearn needs scikit-learn >= 1.6: pip install 'mlds-jax[sklearn]'"
+        "mlds_jax.sklearn needs scikit-learn >= 1.6: pip install 'scikit-learn>=1.6' (from a "
+        "clone of mlds_jax: pip install -e '.[sklearn]')"
     ) from err
 
 import mlds_jax as mj

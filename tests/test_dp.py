@@ -267,7 +267,7 @@ def test_dp_epsilon_names_the_extra_when_dp_accounting_is_missing(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import now raises ImportError
-    with pytest.raises(ImportError, match=r"mlds-jax\[dp\]"):
+    with pytest.raises(ImportError, match=r"pip install dp-accounting"):
         mj.dp_epsilon(1.0, 0.1, 10, 1e-5)
 
 

@@ -183,7 +183,7 @@ def dp_epsilon(
 ) -> float:
     r"""ε spent by ``steps`` DP-SGD steps at a given δ: the Poisson-subsampled Gaussian mechanism.
 
-    Uses Google's ``dp-accounting`` package (``pip install 'mlds-jax[dp]'``): by default its
+    Uses Google's ``dp-accounting`` package (``pip install dp-accounting``, or ``pip install -e '.[dp]'`` in the clone): by default its
     Rényi-DP accountant (``dp_accounting.rdp.RdpAccountant``, as Opacus and TF Privacy report),
     or with ``accountant="pld"`` its privacy-loss-distribution accountant
     (``dp_accounting.pld.PLDAccountant``), which is tighter.  Each step is a
@@ -214,7 +214,7 @@ def dp_epsilon(
     except ImportError as exc:
         raise ImportError(
             "dp_epsilon needs Google's dp-accounting package: "
-            "pip install 'mlds-jax[dp]' (or pip install dp-accounting)"
+            "pip install dp-accounting (from a clone of mlds_jax: pip install -e '.[dp]')"
         ) from exc
     event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
     if accountant == "rdp":
