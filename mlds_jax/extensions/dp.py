@@ -183,9 +183,10 @@ def dp_epsilon(
 ) -> float:
     r"""ε spent by ``steps`` DP-SGD steps at a given δ: the Poisson-subsampled Gaussian mechanism.
 
-    Uses Google's ``dp-accounting`` package (``pip install dp-accounting``, or ``pip install -e '.[dp]'`` in the clone): by default its
-    Rényi-DP accountant (``dp_accounting.rdp.RdpAccountant``, as Opacus and TF Privacy report),
-    or with ``accountant="pld"`` its privacy-loss-distribution accountant
+    Uses Google's ``dp-accounting`` package (``pip install dp-accounting``, or ``pip install -e
+    '.[dp]'`` in the clone): by default its Rényi-DP accountant
+    (``dp_accounting.rdp.RdpAccountant``, as Opacus and TF Privacy report), or with
+    ``accountant="pld"`` its privacy-loss-distribution accountant
     (``dp_accounting.pld.PLDAccountant``), which is tighter.  Each step is a
     ``PoissonSampledDpEvent(sample_rate, GaussianDpEvent(noise_multiplier))``.
 

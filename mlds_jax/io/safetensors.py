@@ -143,7 +143,8 @@ def torch_expression(activations: Sequence[str], layer_sizes: Sequence[int]) -> 
 
 
 def torch_sequential(activations: Sequence[str], layer_sizes: Sequence[int], *, dtype=None):
-    """Build the matching ``torch.nn.Sequential`` (needs PyTorch: ``pip install torch``, or ``pip install -e '.[torch]'`` in the clone).
+    """Build the matching ``torch.nn.Sequential`` (needs PyTorch: ``pip install torch``, or
+    ``pip install -e '.[torch]'`` in the clone).
 
     ``model.load_state_dict(safetensors.torch.load_file(path))`` then loads a file written by
     ``mj.save(path, params, format="safetensors")``.
