@@ -6,7 +6,9 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 * :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP;
 * :mod:`~mlds_jax.extensions.curvature`: Hessian- and GGN-vector products by the R-operator,
   the diagonal GGN, the top Hessian eigenvalue (Lanczos), the Hutchinson trace, step sizes;
-* :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block.
+* :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block;
+* :mod:`~mlds_jax.extensions.jacobian`: the exact output Jacobian by back-propagating the K
+  output directions.
 """
 
 from mlds_jax.extensions.curvature import (
@@ -27,6 +29,7 @@ from mlds_jax.extensions.dp import (
     dp_value_and_grads,
     make_dp_train_step,
 )
+from mlds_jax.extensions.jacobian import output_jacobian
 from mlds_jax.extensions.kfac import kfac_factors
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
 from mlds_jax.extensions.per_example import (
@@ -64,6 +67,7 @@ __all__ = [
     "mlp_core",
     "network_exact_step_size",
     "network_max_stable_step_size",
+    "output_jacobian",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
     "per_example_grads",
