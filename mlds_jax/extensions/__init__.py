@@ -8,7 +8,9 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
   the diagonal GGN, the top Hessian eigenvalue (Lanczos), the Hutchinson trace, step sizes;
 * :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block;
 * :mod:`~mlds_jax.extensions.jacobian`: the exact output Jacobian by back-propagating the K
-  output directions.
+  output directions;
+* :mod:`~mlds_jax.extensions.gauss_newton`: the damped Gauss-Newton direction (dense Cholesky
+  or conjugate gradients).
 """
 
 from mlds_jax.extensions.curvature import (
@@ -29,6 +31,7 @@ from mlds_jax.extensions.dp import (
     dp_value_and_grads,
     make_dp_train_step,
 )
+from mlds_jax.extensions.gauss_newton import gauss_newton_direction
 from mlds_jax.extensions.jacobian import output_jacobian
 from mlds_jax.extensions.kfac import kfac_factors
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
@@ -52,6 +55,7 @@ __all__ = [
     "diag_ggn",
     "dp_epsilon",
     "dp_value_and_grads",
+    "gauss_newton_direction",
     "ggn_vp",
     "gradient_gram",
     "gradient_gram_core",
