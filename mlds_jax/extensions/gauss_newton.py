@@ -142,7 +142,14 @@ def damped_solve_cg(matvec, g: Array, mu: Array, D: Array, tol: Array, maxiter: 
     def op(v):
         return matvec(v) + mu * D * v  # (M2)
 
-    d, _ = jax.scipy.sparse.linalg.cg(op, -g, tol=tol, atol=0.0, maxiter=maxiter)
+    # tol may be traced (data, not a constant: one compilation serves every value)
+    d, _ = jax.scipy.sparse.linalg.cg(
+        op,
+        -g,
+        tol=tol,  # pyright: ignore[reportArgumentType]
+        atol=0.0,
+        maxiter=maxiter,
+    )
     return d
 
 
