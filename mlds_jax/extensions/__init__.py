@@ -10,7 +10,8 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 * :mod:`~mlds_jax.extensions.jacobian`: the exact output Jacobian by back-propagating the K
   output directions;
 * :mod:`~mlds_jax.extensions.gauss_newton`: the damped Gauss-Newton direction (dense Cholesky
-  or conjugate gradients).
+  or conjugate gradients);
+* :mod:`~mlds_jax.extensions.levenberg_marquardt`: Levenberg–Marquardt training (``trainlm``).
 """
 
 from mlds_jax.extensions.curvature import (
@@ -34,6 +35,10 @@ from mlds_jax.extensions.dp import (
 from mlds_jax.extensions.gauss_newton import gauss_newton_direction
 from mlds_jax.extensions.jacobian import output_jacobian
 from mlds_jax.extensions.kfac import kfac_factors
+from mlds_jax.extensions.levenberg_marquardt import (
+    LevenbergMarquardtResult,
+    levenberg_marquardt,
+)
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
 from mlds_jax.extensions.per_example import (
     GradientMoments,
@@ -51,6 +56,7 @@ __all__ = [
     "DPSGD",
     "DPTrainStep",
     "GradientMoments",
+    "LevenbergMarquardtResult",
     "clip_factors",
     "diag_ggn",
     "dp_epsilon",
@@ -65,6 +71,7 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "kfac_factors",
+    "levenberg_marquardt",
     "make_dp_train_step",
     "mlp",
     "mlp_backward",

@@ -153,7 +153,9 @@ def damped_solve_cg(matvec, g: Array, mu: Array, D: Array, tol: Array, maxiter: 
     return d
 
 
-def flat_ggn_matvec(params: Params, X: Array, Y: Array, loss: str, w: Array, l2=0.0):
+def flat_ggn_matvec(
+    params: Params, X: Array, Y: Array, loss: str, w: Array, l2: Array | float = 0.0
+):
     """v (P,) ↦ G v (P,) by :func:`~mlds_jax.extensions.curvature.ggn_vp_core` (H7), plus
     the penalty's l2 on the weights (M5)."""
     _, unravel = ravel_pytree(params)
@@ -166,7 +168,9 @@ def flat_ggn_matvec(params: Params, X: Array, Y: Array, loss: str, w: Array, l2=
     return matvec
 
 
-def flat_diag_ggn(params: Params, X: Array, Y: Array, loss: str, w: Array, l2=0.0) -> Array:
+def flat_diag_ggn(
+    params: Params, X: Array, Y: Array, loss: str, w: Array, l2: Array | float = 0.0
+) -> Array:
     """diag(G) (P,) by :func:`~mlds_jax.extensions.curvature.diag_ggn_core` (H10), (M5)."""
     d = ravel_pytree(diag_ggn_core(params, X, Y, loss, w))[0]  # (H10)
     return d + l2 * penalty_mask(params)  # (M5)
