@@ -38,6 +38,7 @@ __all__ = [
     "float_dtype",
     "host_floats",
     "is_concrete",
+    "nonnegative_float",
     "numeric_array",
     "positive_float",
     "positive_int",
@@ -78,6 +79,16 @@ def positive_float(value, name: str) -> float:
     v = float(value)
     if not math.isfinite(v) or v <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def nonnegative_float(value, name: str) -> float:
+    """``value`` as a finite float ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REF_ACTIVATIONS, make_params, make_problem, targets_2d
+from helpers import make_params, make_problem, ref_network_output, targets_2d
 from jax.flatten_util import ravel_pytree
 
 import mlds_jax as mj
@@ -28,16 +28,6 @@ from mlds_jax.extensions import gauss_newton
 
 SIZES = [3, 4, 2]  # P = 26
 LOGIT = {("sigmoid", "binary_cross_entropy"), ("softmax", "cross_entropy")}
-
-
-def ref_output(params, X, logits):
-    A = X
-    for i, layer in enumerate(params):
-        Z = A @ layer.W + layer.b[None, :]
-        if logits and i == len(params) - 1:
-            return Z
-        A = REF_ACTIVATIONS[layer.activation](Z)
-    return A
 
 
 def ref_term(o, y, output, loss, logits):
@@ -58,13 +48,13 @@ def reference(params, X, Y2, loss, w):
     output = params[-1].activation
     logits = (output, loss) in LOGIT
     flat, unravel = ravel_pytree(params)
-    J = jax.jacrev(lambda p: ref_output(unravel(p), X, logits))(flat)  # (N, K, P)
-    out = ref_output(params, X, logits)
+    J = jax.jacrev(lambda p: ref_network_output(unravel(p), X, logits))(flat)  # (N, K, P)
+    out = ref_network_output(params, X, logits)
     H = jax.vmap(jax.hessian(lambda o, y: ref_term(o, y, output, loss, logits)))(out, Y2)
     G = jnp.einsum("n,nkp,nkl,nlq->pq", w, J, H, J)
 
     def L(p):
-        o = ref_output(unravel(p), X, logits)
+        o = ref_network_output(unravel(p), X, logits)
         return jnp.sum(w * jax.vmap(lambda a, y: ref_term(a, y, output, loss, logits))(o, Y2))
 
     return G, jax.grad(L)(flat)

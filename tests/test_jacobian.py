@@ -12,23 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REF_ACTIVATIONS, assert_trees_close, make_params, make_problem
+from helpers import assert_trees_close, make_params, make_problem, ref_network_output
 from jax.flatten_util import ravel_pytree
 
 import mlds_jax as mj
 from mlds_jax.extensions import jacobian
 
 SIZES = [3, 4, 4, 2]  # two hidden layers, K = 2 outputs (W^(L) not square)
-
-
-def ref_output(params, X, logits: bool):
-    A = X
-    for i, layer in enumerate(params):
-        Z = A @ layer.W + layer.b[None, :]
-        if logits and i == len(params) - 1:
-            return Z
-        A = REF_ACTIVATIONS[layer.activation](Z)
-    return A
 
 
 # every hidden activation (sigmoid output, at Ŷ: its f' enters), every output activation
@@ -42,25 +32,26 @@ def test_output_jacobian_matches_jacrev(hidden, output, at, op_by_op):
     params = make_params(1, SIZES, hidden, output)
     X = jnp.asarray(np.random.default_rng(2).standard_normal((5, SIZES[0])))
     J = mj.output_jacobian(params, X, at=at)
-    J_ref = jax.jacrev(lambda p: ref_output(p, X, at == "logits"))(params)
+    J_ref = jax.jacrev(lambda p: ref_network_output(p, X, at == "logits"))(params)
     assert J[0].W.shape == (5, 2, 3, 4) and J[-1].b.shape == (5, 2, 2)
     assert_trees_close(J, J_ref)
 
 
 def test_auto_follows_the_ggn_convention_and_the_flat_form(op_by_op):
     params, X, _ = make_problem(3, SIZES, "tanh", "softmax", "cross_entropy", 4)
-    at_logits = jax.jacrev(lambda p: ref_output(p, X, True))(params)
-    at_outputs = jax.jacrev(lambda p: ref_output(p, X, False))(params)
+    at_logits = jax.jacrev(lambda p: ref_network_output(p, X, True))(params)
+    at_outputs = jax.jacrev(lambda p: ref_network_output(p, X, False))(params)
     assert_trees_close(mj.output_jacobian(params, X), at_logits)  # softmax: logits
     assert_trees_close(mj.output_jacobian(params, X, loss="cross_entropy"), at_logits)
     assert_trees_close(mj.output_jacobian(params, X, loss="mse"), at_outputs)  # GGN at Ŷ
     ident = make_params(3, SIZES, "tanh", "identity")
     assert_trees_close(
-        mj.output_jacobian(ident, X), jax.jacrev(lambda p: ref_output(p, X, False))(ident)
+        mj.output_jacobian(ident, X), jax.jacrev(lambda p: ref_network_output(p, X, False))(ident)
     )
     # the flat (N·K, P) matrix: the same numbers in ravel_pytree's column order
     flat, unravel = ravel_pytree(params)
-    J_flat = jax.jacrev(lambda f: ref_output(unravel(f), X, True))(flat).reshape(-1, flat.size)
+    J_flat = jax.jacrev(lambda f: ref_network_output(unravel(f), X, True))(flat)
+    J_flat = J_flat.reshape(-1, flat.size)
     cache = mj.core.forward_cache(params, X)
     S = jacobian.output_directions(cache, "softmax", logits=True)
     np.testing.assert_allclose(

@@ -19,11 +19,14 @@ iterations.
 
 **The switch** (``solver="auto"``): dense when P ≤ :data:`DENSE_AUTO_MAX_PARAMS` (and the
 Jacobian fits in :data:`DENSE_MAX_JACOBIAN_ENTRIES`), CG otherwise.  Measured by
-``benchmarks/lm.py`` ("switch" table: N = 1000 rows, one output, tanh, float32, μ = 10⁻³ of
-the mean curvature, CG to relative residual 10⁻⁶): a dense direction costs as much as
-CG takes to converge at P ≈ 4000 on a 2-core CPU; below that a dense solve is both faster and
-exact, and LM's damping retries reuse its G.  A forced dense solve beyond
-:data:`DENSE_MAX_PARAMS` parameters (G alone would take P²·8 bytes) is refused with an error.
+``benchmarks/lm.py`` ("switch" table: N = 1000 rows, 16-h-1 tanh, float64, CG to relative
+residual 10⁻⁶, one direction; a shared 2-core CPU at load 10-14, so ratios only): with a small
+damping μ = 10⁻⁶·mean diag(G), as late in an LM run, CG took 3.2× the dense time at P = 253,
+2.1× at P = 991, 0.59× at P = 1999 and 0.19× at P = 3997; with μ = 10⁻³·mean diag(G) it is
+cheaper from P ≈ 1000.  Within LM a dense G also serves every damping retry of an iteration
+(about two solves per iteration), so the switch sits at 2048 parameters.  A forced dense solve
+beyond :data:`DENSE_MAX_PARAMS` parameters (G alone would take P²·8 bytes) is refused with an
+error.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "GN_SOLVERS",
     "check_damping",
     "check_gn_solver",
+    "check_solver_options",
     "damped_solve_cg",
     "damped_solve_dense",
     "flat_diag_ggn",
@@ -71,7 +75,7 @@ GN_SOLVERS = ("auto", "dense", "cg")
 
 #: ``solver="auto"`` solves densely up to this many parameters, by CG above (measured: see
 #: the module docstring and ``benchmarks/lm.py``).
-DENSE_AUTO_MAX_PARAMS = 4096
+DENSE_AUTO_MAX_PARAMS = 2048
 
 #: A dense solve is refused above this many parameters: G alone is P² entries (8192² float64
 #: = 512 MiB) and its Cholesky factorisation P³/3 operations (~10 s at 20 GFLOP/s).
@@ -229,6 +233,20 @@ def check_damping(damping, name: str = "damping") -> float:
     return validation.positive_float(damping, name)
 
 
+def check_solver_options(
+    params: Params, n_rows: int, n_out: int, solver: str, scaling, cg_tol, cg_maxiter
+) -> tuple[str, float, int]:
+    """(``"dense"`` or ``"cg"``, cg_tol, cg_maxiter (default P)) for N rows and K outputs,
+    each option checked (:func:`check_gn_solver` for the solver and the dense limits)."""
+    if not isinstance(scaling, bool):
+        raise TypeError(f"scaling must be a bool, got {scaling!r}")
+    n_params = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+    method = check_gn_solver(solver, n_params, n_rows, n_out)
+    tol = validation.positive_float(cg_tol, "cg_tol")
+    maxiter = n_params if cg_maxiter is None else validation.positive_int(cg_maxiter, "cg_maxiter")
+    return method, tol, maxiter
+
+
 def gauss_newton_direction(
     params: Params,
     X: ArrayLike,
@@ -276,10 +294,7 @@ def gauss_newton_direction(
     mu = check_damping(damping)
     X, Y = validation.check_batch(params, X, Y, loss)
     w = check_row_weights(row_weights, X.shape[0], params[0].W.dtype)
-    if not isinstance(scaling, bool):
-        raise TypeError(f"scaling must be a bool, got {scaling!r}")
-    n_params = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
-    method = check_gn_solver(solver, n_params, X.shape[0], Y.shape[1])
-    tol = validation.positive_float(cg_tol, "cg_tol")
-    maxiter = n_params if cg_maxiter is None else validation.positive_int(cg_maxiter, "cg_maxiter")
+    method, tol, maxiter = check_solver_options(
+        params, X.shape[0], Y.shape[1], solver, scaling, cg_tol, cg_maxiter
+    )
     return gauss_newton_direction_core(params, X, Y, loss, mu, w, method, scaling, tol, maxiter)

@@ -18,8 +18,6 @@ architecture, data shape and loss.
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -33,7 +31,7 @@ from mlds_jax import core, validation
 from mlds_jax.extensions.curvature import check_row_weights
 from mlds_jax.extensions.gauss_newton import (
     check_damping,
-    check_gn_solver,
+    check_solver_options,
     damped_solve_cg,
     damped_solve_dense,
     flat_diag_ggn,
@@ -346,15 +344,6 @@ def lm_finish_core(params, theta, X, Y, loss, w, l2) -> tuple[Params, Array]:
 
 
 # --- the checked API --------------------------------------------------------------------------
-def _nonnegative(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
-
-
 def _check_schedule(damping, decrease, increase, max_damping) -> tuple[float, ...]:
     mu = check_damping(damping)
     dec = validation.positive_float(decrease, "damping_decrease")
@@ -475,18 +464,15 @@ def levenberg_marquardt(
     wv = None if Xv is None else jnp.full((Xv.shape[0],), 1.0 / Xv.shape[0], dtype)
     n_iter = validation.positive_int(max_iter, "max_iter")
     mu, dec, inc, mu_max = _check_schedule(damping, damping_decrease, damping_increase, max_damping)
-    tol_ = _nonnegative(tol, "tol")
-    goal_ = _nonnegative(goal, "goal")
-    min_delta_ = _nonnegative(min_delta, "min_delta")
-    l2_ = _nonnegative(l2, "l2")
+    tol_ = validation.nonnegative_float(tol, "tol")
+    goal_ = validation.nonnegative_float(goal, "goal")
+    min_delta_ = validation.nonnegative_float(min_delta, "min_delta")
+    l2_ = validation.nonnegative_float(l2, "l2")
     fails = validation.positive_int(max_fail, "max_fail")
     wait = 2**30 if patience is None else validation.positive_int(patience, "patience")
-    if not isinstance(scaling, bool):
-        raise TypeError(f"scaling must be a bool, got {scaling!r}")
-    n_params = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
-    method = check_gn_solver(solver, n_params, X.shape[0], Y.shape[1])
-    cg_tol_ = validation.positive_float(cg_tol, "cg_tol")
-    maxiter = n_params if cg_maxiter is None else validation.positive_int(cg_maxiter, "cg_maxiter")
+    method, cg_tol_, maxiter = check_solver_options(
+        params, X.shape[0], Y.shape[1], solver, scaling, cg_tol, cg_maxiter
+    )
 
     def scalar(v, dt=dtype):
         return jnp.asarray(v, dt)
