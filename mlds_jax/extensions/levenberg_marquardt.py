@@ -411,6 +411,12 @@ def levenberg_marquardt(
     training loss is not below its value at the last improvement by more than ``min_delta``
     ("no_improvement"); ``max_iter`` iterations ("max_iter").
 
+    Performance: the dense solve factorises G + μD with LAPACK (``jnp.linalg.cholesky``,
+    which JAX's CPU backend runs in scipy's OpenBLAS).  On a CPU shared with other busy
+    processes, OpenBLAS's worker threads can stall each other (a 193 × 193 Cholesky measured
+    13-330 ms at load 10 on 2 cores, 0.8 ms single-threaded): set ``OPENBLAS_NUM_THREADS=1``
+    before starting Python, or ``threadpoolctl.threadpool_limits(1, "blas")``, there.
+
     Defaults are trainlm's (mu = 0.001, mu_dec = 0.1, mu_inc = 10, mu_max = 1e10,
     min_grad = 1e-7, max_fail = 6, goal = 0).  μ is in the units of G of *our* loss (the mean
     over rows by default), trainlm's in those of JᵀJ of the sum of squared errors: for "mse"
