@@ -20,13 +20,13 @@ iterations.
 **The switch** (``solver="auto"``): dense when P ≤ :data:`DENSE_AUTO_MAX_PARAMS` (and the
 Jacobian fits in :data:`DENSE_MAX_JACOBIAN_ENTRIES`), CG otherwise.  Measured by
 ``benchmarks/lm.py`` ("switch" table: N = 1000 rows, 16-h-1 tanh, float64, CG to relative
-residual 10⁻⁶, one direction; a shared 2-core CPU at load 10-14, so ratios only): with a small
-damping μ = 10⁻⁶·mean diag(G), as late in an LM run, CG took 3.2× the dense time at P = 253,
-2.1× at P = 991, 0.59× at P = 1999 and 0.19× at P = 3997; with μ = 10⁻³·mean diag(G) it is
-cheaper from P ≈ 1000.  Within LM a dense G also serves every damping retry of an iteration
-(about two solves per iteration), so the switch sits at 2048 parameters.  A forced dense solve
-beyond :data:`DENSE_MAX_PARAMS` parameters (G alone would take P²·8 bytes) is refused with an
-error.
+residual 10⁻⁶, one direction; a shared 2-core CPU at load 6-14, two runs, so ratios only):
+with a small damping μ = 10⁻⁶·mean diag(G), as late in an LM run, CG took 2.5-3.2× the dense
+time at P = 253, 2.1-3.8× at P = 991, 0.6-1.1× at P = 1999 and 0.2-0.4× at P = 3997; with
+μ = 10⁻³·mean diag(G) it is as fast as dense at P ≈ 1000 and cheaper above.  Within LM a
+dense G also serves every damping retry of an iteration (about two solves per iteration), so
+the switch sits at 2048 parameters.  A forced dense solve beyond :data:`DENSE_MAX_PARAMS`
+parameters (G alone would take P²·8 bytes) is refused with an error.
 """
 
 from __future__ import annotations
