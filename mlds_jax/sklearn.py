@@ -53,6 +53,16 @@ scikit-learn's conventions, and ours (see the README's "scikit-learn users" sect
   (``coefs_[0].dtype``); predictions are computed in the wider of it and the input's, so
   float64 input gives float64 output.  Only dense inputs.
 
+* ``solver="lm"``: Levenberg–Marquardt (:func:`mlds_jax.levenberg_marquardt`, MATLAB's
+  ``trainlm``) on the whole training set, for the small networks and smooth data it suits:
+  ``max_iter`` counts LM iterations; ``tol``/``n_iter_no_change`` stop a run whose training
+  loss (validation loss with ``early_stopping``, best parameters restored) stalls, as above;
+  LM's own rules (‖∇L‖ ≤ 1e-7, damping beyond 1e10) stop it too.  The objective is the same
+  loss and penalty with S the whole set's total weight.  ``batch_size``, ``shuffle``, the
+  learning-rate and momentum settings do not apply.  ``partial_fit`` runs one LM iteration
+  (the damping carried between calls).  With ``early_stopping`` a classifier records
+  ``best_validation_score_`` (the returned parameters' accuracy) but no per-iteration
+  ``validation_scores_`` (None); a regressor's are R² from the validation loss (K1).
 * ``partial_fit`` runs one epoch on a :class:`mlds_jax.Trainer` and keeps the optimizer state
   between calls (as scikit-learn); a ``partial_fit`` after ``fit`` starts a fresh optimizer
   state (``fit``'s stays inside :func:`mlds_jax.fit`).
@@ -109,7 +119,7 @@ _LOSS_FOR_OUT = {
     "logistic": "binary_cross_entropy",
     "softmax": "cross_entropy",
 }
-_SOLVERS = ("sgd", "adam")
+_SOLVERS = ("sgd", "adam", "lm")
 _SCHEDULES = ("constant", "invscaling", "adaptive")
 
 
@@ -455,7 +465,9 @@ class _BaseMLP(BaseEstimator, ABC):
         n_batches = -(-n_train // batch_size)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         epochs = 1 if incremental else int(self.max_iter)
-        if incremental:
+        if self.solver == "lm":
+            params = self._fit_lm(params, X, Y, sw, X_val, Y_val, loss, incremental)
+        elif incremental:
             params = self._partial_epoch(params, X, Y, sw, loss, batch_size, n_batches, seed)
         else:
             params = self._fit_epochs(
@@ -580,6 +592,68 @@ class _BaseMLP(BaseEstimator, ABC):
         best = history.best_epoch if history.best_epoch is not None else int(np.argmax(scores))
         self.best_validation_score_ = scores[best]
 
+    def _fit_lm(self, params, X, Y, sw, X_val, Y_val, loss, incremental: bool):
+        """``solver="lm"``: :func:`mlds_jax.levenberg_marquardt` on the whole training set.
+
+        The objective is the other solvers' full-batch one: Σ_n s_n ℓ_n / S plus the penalty
+        (R1) with S = Σ_n s_n (the row count when unweighted), i.e. ``l2 = alpha / S`` (M5).
+        ``max_iter`` counts LM iterations (accepted steps); ``tol`` and ``n_iter_no_change``
+        stop the run after ``n_iter_no_change + 1`` iterations in a row that lower the training
+        loss by no more than ``tol`` (with ``early_stopping``: the validation loss, its best
+        parameters restored); LM's own rules (‖∇L‖ ≤ 1e-7, damping above 1e10) also stop it.
+        ``partial_fit`` runs one LM iteration, the damping carried from call to call.
+        """
+        S = float(X.shape[0]) if sw is None else float(np.sum(sw))
+        wait = None if self.n_iter_no_change == np.inf else int(self.n_iter_no_change) + 1
+        kwargs: dict[str, Any] = dict(
+            max_iter=1 if incremental else int(self.max_iter),
+            l2=float(self.alpha) / S if S > 0 else 0.0,
+            min_delta=float(self.tol),
+            row_weights=None if sw is None else (sw / S if S > 0 else sw),
+        )
+        state = self._partial_opt_state if incremental else None
+        if isinstance(state, tuple) and state[0] == "lm":  # partial_fit: μ from the last call
+            kwargs["damping"] = min(state[1], 1e10)
+        if X_val is not None:
+            kwargs.update(validation_data=(X_val, Y_val), max_fail=wait or 2**30)
+        else:
+            kwargs["patience"] = wait
+        params, result = mj.levenberg_marquardt(params, X, Y, loss, **kwargs)
+        self._partial_opt_state = ("lm", result.damping) if incremental else None
+        if self.verbose:
+            for i, v in enumerate(result.loss_history[1:], start=len(self.loss_curve_) + 1):
+                print(f"Iteration {i}, loss = {v:.8f}")
+        self.loss_curve_.extend(float(v) for v in result.loss_history[1:])
+        self.loss_ = float(result.loss_history[-1])
+        self.n_iter_ = result.iterations
+        self.t_ += result.iterations * X.shape[0]
+        if X_val is None:
+            previous = np.inf if self.best_loss_ is None else self.best_loss_
+            self.best_loss_ = float(min(previous, self.loss_))
+        elif is_classifier(self):  # accuracy needs every iterate: the returned one's only
+            P = np.asarray(mj.forward(params, X_val))
+            if self.out_activation_ == "softmax":
+                hits = P.argmax(axis=1) == Y_val.argmax(axis=1)
+            else:  # predict's threshold (LabelBinarizer's 0.5); all labels of a row
+                hits = np.all((P > 0.5) == (Y_val > 0.5), axis=1)
+            self.validation_scores_ = None
+            self.best_validation_score_ = float(np.mean(hits))
+        else:
+            ss_tot = float(np.sum((Y_val - Y_val.mean(axis=0)) ** 2))
+            val_losses = result.val_loss_history
+            assert val_losses is not None  # validation_data was given
+            scores = [r2_from_loss(v, Y_val.shape[0], ss_tot) for v in val_losses]  # (K1)
+            self.validation_scores_ = [*(self.validation_scores_ or []), *scores[1:]]
+            self.best_validation_score_ = scores[result.best_iteration or 0]
+        if result.stop_reason == "max_iter" and not incremental:
+            warnings.warn(
+                f"Levenberg-Marquardt: Maximum iterations ({self.max_iter}) reached and the "
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        return params
+
     def _partial_epoch(self, params, X, Y, sw, loss, bs, n_batches, seed):
         """One epoch on a :class:`mlds_jax.Trainer`, the optimizer state kept between calls
         (as scikit-learn's partial_fit).  The trainer (it owns compiled programs) is not
@@ -666,7 +740,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier, scikit-learn's interface over :func:`mlds_jax.fit`.
 
     Parameters are scikit-learn's (``hidden_layer_sizes``, ``activation`` in {"identity",
-    "logistic", "tanh", "relu"}, ``solver`` in {"adam", "sgd"}, ``alpha``, ``batch_size``,
+    "logistic", "tanh", "relu"}, ``solver`` in {"adam", "sgd", "lm"}, ``alpha``, ``batch_size``,
     ``learning_rate``, ``learning_rate_init``, ``power_t``, ``max_iter``, ``shuffle``,
     ``random_state``, ``tol``, ``verbose``, ``warm_start``, ``momentum``,
     ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``, ``beta_1``,

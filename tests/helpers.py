@@ -268,6 +268,17 @@ def ref_forward_from(params, l: int, Z_l):
     return A
 
 
+def ref_network_output(params, X, logits: bool = False):
+    """Ŷ, or with ``logits`` the output pre-activation Z^{(L)}, from the reference formulas."""
+    A = X
+    for i, layer in enumerate(params):
+        Z = A @ layer.W + layer.b[None, :]
+        if logits and i == len(params) - 1:
+            return Z
+        A = REF_ACTIVATIONS[layer.activation](Z)
+    return A
+
+
 def ref_forward_Zs(params, X):
     """Every pre-activation Z^{(1)}, ..., Z^{(L)}, from the reference formulas."""
     Zs, A = [], X

@@ -8,6 +8,11 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
   the diagonal GGN, the top Hessian eigenvalue (Lanczos), the Hutchinson trace, step sizes;
 * :mod:`~mlds_jax.extensions.kfac`: Kronecker factors of each layer's GGN block;
 * :mod:`~mlds_jax.extensions.sharpness_tracker`: λ_max during training, as a callback.
+* :mod:`~mlds_jax.extensions.jacobian`: the exact output Jacobian by back-propagating the K
+  output directions;
+* :mod:`~mlds_jax.extensions.gauss_newton`: the damped Gauss-Newton direction (dense Cholesky
+  or conjugate gradients);
+* :mod:`~mlds_jax.extensions.levenberg_marquardt`: Levenberg–Marquardt training (``trainlm``).
 """
 
 from mlds_jax.extensions.curvature import (
@@ -27,7 +32,13 @@ from mlds_jax.extensions.dp import (
     dp_epsilon,
     dp_value_and_grads,
 )
+from mlds_jax.extensions.gauss_newton import gauss_newton_direction
+from mlds_jax.extensions.jacobian import output_jacobian
 from mlds_jax.extensions.kfac import kfac_factors
+from mlds_jax.extensions.levenberg_marquardt import (
+    LevenbergMarquardtResult,
+    levenberg_marquardt,
+)
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
 from mlds_jax.extensions.per_example import (
     GradientMoments,
@@ -47,10 +58,12 @@ __all__ = [
     "GradientMoments",
     "PrivacyAccountant",
     "SharpnessTracker",
+    "LevenbergMarquardtResult",
     "clip_factors",
     "diag_ggn",
     "dp_epsilon",
     "dp_value_and_grads",
+    "gauss_newton_direction",
     "ggn_vp",
     "gradient_gram",
     "gradient_gram_core",
@@ -60,11 +73,13 @@ __all__ = [
     "hessian_trace",
     "hvp",
     "kfac_factors",
+    "levenberg_marquardt",
     "mlp",
     "mlp_backward",
     "mlp_core",
     "network_exact_step_size",
     "network_max_stable_step_size",
+    "output_jacobian",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
     "per_example_grads",
