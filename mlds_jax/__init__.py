@@ -91,8 +91,7 @@ from mlds_jax.training import (
     fit,
     make_train_step,
 )
-
-__version__ = "0.1.0"
+from mlds_jax.version import __version__
 
 __all__ = [
     "ACTIVATIONS",

@@ -98,7 +98,7 @@ def library_version() -> str:
         return version("mlds-jax")
     except Exception:
         try:
-            from mlds_jax import __version__
+            from mlds_jax.version import __version__
 
             return str(__version__)
         except Exception:
