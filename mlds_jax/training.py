@@ -120,7 +120,6 @@ def _value_grads_aux(grads: str, fused: bool) -> Callable:
             row_weights=rw,
             method=grads,
             fused=fused,
-            layer_backward=_layout_dense_backward,
         )
         return value, Y_hat, g
 

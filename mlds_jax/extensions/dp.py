@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""DP-SGD with ghost clipping on the hand-derived backward, and its privacy accounting.
 
 One DP-SGD step (Abadi et al., 2016) with Opacus's clip factor, equations (D1)-(D3) of
@@ -36,6 +34,7 @@ from jax.typing import ArrayLike
 from mlds_jax import core, validation
 from mlds_jax.extensions.per_example import (
     check_row_weights,
+    ghost_sq_norms,
     per_example_deltas,
     row_mask,
 )
@@ -139,10 +138,7 @@ def dp_value_and_grads(
         kappa = mask  # κ_n = min(1, ∞) = 1: pass 1 is not needed
     else:
         deltas = per_example_deltas(params, cache, Y, loss, mask)  # (P1)
-        sq = sum(
-            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
-            for A, d in zip(cache.As[:-1], deltas, strict=True)
-        )  # (P3)
+        sq = jnp.sum(ghost_sq_norms(cache.As[:-1], deltas), axis=1)  # (P3)
         kappa = clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask  # (D1)
     # the plain loss, averaged over the real rows (weights m/B; None: the core's 1/N)
     value = core.loss_value(cache, Y, loss, None if row_weights is None else mask / B)
@@ -171,7 +167,7 @@ class DPTrainStep:
 
         def step_core(params, opt_state, X, Y, key, row_weights=None):
             value, grads = dp_value_and_grads(params, X, Y, loss, dp, key, row_weights)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)  # pyright: ignore[reportArgumentType]
             return optax.apply_updates(params, updates), opt_state, {"loss": value}
 
         self.jitted: Callable[..., Any] = jax.jit(step_core)

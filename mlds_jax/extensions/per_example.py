@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""Per-example gradients, their norms, Gram matrix and moments, from one backward pass.
 
 The hand-derived backward holds, for every layer l and every row n, the layer input
@@ -36,7 +34,8 @@ training code.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +52,7 @@ __all__ = [
     "gradient_gram_core",
     "gradient_moments",
     "gradient_moments_core",
+    "ghost_sq_norms",
     "per_example_deltas",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
@@ -104,6 +104,28 @@ def per_example_deltas(
     return core.backward(params, cache, Y, loss, row_weights=mask).deltas  # (P1)
 
 
+def ghost_sq_norms(As: Sequence[Array], deltas: Sequence[Array]) -> Array:
+    r"""Each example's squared gradient norm per layer, (‖a_n‖² + 1)‖δ̂_n‖², equation (P3).
+
+    The ghost-norm identity, the one place it is written: ∇_{W^(l)}ℓ_n = a_nᵀ δ̂_n is an outer
+    product, so its squared Frobenius norm is ‖a_n‖²‖δ̂_n‖², and the bias adds ‖δ̂_n‖².
+
+    Args:
+      As: the layer inputs (A^(0), ..., A^(L−1)), A^(l−1) of shape (N, sizes[l−1]).
+      deltas: the per-example (δ̂^(1), ..., δ̂^(L)), δ̂^(l) of shape (N, sizes[l]).
+
+    Returns:
+      (N, L): column l − 1 is layer l's ‖∇_{W^(l)}ℓ_n‖² + ‖∇_{b^(l)}ℓ_n‖².
+    """
+    return jnp.stack(
+        [
+            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)  # (P3)
+            for A, d in zip(As, deltas, strict=True)
+        ],
+        axis=1,
+    )
+
+
 def _inputs_and_deltas(params, X, Y, loss, row_weights):
     cache = core.forward_cache(params, X)
     mask = row_mask(row_weights, X.shape[0], X.dtype)
@@ -125,7 +147,7 @@ def per_example_grads_core(
         Dense(W=jnp.einsum("ni,nj->nij", A, d), b=d, activation=layer.activation)  # (P2)
         for layer, A, d in zip(params, As, deltas, strict=True)
     ]
-    return grads if isinstance(params, list) else tuple(grads)
+    return cast(Params, grads if isinstance(params, list) else tuple(grads))
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "by_layer"))
@@ -148,13 +170,7 @@ def per_example_grad_norms_core(
       (N,), or (N, L) with ``by_layer``; zero for padding rows.
     """
     As, deltas, _ = _inputs_and_deltas(params, X, Y, loss, row_weights)
-    sq = jnp.stack(
-        [
-            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
-            for A, d in zip(As, deltas, strict=True)
-        ],
-        axis=1,
-    )  # (P3): (N, L)
+    sq = ghost_sq_norms(As, deltas)  # (P3): (N, L)
     return jnp.sqrt(sq) if by_layer else jnp.sqrt(jnp.sum(sq, axis=1))
 
 
@@ -217,9 +233,19 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array | None:
     return validation.check_row_weights(row_weights, n_rows, dtype)
 
 
-def _checked(params, X, Y, loss, row_weights):
-    X, Y = validation.check_batch(params, X, Y, loss)
-    return X, Y, check_row_weights(row_weights, X.shape[0], X.dtype)
+@functools.partial(jax.jit, static_argnames=("core_fn", "loss", "extra"))
+def _core_and_flag(core_fn, params, X, Y, loss, w, extra=()):
+    # the core and the finiteness of its inputs in one program: no second pass over them
+    return core_fn(params, X, Y, loss, w, *extra), validation.all_finite(params, X)
+
+
+def _call_checked(core_fn, params, X, Y, loss, row_weights, *extra):
+    """Host checks of shapes, dtypes and labels; the core; finiteness from inside it."""
+    X2, Y2 = validation.check_batch(params, X, Y, loss, deferred=True)
+    w = check_row_weights(row_weights, X2.shape[0], X2.dtype)
+    out, ok = _core_and_flag(core_fn, params, X2, Y2, loss, w, tuple(extra))
+    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X, Y, loss))
+    return out
 
 
 def per_example_grads(
@@ -243,8 +269,7 @@ def per_example_grads(
     Returns:
       Like params, every leaf with a leading axis N: ``W`` (N, fan_in, fan_out), ``b`` (N, fan_out).
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return per_example_grads_core(params, X, Y, loss, w)
+    return _call_checked(per_example_grads_core, params, X, Y, loss, row_weights)
 
 
 def per_example_grad_norms(
@@ -268,10 +293,9 @@ def per_example_grad_norms(
     Returns:
       (N,), or (N, L) with ``by_layer`` (the root of the row's sum of squares is the total).
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
     if not isinstance(by_layer, bool):
         raise TypeError(f"by_layer must be a bool, got {by_layer!r}")
-    return per_example_grad_norms_core(params, X, Y, loss, w, by_layer)
+    return _call_checked(per_example_grad_norms_core, params, X, Y, loss, row_weights, by_layer)
 
 
 def gradient_gram(
@@ -287,8 +311,7 @@ def gradient_gram(
     Returns:
       (N, N), symmetric positive semi-definite; zero rows and columns for padding.
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return gradient_gram_core(params, X, Y, loss, w)
+    return _call_checked(gradient_gram_core, params, X, Y, loss, row_weights)
 
 
 def gradient_moments(
@@ -307,5 +330,4 @@ def gradient_moments(
     Returns:
       :class:`GradientMoments` of three pytrees like params.
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return gradient_moments_core(params, X, Y, loss, w)
+    return _call_checked(gradient_moments_core, params, X, Y, loss, row_weights)

@@ -1,0 +1,129 @@
+r"""The diagonal of the generalised Gauss-Newton matrix, exact or Monte Carlo (H8)-(H10).
+
+Each example's output-Hessian square root S_n (H8) (or M sampled columns (H9)), scaled by √w_n,
+is back-propagated like δ (:mod:`mlds_jax.extensions.ggn_factors`), and an entry of W^(l)
+collects Σ_n (a_ni)² Σ_c (B_{c,n,j})² (H10): the column sum over c is taken first, so each layer
+costs one (A⊙A)ᵀ(ΣB²) product whatever the number of columns.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from mlds_jax import core, validation
+from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.ggn_factors import (
+    backprop_factor,
+    output_sqrt_factor,
+    sampled_output_factor,
+)
+from mlds_jax.layers import Dense, Params
+
+__all__ = ["diag_ggn", "diag_ggn_core", "ggn_factors_of"]
+
+
+def ggn_factors_of(
+    params: Params,
+    cache: core.ForwardCache,
+    loss: str,
+    w: Array,
+    key: Array | None = None,
+    mc_samples: int = 0,
+) -> tuple[Array, ...]:
+    """B^(l) (C, N, sizes[l]) for l = 1..L: exact (``mc_samples = 0``, C = K) or sampled (C = M)."""
+    act = params[-1].activation
+    if mc_samples == 0:
+        S = output_sqrt_factor(cache, loss, act, w)  # (H8)
+    else:
+        assert key is not None
+        S = sampled_output_factor(cache, loss, act, w, key, mc_samples)  # (H9)
+    return backprop_factor(params, cache, S)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "mc_samples", "check"))
+def diag_ggn_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array | None = None,
+    key: Array | None = None,
+    mc_samples: int = 0,
+    check: bool = False,
+):
+    r"""diag(G) like params (H10), unchecked; ``mc_samples = 0`` is exact, else Monte Carlo.
+
+    With ``check`` returns (diag(G), inputs finite).
+    """
+    del Y  # the GGN does not depend on the targets
+    w = row_weights_or_mean(X, row_weights)
+    cache = core.forward_cache(params, X)
+    B = ggn_factors_of(params, cache, loss, w, key, mc_samples)
+    out = []
+    for l, layer in enumerate(params, start=1):
+        Bsq = jnp.sum(B[l - 1] ** 2, axis=0)  # Σ_c (B^(l)_{c,n,j})², (N, d_l): summed first
+        A_prev = cache.A(l - 1)
+        dW = (A_prev * A_prev).T @ Bsq  # (H10)
+        out.append(Dense(W=dW, b=Bsq.sum(axis=0), activation=layer.activation))  # (H10)
+    result = tuple(out) if isinstance(params, tuple) else out
+    return (result, validation.all_finite(params, X)) if check else result
+
+
+def diag_ggn(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    row_weights: ArrayLike | None = None,
+    mc_samples: int | None = None,
+    key: Array | None = None,
+) -> Params:
+    r"""The diagonal of the generalised Gauss-Newton matrix, like params (H8)-(H10).
+
+    Exact (default): each example's output-Hessian square root S_n (H8), scaled by √w_n, is
+    propagated like δ, column by column (K columns), and
+
+    .. math:: \mathrm{diag}(G)_{W^{(l)}_{ij}} = \sum_n (a^{(l-1)}_{ni})^2
+              \sum_c (B^{(l)}_{c,n,j})^2,\qquad
+              \mathrm{diag}(G)_{b^{(l)}_j} = \sum_n\sum_c (B^{(l)}_{c,n,j})^2.
+
+    Monte Carlo (``mc_samples=M`` and ``key``): the columns are M sampled output gradients
+    (targets drawn from the model, (H9)) divided by √M: an unbiased estimate.  The GGN
+    convention (logits vs Ŷ) is that of :func:`mlds_jax.ggn_vp`.
+
+    Args:
+      params: tuple of :class:`~mlds_jax.layers.Dense`.
+      X: inputs, (N, n_in).
+      Y: targets, as :func:`mlds_jax.loss` takes them (checked, not used: G does not depend
+        on them).
+      loss: loss name.
+      row_weights: optional w (N,).
+      mc_samples: None for the exact diagonal, else the number of sampled targets M ≥ 1.
+      key: a ``jax.random`` key, required with ``mc_samples``.
+
+    Returns:
+      diag(G), like params (every entry ≥ 0).
+    """
+    X0, Y0 = X, Y
+    X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
+    if mc_samples is None:
+        if key is not None:
+            raise ValueError(
+                "key is only used with mc_samples; pass mc_samples=M for the "
+                "Monte Carlo estimate or drop key for the exact diagonal"
+            )
+        out, ok = diag_ggn_core(params, X, Y, loss, w, check=True)
+    else:
+        m = validation.positive_int(mc_samples, "mc_samples")
+        if key is None:
+            raise ValueError("mc_samples needs a key (jax.random.key(seed))")
+        validation.check_key(key)
+        out, ok = diag_ggn_core(params, X, Y, loss, w, key, m, check=True)
+    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
+    return out
