@@ -56,6 +56,7 @@ from mlds_jax.extensions import (
     dp_epsilon,
     dp_value_and_grads,
     ggn_vp,
+    gradient_cross_gram,
     gradient_gram,
     gradient_moments,
     hessian_spectral_density,
@@ -67,9 +68,11 @@ from mlds_jax.extensions import (
     mlp,
     network_exact_step_size,
     network_max_stable_step_size,
+    per_example_diag_ggn,
     per_example_grad_norms,
     per_example_grads,
     sharpness,
+    smoothed_density,
 )
 from mlds_jax.initialization import INITIALIZERS, init_mlp
 from mlds_jax.layers import Dense, Params, layer_sizes
@@ -137,6 +140,7 @@ __all__ = [
     "forward_cache",
     "ggn_vp",
     "gradient_descent",
+    "gradient_cross_gram",
     "gradient_gram",
     "gradient_moments",
     "hessian_spectral_density",
@@ -167,6 +171,7 @@ __all__ = [
     "one_hot",
     "output_delta",
     "pad_rows",
+    "per_example_diag_ggn",
     "per_example_grad_norms",
     "per_example_grads",
     "predict",
@@ -178,6 +183,7 @@ __all__ = [
     "save",
     "save_checkpoint",
     "sharpness",
+    "smoothed_density",
     "sigmoid",
     "sigmoid_prime",
     "sigmoid_prime2",

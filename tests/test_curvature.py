@@ -522,3 +522,21 @@ def test_spectral_density_quadrature_against_eigh(net):
     distance = np.abs(np.asarray(full[0])[carried][:, None] - evals[None]).min(axis=1)
     assert distance.max() < 1e-8
     np.testing.assert_allclose(np.asarray(w_full[0])[carried].sum(), 1.0, **TOL)
+
+
+@pytest.mark.parametrize(
+    "output,loss", [("softmax", "cross_entropy"), ("sigmoid", "mse"), ("identity", "mse")]
+)
+def test_per_example_diag_ggn_is_each_examples_ggn_diagonal(output, loss):
+    """(H18): row n is diag(w_n J_nᵀ H_n J_n) of ref_ggn on example n alone (jax.jacrev and
+    jax.hessian); the rows sum to diag_ggn."""
+    params, X, Y, w = problem("tanh", output, loss, 4, seed=9)
+    per = mj.per_example_diag_ggn(params, X, Y, loss, row_weights=w)
+    assert per[0].W.shape == (4, *params[0].W.shape)
+    for n in range(4):
+        row = ravel_pytree(jax.tree_util.tree_map(lambda x, n=n: x[n], per))[0]
+        ref = jnp.diag(ref_ggn(params, X[n : n + 1], Y[n : n + 1], loss, w[n : n + 1]))
+        np.testing.assert_allclose(row, ref, **TOL)
+    total = jax.tree_util.tree_map(lambda x: x.sum(axis=0), per)
+    d = curvature.diag_ggn_core(params, X, Y, loss, w)
+    np.testing.assert_allclose(ravel_pytree(total)[0], ravel_pytree(d)[0], **TOL)

@@ -15,7 +15,7 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 """
 
 from mlds_jax.extensions.density import hessian_spectral_density, smoothed_density
-from mlds_jax.extensions.diag_ggn import diag_ggn
+from mlds_jax.extensions.diag_ggn import diag_ggn, per_example_diag_ggn
 from mlds_jax.extensions.dp import (
     DPSGD,
     DPTrainStep,
@@ -29,6 +29,7 @@ from mlds_jax.extensions.lanczos import hessian_top_eigenvalue, sharpness, sharp
 from mlds_jax.extensions.mlp import mlp, mlp_backward, mlp_core
 from mlds_jax.extensions.per_example import (
     GradientMoments,
+    gradient_cross_gram,
     gradient_gram,
     gradient_gram_core,
     gradient_moments,
@@ -54,6 +55,7 @@ __all__ = [
     "dp_epsilon",
     "dp_value_and_grads",
     "ggn_vp",
+    "gradient_cross_gram",
     "gradient_gram",
     "gradient_gram_core",
     "gradient_moments",
@@ -69,6 +71,7 @@ __all__ = [
     "mlp_core",
     "network_exact_step_size",
     "network_max_stable_step_size",
+    "per_example_diag_ggn",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
     "per_example_grads",

@@ -20,7 +20,12 @@ from mlds_jax.extensions.density import (
     hessian_spectral_density_core,
     smoothed_density,
 )
-from mlds_jax.extensions.diag_ggn import diag_ggn, diag_ggn_core
+from mlds_jax.extensions.diag_ggn import (
+    diag_ggn,
+    diag_ggn_core,
+    per_example_diag_ggn,
+    per_example_diag_ggn_core,
+)
 from mlds_jax.extensions.ggn_factors import (
     backprop_factor,
     output_sqrt_factor,
@@ -66,6 +71,8 @@ __all__ = [
     "network_exact_step_size_core",
     "network_max_stable_step_size",
     "output_sqrt_factor",
+    "per_example_diag_ggn",
+    "per_example_diag_ggn_core",
     "sampled_output_factor",
     "sharpness",
     "sharpness_core",

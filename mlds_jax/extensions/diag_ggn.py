@@ -24,7 +24,13 @@ from mlds_jax.extensions.ggn_factors import (
 )
 from mlds_jax.layers import Dense, Params
 
-__all__ = ["diag_ggn", "diag_ggn_core", "ggn_factors_of"]
+__all__ = [
+    "diag_ggn",
+    "diag_ggn_core",
+    "ggn_factors_of",
+    "per_example_diag_ggn",
+    "per_example_diag_ggn_core",
+]
 
 
 def ggn_factors_of(
@@ -125,5 +131,68 @@ def diag_ggn(
             raise ValueError("mc_samples needs a key (jax.random.key(seed))")
         validation.check_key(key)
         out, ok = diag_ggn_core(params, X, Y, loss, w, key, m, check=True)
+    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "check"))
+def per_example_diag_ggn_core(
+    params: Params,
+    X: Array,
+    Y: Array,
+    loss: str,
+    row_weights: Array | None = None,
+    check: bool = False,
+):
+    r"""Each example's diag(w_n J_nᵀ H_n J_n), like params with a leading axis N (H18), unchecked.
+
+    Per layer the outer product of a_n ⊙ a_n (d_in) with s_n = Σ_c B_{c,n}² (d_out): the column
+    sum is taken before anything of size N·d_in·d_out is formed, so beyond the result the
+    memory is that of :func:`diag_ggn_core`.  With ``check``: (result, inputs finite).
+    """
+    del Y  # the GGN does not depend on the targets
+    w = row_weights_or_mean(X, row_weights)
+    cache = core.forward_cache(params, X)
+    B = ggn_factors_of(params, cache, loss, w)
+    out = []
+    for l, layer in enumerate(params, start=1):
+        s = jnp.sum(B[l - 1] ** 2, axis=0)  # s_n = Σ_c B_{c,n}², (N, d_l)
+        A_prev = cache.A(l - 1)
+        dW = (A_prev * A_prev)[:, :, None] * s[:, None, :]  # (H18): (N, d_in, d_out)
+        out.append(Dense(W=dW, b=s, activation=layer.activation))  # (H18)
+    result = tuple(out) if isinstance(params, tuple) else out
+    return (result, validation.all_finite(params, X)) if check else result
+
+
+def per_example_diag_ggn(
+    params: Params,
+    X: ArrayLike,
+    Y: ArrayLike,
+    loss: str,
+    *,
+    row_weights: ArrayLike | None = None,
+) -> Params:
+    r"""Each example's own diagonal GGN, like params with a leading axis N (H18).
+
+    .. math:: \mathrm{diag}(G_n)_{W^{(l)}_{ij}} = \big(a^{(l-1)}_{ni}\big)^2
+              \sum_c \big(B^{(l)}_{c,n,j}\big)^2,\qquad
+              \mathrm{diag}(G_n)_{b^{(l)}_j} = \sum_c \big(B^{(l)}_{c,n,j}\big)^2,
+
+    G_n = w_n J_nᵀ H_n J_n, with B the propagated √w_n S_n of (H8): the terms of (H10) before
+    the sum over n, so the rows sum to :func:`diag_ggn` (BackPACK's ``BatchDiagGGNExact``
+    convention: with the default w_n = 1/N multiply by N for the GGN of ℓ_n itself).  Nothing
+    of size N·K·|θ| is formed: the K columns are summed per example first.
+
+    Args:
+      params, X, Y, loss: as :func:`diag_ggn`.
+      row_weights: optional w (N,) (default 1/N).
+
+    Returns:
+      Like params, every leaf with a leading axis N: ``W`` (N, fan_in, fan_out), ``b``
+      (N, fan_out); every entry ≥ 0.
+    """
+    X0, Y0 = X, Y
+    X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
+    out, ok = per_example_diag_ggn_core(params, X, Y, loss, w, check=True)
     validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
     return out

@@ -15,7 +15,8 @@ Equations (``docs/derivations.md``, section "Per-example quantities"):
 * (P1) per-example δ̂: δ̂^(l)_n is the core's δ^(l) with w_n = 1;
 * (P2) ∇_{W^(l)} ℓ_n = a_nᵀ δ̂_n (an outer product), ∇_{b^(l)} ℓ_n = δ̂_n;
 * (P3) ‖∇_{W^(l)} ℓ_n‖² + ‖∇_{b^(l)} ℓ_n‖² = (‖a_n‖² + 1)‖δ̂_n‖² (Goodfellow, 2015);
-* (P4) ⟨∇ℓ_n, ∇ℓ_m⟩ = Σ_l (a_n·a_m + 1)(δ̂_n·δ̂_m);
+* (P4) ⟨∇ℓ_n, ∇ℓ_m⟩ = Σ_l (a_n·a_m + 1)(δ̂_n·δ̂_m), also between two sets (the cross Gram
+  matrix, TracIn-style influence of training examples on test examples (P8));
 * (P5) Σ_n c_n (∇_{W^(l)} ℓ_n)² = (A⊙A)ᵀ(c ⊙ δ̂⊙δ̂), Σ_n c_n (∇_b ℓ_n)² = Σ_n c_n δ̂_n⊙δ̂_n;
 * (P6) the moments: mean, sum of squares and (population) variance, elementwise.
 
@@ -48,6 +49,8 @@ from mlds_jax.layers import Dense, Params
 __all__ = [
     "GradientMoments",
     "check_row_weights",
+    "gradient_cross_gram",
+    "gradient_cross_gram_core",
     "gradient_gram",
     "gradient_gram_core",
     "gradient_moments",
@@ -189,6 +192,33 @@ def gradient_gram_core(
     return G
 
 
+@functools.partial(jax.jit, static_argnames=("loss", "check"))
+def gradient_cross_gram_core(
+    params: Params,
+    X1: Array,
+    Y1: Array,
+    X2: Array,
+    Y2: Array,
+    loss: str,
+    check: bool = False,
+):
+    r"""C_ij = ⟨∇ℓ(x1_i), ∇ℓ(x2_j)⟩ = Σ_l (a_i·a_j + 1)(δ̂_i·δ̂_j), equations (P4), (P8); (N1, N2).
+
+    Unchecked (prepared inputs).  One forward and one δ pass per set, then per layer the two
+    products A1 A2ᵀ and Δ1 Δ2ᵀ: memory O(N1·N2 + (N1 + N2)·Σ widths), no per-example gradient.
+    With ``check``: (C, inputs finite).
+    """
+    ones1 = jnp.ones((X1.shape[0],), X1.dtype)
+    ones2 = jnp.ones((X2.shape[0],), X2.dtype)
+    c1, c2 = core.forward_cache(params, X1), core.forward_cache(params, X2)
+    d1 = per_example_deltas(params, c1, Y1, loss, ones1)  # (P1)
+    d2 = per_example_deltas(params, c2, Y2, loss, ones2)
+    C = jnp.zeros((X1.shape[0], X2.shape[0]), X1.dtype)
+    for l in range(1, len(params) + 1):
+        C = C + (c1.A(l - 1) @ c2.A(l - 1).T + 1) * (d1[l - 1] @ d2[l - 1].T)  # (P4)
+    return (C, validation.all_finite(params, X1, X2)) if check else C
+
+
 @functools.partial(jax.jit, static_argnames=("loss",))
 def gradient_moments_core(
     params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
@@ -312,6 +342,42 @@ def gradient_gram(
       (N, N), symmetric positive semi-definite; zero rows and columns for padding.
     """
     return _call_checked(gradient_gram_core, params, X, Y, loss, row_weights)
+
+
+def gradient_cross_gram(
+    params: Params, X1: ArrayLike, Y1: ArrayLike, X2: ArrayLike, Y2: ArrayLike, loss: str
+) -> Array:
+    r"""⟨∇ℓ_i, ∇ℓ_j⟩ between every example of one set and every example of another, (P4), (P8).
+
+    .. math:: C_{ij} = \sum_l \big(a^{(l-1)}_i \cdot a^{(l-1)}_j + 1\big)
+              \big(\hat\delta^{(l)}_i \cdot \hat\delta^{(l)}_j\big)
+
+    with a, δ̂ of x1_i on the left and of x2_j on the right (unscaled per-example gradients),
+    by the ghost identity: no per-example gradient is formed.  With training examples as set
+    1 and test examples as set 2, C_ij is TracIn's influence (Pruthi et al. 2020) at these
+    parameters: one SGD step of size η on example i changes the loss of test example j by
+    −η C_ij to first order (P8), so large positive entries are helpful training examples
+    (the step lowers the test loss), large negative ones harmful.
+
+    Args:
+      params: tuple of :class:`~mlds_jax.layers.Dense`.
+      X1: first set's inputs, (N1, n_in).  Y1: its targets as for :func:`mlds_jax.loss`.
+      X2: second set's inputs, (N2, n_in).  Y2: its targets.
+      loss: loss name.
+
+    Returns:
+      C, (N1, N2); ``gradient_cross_gram(p, X, Y, X, Y, loss)`` is :func:`gradient_gram`.
+    """
+    X1p, Y1p = validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1", deferred=True)
+    X2p, Y2p = validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2", deferred=True)
+    C, ok = gradient_cross_gram_core(params, X1p, Y1p, X2p, Y2p, loss, check=True)
+
+    def recheck():
+        validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1")
+        validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2")
+
+    validation.raise_if_not_finite(ok, recheck)
+    return C
 
 
 def gradient_moments(
