@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -19,6 +18,7 @@ from mlds_jax import core, validation
 from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.ggn_factors import (
     backprop_factor,
+    column_sum_of_squares,
     output_sqrt_factor,
     sampled_output_factor,
 )
@@ -72,7 +72,7 @@ def diag_ggn_core(
     B = ggn_factors_of(params, cache, loss, w, key, mc_samples)
     out = []
     for l, layer in enumerate(params, start=1):
-        Bsq = jnp.sum(B[l - 1] ** 2, axis=0)  # Σ_c (B^(l)_{c,n,j})², (N, d_l): summed first
+        Bsq = column_sum_of_squares(B[l - 1])  # Σ_c (B^(l)_{c,n,j})², (N, d_l): summed first
         A_prev = cache.A(l - 1)
         dW = (A_prev * A_prev).T @ Bsq  # (H10)
         out.append(Dense(W=dW, b=Bsq.sum(axis=0), activation=layer.activation))  # (H10)
@@ -156,7 +156,7 @@ def per_example_diag_ggn_core(
     B = ggn_factors_of(params, cache, loss, w)
     out = []
     for l, layer in enumerate(params, start=1):
-        s = jnp.sum(B[l - 1] ** 2, axis=0)  # s_n = Σ_c B_{c,n}², (N, d_l)
+        s = column_sum_of_squares(B[l - 1])  # s_n = Σ_c B_{c,n}², (N, d_l)
         A_prev = cache.A(l - 1)
         dW = (A_prev * A_prev)[:, :, None] * s[:, None, :]  # (H18): (N, d_in, d_out)
         out.append(Dense(W=dW, b=s, activation=layer.activation))  # (H18)
