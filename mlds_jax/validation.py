@@ -335,7 +335,9 @@ def check_X(params: Params, X, name: str = "X", *, deferred: bool = False):
         check_finite(arr, name)
         if float(np.finfo(arr.dtype).max) > float(jnp.finfo(params[0].W.dtype).max):
             check_representable(arr, params[0].W.dtype, name)
-    return jnp.asarray(X).astype(params[0].W.dtype)
+    X = jnp.asarray(X)
+    # no cast (and no device op to dispatch) when X already has the params' dtype
+    return X if X.dtype == params[0].W.dtype else X.astype(params[0].W.dtype)
 
 
 def prepare_targets(
@@ -382,6 +384,8 @@ def prepare_targets(
                 )
         elif not jnp.issubdtype(Y.dtype, jnp.integer):
             raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
+        if concrete:  # checked labels: one-hot rows on the host, no device op to dispatch
+            return jnp.asarray(np.eye(n_out, dtype=jnp.dtype(dtype))[np.asarray(Y).astype(np.intp)])
         return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
     if Y.ndim == 1:
         if n_out != 1:

@@ -8,7 +8,9 @@ host checks run to name the first bad entry, with today's messages.
 
 from __future__ import annotations
 
-from typing import cast
+import functools
+from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,13 @@ from jax import Array
 from mlds_jax import validation
 from mlds_jax.layers import Dense, Params
 
-__all__ = ["check_batch_deferred", "check_direction", "check_row_weights", "row_weights_or_mean"]
+__all__ = [
+    "call_checked",
+    "check_batch_deferred",
+    "check_direction",
+    "check_row_weights",
+    "row_weights_or_mean",
+]
 
 
 def check_row_weights(row_weights, n_rows: int, dtype) -> Array:
@@ -76,11 +84,44 @@ def check_direction(params: Params, v, name: str = "v", *, finite: bool = True) 
 
 
 def check_batch_deferred(params: Params, X, Y, loss: str, row_weights=None):
-    """(X, Y, w) ready for a core, with every check that needs no pass over the values.
+    """(X, Y, w or None) ready for a core, with every check that needs no pass over the values.
 
     Shapes, dtypes, labels and the loss/output pairing are checked here; the finiteness of
     params, X and Y is left to the compiled computation (:func:`mlds_jax.validation.all_finite`
     inside it, then :func:`mlds_jax.validation.raise_if_not_finite` with the host checks).
     """
     X2, Y2 = validation.check_batch(params, X, Y, loss, deferred=True)
-    return X2, Y2, check_row_weights(row_weights, X2.shape[0], params[0].W.dtype)
+    # None stays None: the core forms 1/N itself (no separate device op for it)
+    return X2, Y2, validation.check_row_weights(row_weights, X2.shape[0], params[0].W.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("core_fn", "static", "also_finite"))
+def _flagged(args, kwargs, *, core_fn, static, also_finite):
+    # the core and the finiteness of its inputs in one program: no second pass over them
+    out = core_fn(*args, **kwargs, **dict(static))
+    return out, validation.all_finite(args[0], args[1], *(kwargs[k] for k in also_finite))
+
+
+def call_checked(
+    core_fn: Callable,
+    args: tuple,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    static: dict[str, Any] | None = None,
+    also_finite: tuple[str, ...] = (),
+    recheck: Callable[[], object],
+):
+    """``core_fn(*args, **kwargs, **static)`` with its inputs' finiteness checked inside the same
+    compiled program (params = ``args[0]``, X = ``args[1]`` and the ``also_finite`` keyword
+    arguments); when that flag is false, ``recheck()`` runs the host checks that name the bad
+    entry (:func:`mlds_jax.validation.raise_if_not_finite`).  ``static`` holds the hashable
+    arguments (loss name, sizes, flags)."""
+    out, ok = _flagged(
+        tuple(args),
+        dict(kwargs or {}),
+        core_fn=core_fn,
+        static=tuple(sorted((static or {}).items())),
+        also_finite=tuple(also_finite),
+    )
+    validation.raise_if_not_finite(ok, recheck)
+    return out

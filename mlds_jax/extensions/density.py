@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from mlds_jax import validation
-from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.lanczos import lanczos_tridiagonal
 from mlds_jax.extensions.rop import flat_operator
 from mlds_jax.layers import Params
@@ -47,7 +47,7 @@ def _nodes_and_weights(alpha: Array, beta: Array, steps: Array) -> tuple[Array, 
     return theta, U[0] ** 2  # (H17)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "num_iters", "num_probes", "check"))
+@functools.partial(jax.jit, static_argnames=("loss", "num_iters", "num_probes"))
 def hessian_spectral_density_core(
     params: Params,
     X: Array,
@@ -57,13 +57,12 @@ def hessian_spectral_density_core(
     num_iters: int = 100,
     num_probes: int = 1,
     row_weights: Array | None = None,
-    check: bool = False,
-):
+) -> tuple[Array, Array]:
     r"""(nodes, weights), each (num_probes, m), m = min(num_iters, P), unchecked (H17).
 
     Probe p is Rademacher from ``jax.random.split(key, num_probes)[p]``; several probes run
     their Lanczos loops together (``jax.vmap``: every step one block of Hessian-vector
-    products).  With ``check`` a third output: inputs finite.
+    products).
     """
     w = row_weights_or_mean(X, row_weights)
     flat, _ = ravel_pytree(params)
@@ -81,7 +80,7 @@ def hessian_spectral_density_core(
         nodes, weights = nodes[None], weights[None]
     else:
         nodes, weights = jax.vmap(one)(keys)
-    return (nodes, weights, validation.all_finite(params, X)) if check else (nodes, weights)
+    return nodes, weights
 
 
 def hessian_spectral_density(
@@ -120,9 +119,13 @@ def hessian_spectral_density(
     validation.check_key(key)
     m = validation.positive_int(num_iters, "num_iters")
     n = validation.positive_int(num_probes, "num_probes")
-    nodes, weights, ok = hessian_spectral_density_core(params, X, Y, loss, key, m, n, w, check=True)
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
-    return nodes, weights
+    return call_checked(
+        hessian_spectral_density_core,
+        (params, X, Y),
+        {"key": key, "row_weights": w},
+        static={"loss": loss, "num_iters": m, "num_probes": n},
+        recheck=lambda: validation.check_batch(params, X0, Y0, loss),
+    )
 
 
 def smoothed_density(nodes: ArrayLike, weights: ArrayLike, grid: ArrayLike, sigma: float) -> Array:

@@ -9,13 +9,14 @@ costs one (A⊙A)ᵀ(ΣB²) product whatever the number of columns.
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import jax
 from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.ggn_factors import (
     backprop_factor,
     column_sum_of_squares,
@@ -51,7 +52,7 @@ def ggn_factors_of(
     return backprop_factor(params, cache, S)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "mc_samples", "check"))
+@functools.partial(jax.jit, static_argnames=("loss", "mc_samples"))
 def diag_ggn_core(
     params: Params,
     X: Array,
@@ -60,12 +61,8 @@ def diag_ggn_core(
     row_weights: Array | None = None,
     key: Array | None = None,
     mc_samples: int = 0,
-    check: bool = False,
-):
-    r"""diag(G) like params (H10), unchecked; ``mc_samples = 0`` is exact, else Monte Carlo.
-
-    With ``check`` returns (diag(G), inputs finite).
-    """
+) -> Params:
+    r"""diag(G) like params (H10), unchecked; ``mc_samples = 0`` is exact, else Monte Carlo."""
     del Y  # the GGN does not depend on the targets
     w = row_weights_or_mean(X, row_weights)
     cache = core.forward_cache(params, X)
@@ -76,8 +73,7 @@ def diag_ggn_core(
         A_prev = cache.A(l - 1)
         dW = (A_prev * A_prev).T @ Bsq  # (H10)
         out.append(Dense(W=dW, b=Bsq.sum(axis=0), activation=layer.activation))  # (H10)
-    result = tuple(out) if isinstance(params, tuple) else out
-    return (result, validation.all_finite(params, X)) if check else result
+    return cast(Params, tuple(out) if isinstance(params, tuple) else out)
 
 
 def diag_ggn(
@@ -124,31 +120,31 @@ def diag_ggn(
                 "key is only used with mc_samples; pass mc_samples=M for the "
                 "Monte Carlo estimate or drop key for the exact diagonal"
             )
-        out, ok = diag_ggn_core(params, X, Y, loss, w, check=True)
+        kwargs, static = {"row_weights": w}, {"loss": loss}
     else:
         m = validation.positive_int(mc_samples, "mc_samples")
         if key is None:
             raise ValueError("mc_samples needs a key (jax.random.key(seed))")
         validation.check_key(key)
-        out, ok = diag_ggn_core(params, X, Y, loss, w, key, m, check=True)
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
-    return out
+        kwargs, static = {"row_weights": w, "key": key}, {"loss": loss, "mc_samples": m}
+    return call_checked(
+        diag_ggn_core,
+        (params, X, Y),
+        kwargs,
+        static=static,
+        recheck=lambda: validation.check_batch(params, X0, Y0, loss),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "check"))
+@functools.partial(jax.jit, static_argnames=("loss",))
 def per_example_diag_ggn_core(
-    params: Params,
-    X: Array,
-    Y: Array,
-    loss: str,
-    row_weights: Array | None = None,
-    check: bool = False,
-):
+    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
+) -> Params:
     r"""Each example's diag(w_n J_nᵀ H_n J_n), like params with a leading axis N (H18), unchecked.
 
     Per layer the outer product of a_n ⊙ a_n (d_in) with s_n = Σ_c B_{c,n}² (d_out): the column
     sum is taken before anything of size N·d_in·d_out is formed, so beyond the result the
-    memory is that of :func:`diag_ggn_core`.  With ``check``: (result, inputs finite).
+    memory is that of :func:`diag_ggn_core`.
     """
     del Y  # the GGN does not depend on the targets
     w = row_weights_or_mean(X, row_weights)
@@ -160,8 +156,7 @@ def per_example_diag_ggn_core(
         A_prev = cache.A(l - 1)
         dW = (A_prev * A_prev)[:, :, None] * s[:, None, :]  # (H18): (N, d_in, d_out)
         out.append(Dense(W=dW, b=s, activation=layer.activation))  # (H18)
-    result = tuple(out) if isinstance(params, tuple) else out
-    return (result, validation.all_finite(params, X)) if check else result
+    return cast(Params, tuple(out) if isinstance(params, tuple) else out)
 
 
 def per_example_diag_ggn(
@@ -193,6 +188,10 @@ def per_example_diag_ggn(
     """
     X0, Y0 = X, Y
     X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
-    out, ok = per_example_diag_ggn_core(params, X, Y, loss, w, check=True)
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
-    return out
+    return call_checked(
+        per_example_diag_ggn_core,
+        (params, X, Y),
+        {"row_weights": w},
+        static={"loss": loss},
+        recheck=lambda: validation.check_batch(params, X0, Y0, loss),
+    )

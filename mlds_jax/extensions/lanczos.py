@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from mlds_jax import validation
-from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.rop import flat_operator
 from mlds_jax.layers import Params
 
@@ -290,9 +290,7 @@ def lanczos_tridiagonal(
 
 
 # --- the Hessian ------------------------------------------------------------------------------
-@functools.partial(
-    jax.jit, static_argnames=("loss", "num_iters", "reorthogonalize", "rule", "check")
-)
+@functools.partial(jax.jit, static_argnames=("loss", "num_iters", "reorthogonalize", "rule"))
 def top_eigenpair_core(
     params: Params,
     X: Array,
@@ -304,13 +302,12 @@ def top_eigenpair_core(
     tol: float | Array = 1e-7,
     reorthogonalize: bool = True,
     rule: str = "residual",
-    check: bool = False,
-):
+) -> LanczosResult:
     r"""Lanczos on the Hessian (H11), (H15), unchecked and traceable: :class:`LanczosResult`.
 
     The hvp's forward pass and primal δ are computed once (:func:`~mlds_jax.extensions.rop.
     flat_operator`); each step runs the tangent passes only.  At most min(num_iters, P) steps
-    from a N(0, I) start vector drawn with ``key``.  With ``check``: (result, inputs finite).
+    from a N(0, I) start vector drawn with ``key``.
     """
     w = row_weights_or_mean(X, row_weights)
     flat, _ = ravel_pytree(params)
@@ -320,7 +317,7 @@ def top_eigenpair_core(
     result = lanczos_top_eigenpair(
         matvec, q0, num_iters=m, tol=tol, reorthogonalize=reorthogonalize, rule=rule
     )
-    return (result, validation.all_finite(params, X)) if check else result
+    return result
 
 
 def sharpness_core(
@@ -491,10 +488,13 @@ def hessian_top_eigenvalue(
     X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
     validation.check_key(key)
     n, t = _check_eig_args(num_iters, tol, stop, reorthogonalize)
-    result, ok = top_eigenpair_core(
-        params, X, Y, loss, key, w, n, t, reorthogonalize, stop, check=True
+    result = call_checked(
+        top_eigenpair_core,
+        (params, X, Y),
+        {"key": key, "row_weights": w, "tol": t},
+        static={"loss": loss, "num_iters": n, "reorthogonalize": reorthogonalize, "rule": stop},
+        recheck=lambda: validation.check_batch(params, X0, Y0, loss),
     )
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
     _, unravel = ravel_pytree(params)
     return result.theta, unravel(result.y)
 

@@ -44,6 +44,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
+from mlds_jax.extensions.checks import call_checked
 from mlds_jax.layers import Dense, Params
 
 __all__ = [
@@ -192,7 +193,7 @@ def gradient_gram_core(
     return G
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "check"))
+@functools.partial(jax.jit, static_argnames=("loss",))
 def gradient_cross_gram_core(
     params: Params,
     X1: Array,
@@ -200,13 +201,11 @@ def gradient_cross_gram_core(
     X2: Array,
     Y2: Array,
     loss: str,
-    check: bool = False,
-):
+) -> Array:
     r"""C_ij = ⟨∇ℓ(x1_i), ∇ℓ(x2_j)⟩ = Σ_l (a_i·a_j + 1)(δ̂_i·δ̂_j), equations (P4), (P8); (N1, N2).
 
     Unchecked (prepared inputs).  One forward and one δ pass per set, then per layer the two
     products A1 A2ᵀ and Δ1 Δ2ᵀ: memory O(N1·N2 + (N1 + N2)·Σ widths), no per-example gradient.
-    With ``check``: (C, inputs finite).
     """
     ones1 = jnp.ones((X1.shape[0],), X1.dtype)
     ones2 = jnp.ones((X2.shape[0],), X2.dtype)
@@ -216,7 +215,7 @@ def gradient_cross_gram_core(
     C = jnp.zeros((X1.shape[0], X2.shape[0]), X1.dtype)
     for l in range(1, len(params) + 1):
         C = C + (c1.A(l - 1) @ c2.A(l - 1).T + 1) * (d1[l - 1] @ d2[l - 1].T)  # (P4)
-    return (C, validation.all_finite(params, X1, X2)) if check else C
+    return C
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
@@ -263,19 +262,17 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array | None:
     return validation.check_row_weights(row_weights, n_rows, dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("core_fn", "loss", "extra"))
-def _core_and_flag(core_fn, params, X, Y, loss, w, extra=()):
-    # the core and the finiteness of its inputs in one program: no second pass over them
-    return core_fn(params, X, Y, loss, w, *extra), validation.all_finite(params, X)
-
-
-def _call_checked(core_fn, params, X, Y, loss, row_weights, *extra):
+def _call_checked(core_fn, params, X, Y, loss, row_weights, **static):
     """Host checks of shapes, dtypes and labels; the core; finiteness from inside it."""
     X2, Y2 = validation.check_batch(params, X, Y, loss, deferred=True)
     w = check_row_weights(row_weights, X2.shape[0], X2.dtype)
-    out, ok = _core_and_flag(core_fn, params, X2, Y2, loss, w, tuple(extra))
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X, Y, loss))
-    return out
+    return call_checked(
+        core_fn,
+        (params, X2, Y2),
+        {"row_weights": w},
+        static={"loss": loss, **static},
+        recheck=lambda: validation.check_batch(params, X, Y, loss),
+    )
 
 
 def per_example_grads(
@@ -325,7 +322,9 @@ def per_example_grad_norms(
     """
     if not isinstance(by_layer, bool):
         raise TypeError(f"by_layer must be a bool, got {by_layer!r}")
-    return _call_checked(per_example_grad_norms_core, params, X, Y, loss, row_weights, by_layer)
+    return _call_checked(
+        per_example_grad_norms_core, params, X, Y, loss, row_weights, by_layer=by_layer
+    )
 
 
 def gradient_gram(
@@ -370,14 +369,19 @@ def gradient_cross_gram(
     """
     X1p, Y1p = validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1", deferred=True)
     X2p, Y2p = validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2", deferred=True)
-    C, ok = gradient_cross_gram_core(params, X1p, Y1p, X2p, Y2p, loss, check=True)
 
     def recheck():
         validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1")
         validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2")
 
-    validation.raise_if_not_finite(ok, recheck)
-    return C
+    return call_checked(
+        gradient_cross_gram_core,
+        (params, X1p, Y1p),
+        {"X2": X2p, "Y2": Y2p},
+        static={"loss": loss},
+        also_finite=("X2",),
+        recheck=recheck,
+    )
 
 
 def gradient_moments(

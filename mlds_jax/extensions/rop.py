@@ -37,6 +37,7 @@ from jax.typing import ArrayLike
 from mlds_jax import core, validation
 from mlds_jax.activations import ACTIVATIONS
 from mlds_jax.extensions.checks import (
+    call_checked,
     check_batch_deferred,
     check_direction,
     row_weights_or_mean,
@@ -158,53 +159,44 @@ def curvature_vp(
     return tangent_backward(params, cache, deltas, v, t, dd_L)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "check"))
+def _vp(params, X, Y, loss, v, row_weights, *, ggn: bool) -> Params:
+    w = row_weights_or_mean(X, row_weights)
+    return curvature_vp(params, core.forward_cache(params, X), Y, loss, v, w, ggn=ggn)
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
 def hvp_core(
-    params: Params,
-    X: Array,
-    Y: Array,
-    loss: str,
-    v: Params,
-    row_weights: Array | None = None,
-    check: bool = False,
-):
-    """H v by the R-operator (H1)-(H4), unchecked; inputs prepared as for :mod:`mlds_jax.core`.
-
-    With ``check`` it returns (H v, all inputs finite) (:func:`mlds_jax.validation.all_finite`).
-    """
-    w = row_weights_or_mean(X, row_weights)
-    out = curvature_vp(params, core.forward_cache(params, X), Y, loss, v, w, ggn=False)
-    return (out, validation.all_finite(params, X, v)) if check else out
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
+    """H v by the R-operator (H1)-(H4), unchecked; inputs prepared as for :mod:`mlds_jax.core`."""
+    return _vp(params, X, Y, loss, v, row_weights, ggn=False)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "check"))
+@functools.partial(jax.jit, static_argnames=("loss",))
 def ggn_vp_core(
-    params: Params,
-    X: Array,
-    Y: Array,
-    loss: str,
-    v: Params,
-    row_weights: Array | None = None,
-    check: bool = False,
-):
-    """G v = Jᵀ H_out J v (H7), unchecked (``check`` as :func:`hvp_core`)."""
-    w = row_weights_or_mean(X, row_weights)
-    out = curvature_vp(params, core.forward_cache(params, X), Y, loss, v, w, ggn=True)
-    return (out, validation.all_finite(params, X, v)) if check else out
+    params: Params, X: Array, Y: Array, loss: str, v: Params, row_weights: Array | None = None
+) -> Params:
+    """G v = Jᵀ H_out J v (H7), unchecked."""
+    return _vp(params, X, Y, loss, v, row_weights, ggn=True)
 
 
 def _checked_vp(core_fn, params, X, Y, loss, v, row_weights) -> Params:
     X0, Y0 = X, Y
     X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
     check_direction(params, v, finite=False)
-    out, ok = core_fn(params, X, Y, loss, v, w, check=True)
 
     def recheck():
         validation.check_batch(params, X0, Y0, loss)
         check_direction(params, v)
 
-    validation.raise_if_not_finite(ok, recheck)
-    return out
+    return call_checked(
+        core_fn,
+        (params, X, Y),
+        {"v": v, "row_weights": w},
+        static={"loss": loss},
+        also_finite=("v",),
+        recheck=recheck,
+    )
 
 
 def hvp(

@@ -11,7 +11,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.lanczos import sharpness
 from mlds_jax.extensions.rop import curvature_vp
 from mlds_jax.layers import Params
@@ -65,25 +65,19 @@ def network_max_stable_step_size(
     return 2.0 / lam
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "check"))
+@functools.partial(jax.jit, static_argnames=("loss",))
 def network_exact_step_size_core(
-    params: Params,
-    X: Array,
-    Y: Array,
-    loss: str,
-    row_weights: Array | None = None,
-    check: bool = False,
-):
+    params: Params, X: Array, Y: Array, loss: str, row_weights: Array | None = None
+) -> Array:
     r"""η = gᵀg / gᵀHg along −g (S1), unchecked; g by the hand-derived backward, one forward."""
     w = row_weights_or_mean(X, row_weights)
     cache = core.forward_cache(params, X)
     g = core.backward(params, cache, Y, loss, row_weights=w).grads
     Hg = curvature_vp(params, cache, Y, loss, g, w, ggn=False)
     leaves_g, leaves_Hg = jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(Hg)
-    gg = sum(jnp.vdot(a, a) for a in leaves_g)
-    gHg = sum(jnp.vdot(a, b) for a, b in zip(leaves_g, leaves_Hg, strict=True))
-    eta = gg / gHg  # (S1)
-    return (eta, validation.all_finite(params, X)) if check else eta
+    gg = jnp.sum(jnp.stack([jnp.vdot(a, a) for a in leaves_g]))
+    gHg = jnp.sum(jnp.stack([jnp.vdot(a, b) for a, b in zip(leaves_g, leaves_Hg, strict=True)]))
+    return gg / gHg  # (S1)
 
 
 def network_exact_step_size(
@@ -103,9 +97,15 @@ def network_exact_step_size(
     """
     X0, Y0 = X, Y
     X, Y, w = check_batch_deferred(params, X, Y, loss, row_weights)
-    eta_a, ok = network_exact_step_size_core(params, X, Y, loss, w, check=True)
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
-    eta = float(eta_a)
+    eta = float(
+        call_checked(
+            network_exact_step_size_core,
+            (params, X, Y),
+            {"row_weights": w},
+            static={"loss": loss},
+            recheck=lambda: validation.check_batch(params, X0, Y0, loss),
+        )
+    )
     if not (math.isfinite(eta) and eta > 0.0):
         raise ValueError(
             f"the exact step gᵀg/gᵀHg is {eta}: the curvature along the "

@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from mlds_jax import validation
-from mlds_jax.extensions.checks import check_batch_deferred, row_weights_or_mean
+from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.rop import flat_operator
 from mlds_jax.layers import Params
 
@@ -47,7 +47,7 @@ def _blocked(matvec, V: Array, block: int) -> Array:
     return HV.reshape(nb * block, P)[:S]
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "samples", "block", "check"))
+@functools.partial(jax.jit, static_argnames=("loss", "samples", "block"))
 def hessian_trace_core(
     params: Params,
     X: Array,
@@ -57,13 +57,11 @@ def hessian_trace_core(
     samples: int,
     row_weights: Array | None = None,
     block: int = 10,
-    check: bool = False,
-):
+) -> tuple[Array, Array]:
     r"""Hutchinson's estimate (H12), unchecked: (mean of vᵀHv, each probe's vᵀHv (samples,)).
 
     Probe s is Rademacher from ``jax.random.split(key, samples)[s]``; ``block`` probes share
-    one vmapped application of the tangent passes.  With ``check`` a third output: inputs
-    finite.
+    one vmapped application of the tangent passes.
     """
     w = row_weights_or_mean(X, row_weights)
     flat, _ = ravel_pytree(params)
@@ -79,11 +77,10 @@ def hessian_trace_core(
 
     per_probe = jax.lax.map(one_block, keys.reshape(nb, block))
     per_probe = per_probe.reshape(-1)[:samples]
-    est = jnp.mean(per_probe)
-    return (est, per_probe, validation.all_finite(params, X)) if check else (est, per_probe)
+    return jnp.mean(per_probe), per_probe
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "samples", "block", "check"))
+@functools.partial(jax.jit, static_argnames=("loss", "samples", "block"))
 def hutch_plus_plus_core(
     params: Params,
     X: Array,
@@ -93,8 +90,7 @@ def hutch_plus_plus_core(
     samples: int,
     row_weights: Array | None = None,
     block: int = 10,
-    check: bool = False,
-):
+) -> Array:
     r"""Hutch++ (H16), unchecked: tr(QᵀHQ) + Hutchinson on (I − QQᵀ)H(I − QQᵀ); a scalar.
 
     ``samples`` Hessian-vector products in all: k = samples // 3 for the sketch H S
@@ -116,8 +112,7 @@ def hutch_plus_plus_core(
     G = _probes(k2, (g, flat.shape[0]), flat.dtype)
     G_perp = G - (G @ Q) @ Q.T if k > 0 else G  # (I − QQᵀ) g
     HG = _blocked(matvec, G_perp, block)
-    est = est + jnp.sum(G_perp * HG) / g  # (H16)
-    return (est, validation.all_finite(params, X)) if check else est
+    return est + jnp.sum(G_perp * HG) / g  # (H16)
 
 
 def hessian_trace(
@@ -157,11 +152,14 @@ def hessian_trace(
     validation.check_key(key)
     s = validation.positive_int(samples, "samples")
     b = validation.positive_int(block, "block")
-    if method == "hutchinson":
-        est, _, ok = hessian_trace_core(params, X, Y, loss, key, s, w, min(b, s), check=True)
-    elif method == "hutch++":
-        est, ok = hutch_plus_plus_core(params, X, Y, loss, key, s, w, b, check=True)
-    else:
+    if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {list(TRACE_METHODS)}, got {method!r}")
-    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
-    return est
+    core_fn = hessian_trace_core if method == "hutchinson" else hutch_plus_plus_core
+    out = call_checked(
+        core_fn,
+        (params, X, Y),
+        {"key": key, "row_weights": w},
+        static={"loss": loss, "samples": s, "block": min(b, s)},
+        recheck=lambda: validation.check_batch(params, X0, Y0, loss),
+    )
+    return out[0] if method == "hutchinson" else out
