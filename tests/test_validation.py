@@ -829,3 +829,16 @@ def test_bad_names_for_activations_losses_and_sizes(key):
         mj.activations.get_activation("gelu")
     with pytest.raises(ValueError, match=r"unknown loss 'hinge'"):
         mj.evaluate(base_problem("mse")[0], base_problem("mse")[1], base_problem("mse")[2], "hinge")
+
+
+def test_all_finite_flags_nan_and_inf_inside_jit():
+    """The in-program finiteness check (the checked API's one flag): NaN, +inf and -inf anywhere
+    in a large leaf make it false (XLA:CPU's max-reduction would let a NaN through; this must
+    not), empty and integer leaves are ignored."""
+    check = jax.jit(lambda *trees: mj.validation.all_finite(*trees))
+    clean = np.ones((300, 200), np.float32)
+    assert bool(check(clean, np.zeros((0, 3), np.float32), np.arange(3)))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = clean.copy()
+        x[150, 100] = bad
+        assert not bool(check(np.ones(3, np.float32), x))
