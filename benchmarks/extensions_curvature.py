@@ -1,218 +1,173 @@
-r"""Benchmark of the hand-derived curvature products (``mlds_jax.extensions.curvature``).
+r"""Curvature extensions against their peers: hvp, diagonal GGN, KFAC, λ_max, trace, density.
 
-Run ``.venv/bin/python benchmarks/extensions_curvature.py`` for the MNIST-size table, or
-``--size tiny`` for a quick smoke run.  Prints a markdown table per batch size.
+Run ``python benchmarks/extensions_curvature.py`` (``--size tiny`` for a smoke run,
+``--rows hvp,eig`` and ``--batches 128`` to select).  With the peers installed (``pip install
+'mlds-jax[peers]'`` in a separate environment; run it there with ``PYTHONPATH=$PWD``) every row
+times ours against the peer; without them the peer rows are skipped.  Harness, fairness and
+the peers' set-up: ``benchmarks/peers.py``.
 
-Workload: a 784-512-256-10 MLP (float32, relu hidden layers, softmax + cross-entropy, K = 10)
-on synthetic N(0, 1) inputs with random labels, batches of 128 and 1024 rows.  Contenders,
-each a compiled function of (params, v):
+Rows (784-512-256-10 relu/softmax + cross-entropy, float32; ratio = peer time ÷ ours, our
+public API against the peer's as users call it):
 
-* ``value_and_grads``: ``mlds_jax.core.value_and_grads`` jitted (manual backward): the baseline;
-* ``hvp (R-op)``: ``curvature.hvp_core``, the hand-derived R-operator;
-* ``jvp(grad)``: ``jax.jvp(jax.grad(batch_loss))``, forward-over-reverse autodiff;
-* ``ggn_vp``: ``curvature.ggn_vp_core``;
-* ``diag_ggn exact``: ``curvature.diag_ggn_core`` (K backward passes of the square-root factor);
-* ``Lanczos step …``: the Lanczos steps (an hvp, the three-term recurrence and, for
-  ``reorth.``, full reorthogonalisation against the rows 0..k filled so far; ``plain`` without),
-  from a basis built by 10 real Lanczos steps from a random start, stored in a 21-row Q:
+* ``hvp``: ``mj.hvp`` vs double backward (``torch.autograd.grad`` twice, what PyHessian does)
+  from scratch (forward included) (target ≥ 1.2×);
+* ``diag-ggn``: ``mj.diag_ggn`` vs BackPACK ``DiagGGNExact`` (≥ 2×);
+* ``kfac``: ``mj.kfac_factors(kind="exact")`` vs BackPACK ``KFLR`` (≥ 3×);
+* ``eig``: ``mj.hessian_top_eigenvalue(tol=1e-3)`` (eigenvalue-error rule) vs PyHessian
+  ``eigenvalues()`` (power iteration, tol 1e-3), both from building the Hessian object; the
+  relative error of each against a tight reference (our residual rule, tol 1e-6) is printed
+  (≥ 2×);
+* ``trace``: ``mj.hessian_trace(samples=100)`` vs PyHessian ``trace(maxIter=100)`` with its
+  early stop disabled (100 probes) (≥ 1.5×);
+* ``density``: ``mj.hessian_spectral_density(num_iters=100, num_probes=1)`` vs PyHessian
+  ``density(iter=100, n_v=1)`` (``torch.eig`` shimmed by ``torch.linalg.eigh``) (≥ 5×).
 
-  - ``single call (k = 10)``: one ``curvature.lanczos_step_core`` at step k = 10 (one
-    compiled call per step, as a step-by-step loop would run it);
-  - ``chunk k = 10..17, per step``: one ``curvature.lanczos_steps_core`` call running steps
-    10..17 in its ``fori_loop`` (as ``lanczos_core`` runs them), its time divided by 8;
-  - ``lanczos_core, 20 steps, per step``: the whole ``curvature.lanczos_core`` with tol = 0
-    and num_iters = 20 (it runs all 20 steps: start vector, compiled chunks, the host's float64
-    convergence check of every step, the Ritz vector), its time divided by 20.
-
-  One step should cost one hvp.
-
-Method: after one compile-and-warm-up call each, ``--rounds`` interleaved rounds (the order
-rotated every round); each contender is timed once per round with ``block_until_ready`` (and
-divided by its number of steps where it runs several); the table shows the median and the
-ratio to the baseline's median in the same run.  The machine
-is shared and noisy: ratios are more stable than absolute times.
-Targets (issue 14): hvp ≤ 2.5× value_and_grads and no slower than jvp(grad); exact diag_ggn
-≤ (K + 1)× a gradient; one Lanczos step ≈ one hvp.
+FLOPs: the matrix products', counted from the layer sizes (F = one forward's 2N Σ d_in d_out,
+F' the same without the first layer): hvp 3F + 4F' (forward, δs, the two tangent passes);
+diag GGN 2F + K·F'; KFAC F + K·F' + Σ 2N(d_in + 1)² + 2KN Σ d_out²; λ_max, trace, density
+(steps)·(2F + 3F') plus the forward and δs; the Lanczos reorthogonalisation adds 2·Σk·P
+multiply-adds.  "% of limit": those FLOPs at XLA's measured GEMM speed (same run) ÷ our time.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import os
+import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-import mlds_jax as mj
-from mlds_jax.extensions import curvature
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
 
-SIZES = {"full": [784, 512, 256, 10], "tiny": [64, 32, 10]}
-BATCHES = {"full": (128, 1024), "tiny": (32,)}
-LOSS = "cross_entropy"
+import mlds_jax as mj  # noqa: E402
+from mlds_jax.extensions import curvature  # noqa: E402
 
-
-def problem(sizes: list[int], batch: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    params = mj.init_mlp(
-        jax.random.key(seed), sizes, hidden="relu", output="softmax", dtype=jnp.float32
-    )
-    X = jnp.asarray(rng.standard_normal((batch, sizes[0])), jnp.float32)
-    Y = jax.nn.one_hot(rng.integers(0, sizes[-1], batch), sizes[-1], dtype=jnp.float32)
-    v = jax.tree_util.tree_map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params
-    )
-    return params, X, Y, v
+ROWS = ["hvp", "diag-ggn", "kfac", "eig", "trace", "density"]
+BATCHES = {"full": [128, 1024], "tiny": [16]}
+TARGETS = {"hvp": 1.2, "diag-ggn": 2.0, "kfac": 3.0, "eig": 2.0, "trace": 1.5, "density": 5.0}
+PEER = {"hvp": "torch", "diag-ggn": "backpack", "kfac": "backpack", "eig": "pyhessian",
+        "trace": "pyhessian", "density": "pyhessian"}  # fmt: skip
+LOSS = peers.LOSS
 
 
-Contender = tuple[Callable[[], object], int]  # (call, steps it runs: its time is divided by it)
+def flops_of(name, sizes, N, steps=0):
+    F, Fp = peers.forward_flops(sizes, N)
+    K = sizes[-1]
+    P = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    tangent = 2 * F + 3 * Fp  # A V, Ȧ W; Aᵀδ̇, Ȧᵀδ; δ̇Wᵀ, δVᵀ
+    if name == "hvp":
+        return F + Fp + tangent
+    if name == "diag-ggn":
+        return 2 * F + K * Fp
+    if name == "kfac":
+        a = sum(2 * N * (d + 1) ** 2 for d in sizes[:-1])
+        return F + K * Fp + a + 2 * K * N * sum(d * d for d in sizes[1:])
+    reorth = 2 * 2 * P * steps * (steps + 1) / 2  # 2(k + 1)·P multiply-adds at step k
+    return F + Fp + steps * tangent + (reorth if name in ("eig", "density") else 0)
 
-LANCZOS_K, LANCZOS_CHUNK, LANCZOS_ROWS, LANCZOS_CORE_STEPS = 10, 8, 21, 20
 
-
-def lanczos_basis(params, X, Y, w) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(Q, alpha, beta) after LANCZOS_K real Lanczos steps from a random unit vector."""
-    P = ravel_pytree(params)[0].shape[0]
-    q0 = jax.random.normal(jax.random.key(2), (P,), jnp.float32)
-    Q = jnp.zeros((LANCZOS_ROWS, P), jnp.float32).at[0].set(q0 / jnp.linalg.norm(q0))
-    ab = jnp.zeros((LANCZOS_ROWS - 1,), jnp.float32)
-    k = jnp.asarray(LANCZOS_K, jnp.int32)
-    return curvature.lanczos_steps_core(params, X, Y, LOSS, w, Q, ab, ab, jnp.int32(0), k, True)
-
-
-def lanczos_step(params, X, Y, w, reorthogonalize: bool) -> Contender:
-    """One ``lanczos_step_core`` call at step k = LANCZOS_K."""
-    Q, _, beta = lanczos_basis(params, X, Y, w)
-    state = {"Q": Q}
-    k, b = jnp.asarray(LANCZOS_K, jnp.int32), beta[LANCZOS_K - 1]
-
-    def run():
-        Q, a, _ = curvature.lanczos_step_core(
-            params, X, Y, LOSS, w, state["Q"], k, b, reorthogonalize
+def contenders(name, params, X, y, v, key, torch_side, peer_ok):
+    """(ours, peer or None, steps, note) for one row: zero-arg callables."""
+    note, steps, ref = "", 0, None
+    if name == "hvp":
+        ours = lambda: mj.hvp(params, X, y, LOSS, v)  # noqa: E731
+        ref = peer_ok and torch_side.double_backward_hvp(v)
+    elif name == "diag-ggn":
+        ours = lambda: mj.diag_ggn(params, X, y, LOSS)  # noqa: E731
+        ref = peer_ok and torch_side.backpack_second_order("diag")
+    elif name == "kfac":
+        ours = lambda: mj.kfac_factors(params, X, y, LOSS)  # noqa: E731
+        ref = peer_ok and torch_side.backpack_second_order("kflr")
+    elif name == "eig":
+        lam_ref, _ = mj.hessian_top_eigenvalue(
+            params, X, y, LOSS, key=key, tol=1e-6, stop="residual"
         )
-        state["Q"] = Q  # the buffer is donated: keep the returned one
-        return a
-
-    return run, 1
-
-
-def lanczos_chunk(params, X, Y, w, reorthogonalize: bool) -> Contender:
-    """One ``lanczos_steps_core`` call running steps LANCZOS_K .. LANCZOS_K + LANCZOS_CHUNK − 1."""
-    Q, alpha, beta = lanczos_basis(params, X, Y, w)
-    state = {"Q": Q}
-    start = jnp.asarray(LANCZOS_K, jnp.int32)
-    stop = jnp.asarray(LANCZOS_K + LANCZOS_CHUNK, jnp.int32)
-
-    def run():
-        Q, a, _ = curvature.lanczos_steps_core(
-            params, X, Y, LOSS, w, state["Q"], alpha, beta, start, stop, reorthogonalize
+        lam_ref = float(lam_ref)
+        Xp, Yp = mj.validation.check_batch(params, X, y, LOSS)
+        r = curvature.top_eigenpair_core(
+            params, Xp, Yp, LOSS, key, None, 100, 1e-3, True, "eigenvalue"
         )
-        state["Q"] = Q  # donated; rows beyond LANCZOS_K are rewritten by every call
-        return a
+        steps = int(r.steps)
 
-    return run, LANCZOS_CHUNK
+        def ours():
+            return mj.hessian_top_eigenvalue(params, X, y, LOSS, key=key, tol=1e-3)[0]
 
+        err = abs(float(ours()) - lam_ref) / abs(lam_ref)
+        note = f"ours: {steps} steps, rel. error {err:.1e}"
+        ref = peer_ok and torch_side.pyhessian("eigenvalues")
+        if ref:
+            lam_p = ref()[0][0]
+            note += f"; PyHessian rel. error {abs(lam_p - lam_ref) / abs(lam_ref):.1e}"
+    elif name == "trace":
+        steps = 100
+        ours = lambda: mj.hessian_trace(params, X, y, LOSS, key=key, samples=100)  # noqa: E731
+        ref = peer_ok and torch_side.pyhessian("trace", maxIter=100, tol=-1.0)
+    else:
+        steps = 100
 
-def lanczos_whole(params, X, Y, w, reorthogonalize: bool) -> Contender:
-    """``lanczos_core`` with tol = 0: exactly LANCZOS_CORE_STEPS steps."""
-    key = jax.random.key(3)
+        def ours():
+            return mj.hessian_spectral_density(
+                params, X, y, LOSS, key=key, num_iters=100, num_probes=1
+            )
 
-    def run():
-        return curvature.lanczos_core(
-            params, X, Y, LOSS, key, w, LANCZOS_CORE_STEPS, 0.0, reorthogonalize
-        )[1]
-
-    return run, LANCZOS_CORE_STEPS
-
-
-#: the Lanczos rows: (label, kind, reorthogonalize)
-LANCZOS_ROWS_SPEC = [
-    ("Lanczos step, reorth., single call (k = 10)", lanczos_step, True),
-    ("Lanczos step, reorth., chunk k = 10..17, per step", lanczos_chunk, True),
-    ("Lanczos step, reorth., lanczos_core 20 steps, per step", lanczos_whole, True),
-    ("Lanczos step, plain, single call (k = 10)", lanczos_step, False),
-    ("Lanczos step, plain, chunk k = 10..17, per step", lanczos_chunk, False),
-    ("Lanczos step, plain, lanczos_core 20 steps, per step", lanczos_whole, False),
-]
+        ref = peer_ok and torch_side.pyhessian("density", iter=100, n_v=1)
+    return ours, ref or None, steps, note
 
 
-def contenders(params, X, Y, v) -> dict[str, Contender]:
-    w = jnp.full((X.shape[0],), 1.0 / X.shape[0], jnp.float32)
-    # every contender takes X and Y as arguments (none closes over them as constants)
-    vag = jax.jit(lambda p, X, Y: mj.core.value_and_grads(p, X, Y, LOSS))
-    jvp_grad = jax.jit(
-        lambda p, t, X, Y: jax.jvp(
-            jax.grad(lambda q: mj.core.batch_loss(q, X, Y, LOSS)), (p,), (t,)
-        )[1]
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(peers.SIZES), default="full")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {ROWS}")
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else BATCHES[args.size]
+    rounds = args.rounds or (3 if args.size == "tiny" else 7)
+    sizes = peers.SIZES[args.size]
+    have = peers.available()
+    limit = peers.gemm_limit()
+    print(
+        f"# curvature extensions: sizes {sizes}, float32, {rounds} interleaved rounds, medians; "
+        f"jax {jax.__version__}; peers {', '.join(k for k, v in have.items() if v) or 'none'}; "
+        f"XLA GEMM {limit / 1e9:.0f} GFLOP/s; load {os.getloadavg()[0]:.2f}"
     )
-    out: dict[str, Contender] = {
-        "value_and_grads (baseline)": (lambda: vag(params, X, Y), 1),
-        "hvp (R-op)": (lambda: curvature.hvp_core(params, X, Y, LOSS, v, w), 1),
-        "jvp(grad)": (lambda: jvp_grad(params, v, X, Y), 1),
-        "ggn_vp": (lambda: curvature.ggn_vp_core(params, X, Y, LOSS, v, w), 1),
-        "diag_ggn exact": (lambda: curvature.diag_ggn_core(params, X, Y, LOSS, w), 1),
-    }
-    for name, make, reorth in LANCZOS_ROWS_SPEC:
-        out[name] = make(params, X, Y, w, reorth)
+    print(
+        "\n| row | batch | ours ms | peer ms | peer ÷ ours | target | met | GFLOP | "
+        "% of limit | note |"
+    )
+    print("|---|---:|---:|---:|---:|---|---|---:|---:|---|")
+    out = []
+    for N in batches:
+        params, X, y, Y, v = peers.problem(sizes, N)
+        torch_side = peers.Torch(params, X, y) if have["torch"] else None
+        key = jax.random.key(1)
+        for name in rows:
+            peer_ok = torch_side is not None and have.get(PEER[name], False)
+            ours, ref, steps, note = contenders(name, params, X, y, v, key, torch_side, peer_ok)
+            fns = {"ours": ours} | ({"ref": ref} if ref else {})
+            med = peers.interleaved(fns, rounds)
+            flops = flops_of(name, sizes, N, steps)
+            target = TARGETS[name]
+            if ref:
+                ratio = med["ref"] / med["ours"]
+                peer_ms, ratio_s, met = f"{1e3 * med['ref']:.1f}", f"{ratio:.2f}×", ratio >= target
+            else:
+                ratio, peer_ms, ratio_s, met = None, "skipped", "–", None
+            print(
+                f"| {name} | {N} | {1e3 * med['ours']:.1f} | {peer_ms} | {ratio_s} | ≥ {target}× | "
+                f"{'' if met is None else ('yes' if met else 'NO')} | {flops / 1e9:.2f} | "
+                f"{100 * flops / limit / med['ours']:.0f}% | {note} |"
+            )
+            out.append({"row": name, "batch": N, "ours_s": med["ours"], "ratio": ratio})
     return out
 
 
-def measure(fns: dict[str, Contender], rounds: int) -> dict[str, float]:
-    for fn, _ in fns.values():  # compile and warm up
-        jax.block_until_ready(fn())
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            fn, steps = fns[n]
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[n].append((time.perf_counter() - t0) / steps)
-    med = {n: statistics.median(t) for n, t in times.items()}
-    return med
-
-
-def table(batch: int, med: dict[str, float], K: int) -> str:
-    base = med["value_and_grads (baseline)"]
-    hvp = med["hvp (R-op)"]
-    targets = {
-        "hvp (R-op)": f"≤ 2.5× baseline, ≤ jvp(grad) ({hvp / med['jvp(grad)']:.2f}× it)",
-        "diag_ggn exact": f"≤ (K + 1) = {K + 1}× a gradient",
-    }
-    for name, _, _ in LANCZOS_ROWS_SPEC:
-        targets[name] = f"≈ 1 hvp ({med[name] / hvp:.2f}× hvp)"
-    lines = [
-        f"\n### batch {batch}\n",
-        "| contender | median (ms) | × baseline | target |",
-        "|---|---:|---:|---|",
-    ]
-    for n, t in med.items():
-        lines.append(f"| {n} | {1e3 * t:.2f} | {t / base:.2f} | {targets.get(n, '')} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--rounds", type=int, default=None)
-    args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.size == "tiny" else 15)
-    sizes = SIZES[args.size]
-    print(
-        f"# curvature benchmark: sizes {sizes}, float32, {LOSS}, {rounds} rounds, "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}"
-    )
-    results = {}
-    for batch in BATCHES[args.size]:
-        med = measure(contenders(*problem(sizes, batch)), rounds)
-        results[batch] = med
-        print(table(batch, med, sizes[-1]))
-    return results
-
-
 if __name__ == "__main__":
+    np.set_printoptions(precision=3)
     main()

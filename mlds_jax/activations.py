@@ -11,7 +11,10 @@ Softmax is not element-wise: its derivative is a Jacobian per row, so it is
 given as a Jacobian-vector product (``softmax_backward``) instead.
 
 Registry: ``ACTIVATIONS[name]`` is an :class:`Activation` with ``fn``,
-``prime`` and ``prime2`` (``None`` for softmax) and ``backward(dA, Z) -> dZ``.
+``prime`` and ``prime2`` (``None`` for softmax), ``backward(dA, Z) -> dZ`` and the two
+second-order rules the curvature extensions run on tangents: ``jvp(Z, A, Zdot) -> Adot``
+(the tangent, (H1)) and ``curvature(Z, A, Zdot, dA)`` (the f'' term of the tangent backward,
+(H3), (H4)), with ``zero_curvature`` set where f'' = 0.
 The derivatives are equations (A1)-(A7) of ``docs/derivations.md``; the second derivatives
 f'' (A8) are what curvature (Hessian-vector products) needs beyond the gradient.
 This module imports nothing from the package.
@@ -47,6 +50,8 @@ __all__ = [
     "sigmoid_prime2",
     "softmax",
     "softmax_backward",
+    "softmax_curvature",
+    "softmax_jvp",
     "softplus",
     "softplus_prime",
     "softplus_prime2",
@@ -201,6 +206,25 @@ def softmax_backward(dA: Array, Z: Array) -> Array:
     return A * (dA - jnp.sum(dA * A, axis=-1, keepdims=True))
 
 
+def softmax_jvp(Z: Array, A: Array, Zdot: Array) -> Array:
+    r"""Ȧ = J_softmax Ż, row by row ȧ = a ⊙ (ż − ⟨ż, a⟩) (A7), (H1); (batch, K).
+
+    ``Z`` is unused (A = softmax(Z) is given); the signature is every activation's.
+    """
+    del Z
+    return A * (Zdot - jnp.sum(Zdot * A, axis=-1, keepdims=True))  # (H1)
+
+
+def softmax_curvature(Z: Array, A: Array, Zdot: Array, dA: Array) -> Array:
+    r"""The tangent of δ = a ⊙ (g − ⟨g, a⟩) with g = dA held fixed and a moving along ȧ (H4).
+
+    ȧ ⊙ (g − ⟨g, a⟩) − a ⟨g, ȧ⟩ per row; (batch, K).
+    """
+    Adot = softmax_jvp(Z, A, Zdot)
+    inner = jnp.sum(dA * A, axis=-1, keepdims=True)
+    return Adot * (dA - inner) - A * jnp.sum(dA * Adot, axis=-1, keepdims=True)  # (H4)
+
+
 @dataclass(frozen=True)
 class Activation:
     """An activation with its hand-derived backward rule.
@@ -211,6 +235,12 @@ class Activation:
       prime: f'(Z) for element-wise activations, ``None`` for softmax.
       prime2: f''(Z) for element-wise activations, ``None`` for softmax.
       backward: (dA, Z) -> dZ; ``dA ⊙ f'(Z)`` for element-wise ones.
+      jvp: (Z, A, Ż) -> Ȧ = J_f(Z) Ż, the forward tangent (H1); A = f(Z) is passed so
+        softmax need not recompute it.
+      curvature: (Z, A, Ż, dA) -> the f'' term of the tangent backward, (d/dt J_f(Z(t))ᵀ) dA
+        along Ż: dA ⊙ f''(Z) ⊙ Ż element-wise (H3), (H4) for softmax.
+      zero_curvature: f'' = 0 (identity, relu, leaky relu away from the kink): the curvature
+        term is zero and the extensions skip it.
       elementwise: whether f acts entry by entry.
     """
 
@@ -219,17 +249,44 @@ class Activation:
     prime: Callable[[Array], Array] | None
     prime2: Callable[[Array], Array] | None
     backward: Callable[[Array, Array], Array]
+    jvp: Callable[[Array, Array, Array], Array]
+    curvature: Callable[[Array, Array, Array, Array], Array]
+    zero_curvature: bool = False
     elementwise: bool = True
 
 
 def _elementwise(
-    name: str, fn: Callable, prime: Callable, prime2: Callable, backward: Callable | None = None
+    name: str,
+    fn: Callable,
+    prime: Callable,
+    prime2: Callable,
+    backward: Callable | None = None,
+    *,
+    zero_curvature: bool = False,
 ) -> Activation:
     # dL/dZ = dL/dA ⊙ f'(Z), equation (B5)
     def times_prime(dA: Array, Z: Array) -> Array:
         return dA * prime(Z)
 
-    return Activation(name, fn, prime, prime2, times_prime if backward is None else backward, True)
+    def jvp(Z: Array, A: Array, Zdot: Array) -> Array:
+        del A
+        return prime(Z) * Zdot  # (H1)
+
+    def curvature(Z: Array, A: Array, Zdot: Array, dA: Array) -> Array:
+        del A
+        return dA * prime2(Z) * Zdot  # (H3)
+
+    return Activation(
+        name,
+        fn,
+        prime,
+        prime2,
+        times_prime if backward is None else backward,
+        jvp,
+        curvature,
+        zero_curvature,
+        True,
+    )
 
 
 def relu_backward(dA: Array, Z: Array) -> Array:
@@ -242,13 +299,26 @@ def relu_backward(dA: Array, Z: Array) -> Array:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": _elementwise("identity", identity, identity_prime, identity_prime2),
+    "identity": _elementwise(
+        "identity", identity, identity_prime, identity_prime2, zero_curvature=True
+    ),
     "sigmoid": _elementwise("sigmoid", sigmoid, sigmoid_prime, sigmoid_prime2),
     "tanh": _elementwise("tanh", tanh, tanh_prime, tanh_prime2),
-    "relu": _elementwise("relu", relu, relu_prime, relu_prime2, relu_backward),
-    "leaky_relu": _elementwise("leaky_relu", leaky_relu, leaky_relu_prime, leaky_relu_prime2),
+    "relu": _elementwise("relu", relu, relu_prime, relu_prime2, relu_backward, zero_curvature=True),
+    "leaky_relu": _elementwise(
+        "leaky_relu", leaky_relu, leaky_relu_prime, leaky_relu_prime2, zero_curvature=True
+    ),
     "softplus": _elementwise("softplus", softplus, softplus_prime, softplus_prime2),
-    "softmax": Activation("softmax", softmax, None, None, softmax_backward, elementwise=False),
+    "softmax": Activation(
+        "softmax",
+        softmax,
+        None,
+        None,
+        softmax_backward,
+        softmax_jvp,
+        softmax_curvature,
+        elementwise=False,
+    ),
 }
 
 #: Activations allowed on hidden layers (softmax couples units, so output only).

@@ -35,7 +35,8 @@ def _deltas_jit(params: Params, X: Array, Y: Array, loss: str, fused: bool):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _manual_grads_jit(params: Params, X: Array, Y: Array, loss: str, fused: bool):
-    return core.backward(params, core.forward_cache(params, X), Y, loss, fused=fused).grads
+    grads = core.backward(params, core.forward_cache(params, X), Y, loss, fused=fused).grads
+    return grads, validation.all_finite(params, X)  # the finiteness check, in the same program
 
 
 def backward_deltas(
@@ -78,5 +79,8 @@ def manual_grads(
       Gradients with exactly the structure of ``params``: ``grads[l].W`` (fan_in, fan_out),
       ``grads[l].b`` (fan_out,).
     """
-    X, Y = validation.check_batch(params, X, Y, loss)
-    return _manual_grads_jit(params, X, Y, loss, fused)
+    X0, Y0 = X, Y
+    X, Y = validation.check_batch(params, X, Y, loss, deferred=True)
+    grads, ok = _manual_grads_jit(params, X, Y, loss, fused)
+    validation.raise_if_not_finite(ok, lambda: validation.check_batch(params, X0, Y0, loss))
+    return grads

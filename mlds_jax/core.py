@@ -8,7 +8,7 @@ parameters' dtype (labels one-hot), e.g. from :func:`mlds_jax.validation.check_b
 ``mj.manual_grads``, ...) validates once and calls these.
 
 Notation: layers are numbered l = 1..L as in the notes, with A^(0) = X; ``params[l - 1]`` is
-layer l, ``cache.Zs[l - 1]`` is Z^(l), ``cache.As[l]`` is A^(l), ``deltas[l - 1]`` is δ^(l).
+layer l, ``cache.Z(l)`` is Z^(l), ``cache.A(l)`` is A^(l), ``deltas[l - 1]`` is δ^(l).
 
 Row weights w (N,) weight the per-example loss terms, L = Σ_n w_n ℓ_n (L1); ``None`` means
 w_n = 1/N.  Zero-weight rows (padding) contribute nothing to the value or the gradients.
@@ -16,12 +16,13 @@ w_n = 1/N.  Zero-weight rows (padding) contribute nothing to the value or the gr
 What the core offers the extensions (per-example gradients, curvature): every layer's input
 A^(l−1) (``forward_cache``), every layer's δ^(l) (``backward``), the per-example loss terms
 ℓ_n (``loss_terms``); the unscaled per-example output gradient δ̂_n is ``output_delta`` with
-``row_weights = ones``.
+``row_weights = ones``.  :func:`backward_from_delta` is the one backward loop (B2)-(B5), run
+from any output δ^(L): the loss's (``backward``), a cotangent's (``mlds_jax.mlp``'s VJP), a
+square-root factor's column (the curvature extensions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import jax
@@ -36,6 +37,7 @@ __all__ = [
     "Backward",
     "ForwardCache",
     "backward",
+    "backward_from_delta",
     "batch_loss",
     "dense_backward",
     "dense_forward",
@@ -51,8 +53,6 @@ __all__ = [
 #: The two sources of gradients: the hand-derived backward or ``jax.grad``.
 GRAD_METHODS = ("manual", "autodiff")
 
-DenseBackward = Callable[[Array, Array, Array], tuple[Array, Array, Array]]
-
 
 class ForwardCache(NamedTuple):
     """Every layer's pre-activation and activation, for teaching and for backprop.
@@ -60,10 +60,24 @@ class ForwardCache(NamedTuple):
     Attributes:
       Zs: (Z^(1), ..., Z^(L)), Z^(l) of shape (N, sizes[l]).
       As: (A^(0) = X, A^(1), ..., A^(L) = Ŷ), A^(l) of shape (N, sizes[l]).
+
+    ``Z(l)`` and ``A(l)`` read them in the notes' numbering (1-based for Z, A(0) = X).
     """
 
     Zs: tuple[Array, ...]
     As: tuple[Array, ...]
+
+    def Z(self, l: int) -> Array:  # noqa: N802 (the notes' symbol)
+        """Z^(l), l = 1..L; (N, sizes[l])."""
+        if not 1 <= l <= len(self.Zs):
+            raise IndexError(f"Z^(l) exists for l = 1..{len(self.Zs)}, got l = {l}")
+        return self.Zs[l - 1]
+
+    def A(self, l: int) -> Array:  # noqa: N802 (the notes' symbol)
+        """A^(l), l = 0..L (A^(0) = X, A^(L) = Ŷ); (N, sizes[l])."""
+        if not 0 <= l < len(self.As):
+            raise IndexError(f"A^(l) exists for l = 0..{len(self.As) - 1}, got l = {l}")
+        return self.As[l]
 
 
 class Backward(NamedTuple):
@@ -72,10 +86,13 @@ class Backward(NamedTuple):
     Attributes:
       grads: ∂L/∂W^(l), ∂L/∂b^(l) with exactly the structure of params.
       deltas: (δ^(1), ..., δ^(L)), δ^(l) = ∂L/∂Z^(l) of shape (N, sizes[l]).
+      dX: ∂L/∂X = δ^(1) W^(1)ᵀ, (N, n_in) (under ``jax.jit`` it is dead code, never
+        computed, unless read).
     """
 
     grads: Params
     deltas: tuple[Array, ...]
+    dX: Array
 
 
 # --- forward (F1) ---------------------------------------------------------------------------
@@ -192,6 +209,48 @@ def dense_backward(delta: Array, A_prev: Array, W: Array) -> tuple[Array, Array,
     return dW, db, dA_prev
 
 
+def backward_from_delta(params: Params, cache: ForwardCache, delta_L: Array) -> Backward:
+    r"""The backward loop (B2)-(B5) from a given output δ^(L), in the notes' numbering.
+
+    .. math::
+       \partial L/\partial W^{(l)} = A^{(l-1)T}\delta^{(l)}, \quad
+       \partial L/\partial b^{(l)} = \textstyle\sum_n \delta^{(l)}_n \quad\text{(B2), (B3)},\qquad
+       \delta^{(l-1)} = \big(\delta^{(l)} W^{(l)T}\big) \odot f_{l-1}'(Z^{(l-1)})
+       \quad\text{(B4), (B5)}
+
+    for l = L, ..., 1; ∂L/∂X = δ^(1) W^(1)ᵀ.  Every backward of the package runs this loop:
+    :func:`backward` from the loss's δ^(L), ``mlds_jax.mlp``'s VJP from a cotangent, the
+    curvature extensions from tangents and square-root factor columns.
+
+    Args:
+      params: L layers.
+      cache: ``forward_cache(params, X)``; uses A^(0..L−1) and Z^(1..L−1).
+      delta_L: δ^(L) = ∂L/∂Z^(L), (N, sizes[L]).
+
+    Returns:
+      :class:`Backward` (grads like params, deltas (δ^(1), ..., δ^(L)), dX).
+    """
+    L = len(params)
+
+    def layer(l: int) -> Dense:  # W^(l), b^(l), f_l
+        return params[l - 1]
+
+    delta: dict[int, Array] = {L: delta_L}
+    dW: dict[int, Array] = {}
+    db: dict[int, Array] = {}
+    dA_prev = delta_L
+    for l in range(L, 0, -1):
+        dW[l], db[l], dA_prev = dense_backward(delta[l], cache.A(l - 1), layer(l).W)  # (B2)-(B4)
+        if l > 1:
+            f = ACTIVATIONS[layer(l - 1).activation]
+            delta[l - 1] = f.backward(dA_prev, cache.Z(l - 1))  # (B5)
+    grads = [Dense(W=dW[l], b=db[l], activation=layer(l).activation) for l in range(1, L + 1)]
+    # grads mirror the params' container (as jax.grad's do)
+    deltas = tuple(delta[l] for l in range(1, L + 1))
+    grads_out = cast(Params, grads if isinstance(params, list) else tuple(grads))
+    return Backward(grads_out, deltas, dA_prev)  # dA_prev = ∂L/∂A^(0) = ∂L/∂X
+
+
 def backward(
     params: Params,
     cache: ForwardCache,
@@ -200,7 +259,6 @@ def backward(
     *,
     fused: bool = True,
     row_weights: Array | None = None,
-    layer_backward: DenseBackward = dense_backward,
 ) -> Backward:
     r"""The backward pass in the notes' numbering: every gradient and every δ.
 
@@ -211,8 +269,8 @@ def backward(
        \delta^{(l-1)} &= \big(\delta^{(l)} W^{(l)T}\big) \odot f_{l-1}'(Z^{(l-1)})
        &&\text{(B4), (B5)}
 
-    for l = L, ..., 1.  The 1/N (or w) enters once, in δ^(L); nothing downstream averages
-    again.
+    for l = L, ..., 1 (:func:`backward_from_delta`).  The 1/N (or w) enters once, in δ^(L);
+    nothing downstream averages again.
 
     Args:
       params: L layers.
@@ -221,35 +279,14 @@ def backward(
       loss: loss name.
       fused: simplified output δ for matched pairs (L6).
       row_weights: optional w, (N,).
-      layer_backward: the (δ, A_prev, W) -> (dW, db, dA_prev) rule; :func:`dense_backward`
-        unless a caller supplies an equivalent with another memory layout.
 
     Returns:
-      :class:`Backward` (grads like params, deltas (δ^(1), ..., δ^(L))).
+      :class:`Backward` (grads like params, deltas (δ^(1), ..., δ^(L)), dX).
     """
-    L = len(params)
-    A = cache.As  # A[0] = X, A[1], ..., A[L] = Ŷ
-
-    def layer(l: int) -> Dense:  # W^(l), b^(l), f_l
-        return params[l - 1]
-
-    def Z(l: int) -> Array:  # Z^(l), l = 1..L
-        return cache.Zs[l - 1]
-
-    delta: dict[int, Array] = {}
-    dW: dict[int, Array] = {}
-    db: dict[int, Array] = {}
-    delta[L] = output_delta(
-        cache, Y, loss, layer(L).activation, fused=fused, row_weights=row_weights
+    delta_L = output_delta(
+        cache, Y, loss, params[-1].activation, fused=fused, row_weights=row_weights
     )
-    for l in range(L, 0, -1):
-        dW[l], db[l], dA_prev = layer_backward(delta[l], A[l - 1], layer(l).W)  # (B2)-(B4)
-        if l > 1:
-            delta[l - 1] = ACTIVATIONS[layer(l - 1).activation].backward(dA_prev, Z(l - 1))  # (B5)
-    grads = [Dense(W=dW[l], b=db[l], activation=layer(l).activation) for l in range(1, L + 1)]
-    # grads mirror the params' container (as jax.grad's do)
-    deltas = tuple(delta[l] for l in range(1, L + 1))
-    return Backward(cast(Params, grads if isinstance(params, list) else tuple(grads)), deltas)
+    return backward_from_delta(params, cache, delta_L)
 
 
 # --- value and gradients --------------------------------------------------------------------
@@ -262,25 +299,16 @@ def value_grads_output(
     row_weights: Array | None = None,
     method: str = "manual",
     fused: bool = True,
-    layer_backward: DenseBackward = dense_backward,
 ) -> tuple[Array, Params, Array]:
     """(L, ∂L/∂params, Ŷ) from one forward pass: what a training step needs.
 
     ``method="manual"`` runs :func:`backward`; ``"autodiff"`` runs ``jax.value_and_grad``
-    of :func:`batch_loss` (``fused`` and ``layer_backward`` then do not apply).
+    of :func:`batch_loss` (``fused`` then does not apply).
     """
     if method == "manual":
         cache = forward_cache(params, X)
         value = loss_value(cache, Y, loss, row_weights)
-        grads = backward(
-            params,
-            cache,
-            Y,
-            loss,
-            fused=fused,
-            row_weights=row_weights,
-            layer_backward=layer_backward,
-        ).grads
+        grads = backward(params, cache, Y, loss, fused=fused, row_weights=row_weights).grads
         return value, grads, cache.As[-1]
     if method == "autodiff":
 

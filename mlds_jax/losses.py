@@ -17,7 +17,14 @@ weights give any other w; nothing else changes.  Each loss provides, per example
   ``term_dA(A, Y)``    dℓ_n/dŷ_n, shape (N, K)              (L2)-(L5)
   ``term_fused[f](A, Y)``  dℓ_n/dz_n for a matched output f   (L6)
 
-and the batch forms scale row n by w_n, equation (L7): ``value``, ``dA`` and ``fused``.  The
+and the batch forms scale row n by w_n, equation (L7): ``value``, ``dA`` and ``fused``.
+
+Second-order facts, read by the curvature extensions (``docs/derivations.md`` section 7):
+``logit_outputs`` names the output activations at whose *logits* the generalised Gauss-Newton
+matrix is taken (the two log-losses, whose Hessian in z is the output activation's Jacobian,
+(H5)), with ``logit_hessian_sqrt`` its square root S_n (H8) and ``sample_logit_grad`` random
+ĝ_n with E[ĝ ĝᵀ] = that Hessian (H9); ``output_hessian_scale(K)`` is the constant c of a loss
+quadratic in ŷ (Hessian c·I, (H6)), whose GGN is taken at Ŷ.  The
 1/N of the average therefore enters once, in the output δ; per-example gradients use the
 unscaled forms.
 
@@ -47,10 +54,14 @@ __all__ = [
     "LOSSES",
     "Loss",
     "bce_dA",
+    "bce_logit_hessian_sqrt",
+    "bce_sample_logit_grad",
     "bce_term_dA",
     "bce_terms",
     "bce_value",
     "cross_entropy_dA",
+    "cross_entropy_logit_hessian_sqrt",
+    "cross_entropy_sample_logit_grad",
     "cross_entropy_term_dA",
     "cross_entropy_terms",
     "cross_entropy_value",
@@ -58,12 +69,14 @@ __all__ = [
     "default_loss_for",
     "get_loss",
     "half_squared_error_dA",
+    "half_squared_error_hessian_scale",
     "half_squared_error_term_dA",
     "half_squared_error_terms",
     "half_squared_error_value",
     "matched_delta",
     "matched_term_delta",
     "mse_dA",
+    "mse_hessian_scale",
     "mse_term_dA",
     "mse_terms",
     "mse_value",
@@ -221,6 +234,51 @@ def cross_entropy_dA(A: Array, Y: Array, row_weights: Array | None = None) -> Ar
     return scale_rows(cross_entropy_term_dA(A, Y), row_weights)
 
 
+# --- second-order facts (H5), (H6), (H8), (H9) ---------------------------------------------
+def mse_hessian_scale(K: int) -> float:
+    """ℓ_n = (1/K)‖ŷ − y‖² has the constant Hessian (2/K)·I in ŷ_n (H6)."""
+    return 2.0 / K
+
+
+def half_squared_error_hessian_scale(K: int) -> float:
+    """ℓ_n = ½‖ŷ − y‖² has the Hessian I in ŷ_n (H6)."""
+    del K
+    return 1.0
+
+
+def cross_entropy_logit_hessian_sqrt(A: Array) -> Array:
+    r"""S_n = diag(√p) − p √pᵀ with S_n S_nᵀ = diag(p) − p pᵀ, the Hessian of softmax-CE in z (H8).
+
+    Args:
+      A: p = softmax(Z), (N, K).
+
+    Returns:
+      S, (N, K, K), unscaled (no row weight).
+    """
+    sq = jnp.sqrt(A)
+    eye = jnp.eye(A.shape[1], dtype=A.dtype)
+    return sq[:, :, None] * eye[None] - A[:, :, None] * sq[:, None, :]  # (H8)
+
+
+def bce_logit_hessian_sqrt(A: Array) -> Array:
+    r"""S_n = diag(√(σ(1 − σ))), the root of the Hessian of sigmoid-BCE in z (H8); (N, K, K)."""
+    eye = jnp.eye(A.shape[1], dtype=A.dtype)
+    return jnp.sqrt(A * (1 - A))[:, :, None] * eye[None]  # (H8)
+
+
+def cross_entropy_sample_logit_grad(key: Array, A: Array, samples: int) -> Array:
+    r"""ĝ = p − e_y with y ~ Cat(p): mean 0, covariance diag(p) − ppᵀ (H9); (M, N, K)."""
+    N, K = A.shape
+    labels = jax.random.categorical(key, jnp.log(A)[None], axis=-1, shape=(samples, N))
+    return A[None] - jax.nn.one_hot(labels, K, dtype=A.dtype)  # (H9)
+
+
+def bce_sample_logit_grad(key: Array, A: Array, samples: int) -> Array:
+    r"""ĝ = σ − y with y ~ Bernoulli(σ): variance σ(1 − σ) per entry (H9); (M, N, K)."""
+    y = jax.random.bernoulli(key, A[None], shape=(samples, *A.shape)).astype(A.dtype)
+    return A[None] - y  # (H9)
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss as per-example terms with their hand-derived derivatives.
@@ -232,6 +290,12 @@ class Loss:
       term_fused: output activation name -> (A, Y) -> dℓ_n/dz_n, unscaled: the simplified δ̂.
       outputs: output activations this loss may follow (None: any).
       targets: "real", "probability" (each entry in [0, 1]) or "class" (labels or one-hot rows).
+      logit_outputs: output activations at whose logits the GGN is taken: there the Hessian
+        of ℓ_n in z_n equals the activation's Jacobian, so H_z ż = ȧ (H5).
+      logit_hessian_sqrt: A -> S (N, K, K), S_n S_nᵀ = that Hessian (H8); with logit_outputs.
+      sample_logit_grad: (key, A, M) -> ĝ (M, N, K), E[ĝ ĝᵀ] = that Hessian (H9).
+      output_hessian_scale: K -> c for a loss quadratic in ŷ (Hessian c·I, (H6)); ``None``
+        for the log-losses.
 
     The batch forms ``value``, ``dA`` and ``fused`` apply the row weights (L1), (L7).
     """
@@ -242,6 +306,14 @@ class Loss:
     term_fused: dict[str, Callable[[Array, Array], Array]] = field(default_factory=dict)
     outputs: tuple[str, ...] | None = None
     targets: str = "real"
+    logit_outputs: tuple[str, ...] = ()
+    logit_hessian_sqrt: Callable[[Array], Array] | None = None
+    sample_logit_grad: Callable[[Array, Array, int], Array] | None = None
+    output_hessian_scale: Callable[[int], float] | None = None
+
+    def ggn_at_logits(self, output_activation: str) -> bool:
+        """Whether the GGN of this loss after ``output_activation`` is taken at the logits (H5)."""
+        return output_activation in self.logit_outputs
 
     @property
     def is_classification(self) -> bool:
@@ -267,12 +339,19 @@ class Loss:
 
 LOSSES: dict[str, Loss] = {
     # identity output: dℓ/dz = dℓ/dŷ · 1, so the fused δ̂ is the general one (L6)
-    "mse": Loss("mse", mse_terms, mse_term_dA, {"identity": mse_term_dA}),
+    "mse": Loss(
+        "mse",
+        mse_terms,
+        mse_term_dA,
+        {"identity": mse_term_dA},
+        output_hessian_scale=mse_hessian_scale,
+    ),
     "half_squared_error": Loss(
         "half_squared_error",
         half_squared_error_terms,
         half_squared_error_term_dA,
         {"identity": matched_term_delta},
+        output_hessian_scale=half_squared_error_hessian_scale,
     ),
     "binary_cross_entropy": Loss(
         "binary_cross_entropy",
@@ -281,6 +360,9 @@ LOSSES: dict[str, Loss] = {
         {"sigmoid": matched_term_delta},
         outputs=("sigmoid",),
         targets="probability",
+        logit_outputs=("sigmoid",),
+        logit_hessian_sqrt=bce_logit_hessian_sqrt,
+        sample_logit_grad=bce_sample_logit_grad,
     ),
     "cross_entropy": Loss(
         "cross_entropy",
@@ -289,6 +371,9 @@ LOSSES: dict[str, Loss] = {
         {"softmax": matched_term_delta},
         outputs=("softmax",),
         targets="class",
+        logit_outputs=("softmax",),
+        logit_hessian_sqrt=cross_entropy_logit_hessian_sqrt,
+        sample_logit_grad=cross_entropy_sample_logit_grad,
     ),
 }
 

@@ -5,6 +5,12 @@ Every public function validates its inputs here once, then calls the unchecked c
 Value checks (finite entries, label ranges, target ranges) run whenever the array is
 concrete, i.e. not a tracer inside a user's ``jit``/``grad``; parameters are checked for
 finiteness on the device (one boolean comes back), the data on the host without a copy.
+
+With ``deferred=True`` (:func:`check_batch`) the finiteness of params and X is not checked
+here: the compiled computation checks it itself (:func:`all_finite`, fused into the same
+program, one boolean back with the result) and :func:`raise_if_not_finite` runs the host checks
+only when that flag is false, so a checked call makes no second pass over its inputs and the
+errors are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from mlds_jax.layers import Dense, Params
 from mlds_jax.losses import get_loss
 
 __all__ = [
+    "all_finite",
     "check_X",
     "check_activation",
     "check_batch",
@@ -47,6 +54,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "prepare_targets",
+    "raise_if_not_finite",
     "real_number",
     "reject_tracers",
     "require_x64",
@@ -402,6 +410,29 @@ def check_params_finite(params: Params) -> None:
                 )
 
 
+def all_finite(*trees) -> jax.Array:
+    """True iff every leaf of every tree is finite: a scalar bool, traceable.
+
+    Called inside a compiled computation next to the result, it replaces a separate pass of
+    the host checks over the inputs (see :func:`raise_if_not_finite`).
+    """
+    leaves = [x for x in jax.tree_util.tree_leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def raise_if_not_finite(ok, recheck) -> None:
+    """After a computation that checked its own inputs (``ok`` from :func:`all_finite`):
+    nothing when ``ok`` is true (or a tracer); otherwise run ``recheck()`` (the host checks,
+    which raise the usual clear error naming the bad entry), and if that finds nothing raise a
+    generic ValueError."""
+    if not is_concrete(ok) or bool(ok):
+        return
+    recheck()
+    raise ValueError("an input contains a non-finite value (NaN or inf)")
+
+
 def check_loss_output(params: Params, loss_name: str) -> None:
     """The loss accepts the output layer's activation (BCE needs sigmoid, CE softmax)."""
     loss = get_loss(loss_name)
@@ -413,17 +444,25 @@ def check_loss_output(params: Params, loss_name: str) -> None:
         )
 
 
-def check_model(params: Params, loss_name: str) -> None:
-    """params are well formed and finite, and ``loss_name`` fits their output layer."""
+def check_model(params: Params, loss_name: str, *, deferred: bool = False) -> None:
+    """params are well formed and finite, and ``loss_name`` fits their output layer.
+
+    ``deferred``: leave the finiteness to the compiled computation (:func:`all_finite`).
+    """
     get_loss(loss_name)
     check_params(params)
-    check_params_finite(params)
+    if not deferred:
+        check_params_finite(params)
     check_loss_output(params, loss_name)
 
 
 # --- data -----------------------------------------------------------------------------------
-def check_X(params: Params, X, name: str = "X"):
-    """X is 2-D with the first layer's fan_in columns; returned in the params' dtype."""
+def check_X(params: Params, X, name: str = "X", *, deferred: bool = False):
+    """X is 2-D with the first layer's fan_in columns; returned in the params' dtype.
+
+    ``deferred``: leave the value checks (finite, representable in the params' dtype) to
+    the compiled computation (:func:`all_finite` of the cast X catches both).
+    """
     X = numeric_array(X, name)
     if X.ndim != 2:
         raise ValueError(
@@ -436,12 +475,14 @@ def check_X(params: Params, X, name: str = "X"):
             f"{name} has {X.shape[1]} features but the first layer expects "
             f"fan_in = {n_in}; {name}.shape = {tuple(X.shape)}"
         )
-    if is_concrete(X):
+    if is_concrete(X) and not deferred:
         arr = host_floats(X)
         check_finite(arr, name)
         if float(np.finfo(arr.dtype).max) > float(jnp.finfo(params[0].W.dtype).max):
             check_representable(arr, params[0].W.dtype, name)
-    return jnp.asarray(X).astype(params[0].W.dtype)
+    X = jnp.asarray(X)
+    # no cast (and no device op to dispatch) when X already has the params' dtype
+    return X if X.dtype == params[0].W.dtype else X.astype(params[0].W.dtype)
 
 
 def prepare_targets(
@@ -488,6 +529,8 @@ def prepare_targets(
                 )
         elif not jnp.issubdtype(Y.dtype, jnp.integer):
             raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
+        if concrete:  # checked labels: one-hot rows on the host, no device op to dispatch
+            return jnp.asarray(np.eye(n_out, dtype=jnp.dtype(dtype))[np.asarray(Y).astype(np.intp)])
         return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
     if Y.ndim == 1:
         if n_out != 1:
@@ -530,9 +573,18 @@ def prepare_targets(
     return jnp.asarray(Y).astype(dtype)
 
 
-def check_data(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_name: str = "Y"):
+def check_data(
+    params: Params,
+    X,
+    Y,
+    loss_name: str,
+    *,
+    x_name: str = "X",
+    y_name: str = "Y",
+    deferred: bool = False,
+):
     """X and Y for already-checked params: returns them ready for the core functions."""
-    X = check_X(params, X, x_name)
+    X = check_X(params, X, x_name, deferred=deferred)
     if X.shape[0] == 0:
         raise ValueError(f"{x_name} is empty (0 rows)")
     Y = prepare_targets(
@@ -547,10 +599,24 @@ def check_data(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_nam
     return X, Y
 
 
-def check_batch(params: Params, X, Y, loss_name: str, *, x_name: str = "X", y_name: str = "Y"):
-    """All checks for (params, X, Y, loss), each once: returns X, Y ready for the core."""
-    check_model(params, loss_name)
-    return check_data(params, X, Y, loss_name, x_name=x_name, y_name=y_name)
+def check_batch(
+    params: Params,
+    X,
+    Y,
+    loss_name: str,
+    *,
+    x_name: str = "X",
+    y_name: str = "Y",
+    deferred: bool = False,
+):
+    """All checks for (params, X, Y, loss), each once: returns X, Y ready for the core.
+
+    ``deferred``: the finiteness of params and X is left to the compiled computation
+    (:func:`all_finite` beside the result, then :func:`raise_if_not_finite`); Y, labels and
+    every shape and dtype are still checked here.
+    """
+    check_model(params, loss_name, deferred=deferred)
+    return check_data(params, X, Y, loss_name, x_name=x_name, y_name=y_name, deferred=deferred)
 
 
 def check_row_weights(row_weights, n_rows: int, dtype, name: str = "row_weights"):

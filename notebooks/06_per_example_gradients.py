@@ -27,6 +27,7 @@
 # | 2 | which digits have the largest gradient norms, and why | `mj.per_example_grad_norms` |
 # | 3 | gradient noise over a short training | `mj.gradient_moments` |
 # | 4 | DP-SGD on digits: accuracy against ε | `mj.make_train_step(dp=...)`, `mj.dp_epsilon` |
+# | 5 | which training digits helped or hurt a misclassified test digit | `mj.gradient_cross_gram` |
 
 # %%
 # Hyperparameters
@@ -40,7 +41,7 @@ DP_LR = 0.5  # DP-SGD: larger steps, since clipped and averaged gradients are sm
 CLIP = 1.0  # C: every example's gradient is clipped to norm <= C
 SIGMAS = (1.0, 1.5, 2.5)  # noise multipliers: three points on the accuracy/epsilon curve
 DELTA = 1e-5  # epsilon is reported at this delta
-N_SHOW = 6  # digits shown in section 2
+N_SHOW = 6  # digits shown in sections 2 and 5
 
 # %%
 import jax
@@ -263,3 +264,64 @@ epsilons = [e for _, e, _ in results]
 assert epsilons == sorted(epsilons, reverse=True)  # more noise, less privacy spent
 assert results[0][2] > 0.8  # the least private run still learns digits well
 assert acc_plain >= results[-1][2]  # privacy costs accuracy at the most private setting
+
+# %% [markdown]
+# ## 5. Which training digits helped, and which hurt, a misclassified test digit?
+#
+# One SGD step of size $\eta$ on training example $i$ moves the parameters by $-\eta\nabla\ell_i$,
+# so to first order the loss of a test example $j$ changes by $-\eta\,\langle\nabla\ell_j,
+# \nabla\ell_i\rangle$ (equation (P8); TracIn, Pruthi et al. 2020). A large positive inner
+# product marks a **helpful** training example (a step on it lowers the test loss), a large
+# negative one a **harmful** one. `mj.gradient_cross_gram` gives the whole (training × test)
+# matrix of these inner products by the ghost identity of (P4), $\sum_l (a_i\cdot a_j + 1)
+# (\hat\delta_i\cdot\hat\delta_j)$, without forming a single per-example gradient. Below: a test
+# digit the plainly trained network of §2 gets wrong, against the whole training set.
+
+# %%
+pred = np.asarray(mj.predict(params, X_test))
+wrong = np.nonzero(pred != np.asarray(y_test))[0]
+j = int(wrong[0])
+C = mj.gradient_cross_gram(params, X_train, y_train, X_test[j : j + 1], y_test[j : j + 1], LOSS)
+scores = np.asarray(C[:, 0])  # (n_train,)
+helpful = np.argsort(-scores)[:N_SHOW]
+harmful = np.argsort(scores)[:N_SHOW]
+print(f"test digit {j}: label {int(y_test[j])}, predicted {int(pred[j])}")
+print("most helpful training digits (label, score):", [(int(y_train[i]), round(float(scores[i]), 3)) for i in helpful])
+print("most harmful training digits (label, score):", [(int(y_train[i]), round(float(scores[i]), 3)) for i in harmful])
+
+fig, axes = plt.subplots(2, N_SHOW + 1, figsize=(1.4 * (N_SHOW + 1), 3.2))
+for row, (title, idx) in enumerate((("helpful", helpful), ("harmful", harmful))):
+    axes[row, 0].imshow(np.asarray(X_test[j]).reshape(8, 8), cmap="gray_r")
+    axes[row, 0].set_title(f"test: {int(y_test[j])}→{int(pred[j])}", fontsize=8)
+    for k, i in enumerate(idx, start=1):
+        axes[row, k].imshow(np.asarray(X_train[i]).reshape(8, 8), cmap="gray_r")
+        axes[row, k].set_title(f"{title}: {int(y_train[i])}", fontsize=8)
+for ax in axes.ravel():
+    ax.axis("off")
+plt.tight_layout()
+plt.show()
+
+# %%
+# the inner products are those of the materialised per-example gradients (vmap(grad) of §1)
+check = np.concatenate([helpful, harmful])
+g_train = jax.vmap(jax.grad(one_example_loss), in_axes=(None, 0, 0))(params, X_train[check], y_train[check])
+g_test = jax.grad(one_example_loss)(params, X_test[j], y_test[j])
+ref = sum(
+    jnp.sum(a.reshape(len(check), -1) * b.reshape(1, -1), axis=1)
+    for a, b in zip(jax.tree_util.tree_leaves(g_train), jax.tree_util.tree_leaves(g_test), strict=True)
+)
+np.testing.assert_allclose(scores[check], ref, rtol=1e-4, atol=1e-6)
+assert scores[helpful[0]] > 0 > scores[harmful[0]]
+# the most helpful digits mostly carry the test digit's true label
+assert np.mean(np.asarray(y_train)[helpful] == int(y_test[j])) >= 0.5
+# ... and the most harmful ones mostly the class it was wrongly predicted as
+assert np.mean(np.asarray(y_train)[harmful] == int(pred[j])) >= 0.5
+
+# %% [markdown]
+# **Reading it.** The most helpful training digits are mostly of the test digit's true class:
+# stepping on them moves the network toward the right answer for it. The most harmful ones are
+# mostly of the class it was wrongly predicted as (or look like the test digit but carry
+# another label): stepping on them pushes the network further toward the mistake. The same
+# matrix over a whole test set gives data valuation (sum a column's scores over many test
+# digits) at the cost of two matrix products per layer.
+

@@ -22,6 +22,7 @@ from helpers import (
     ref_forward_Zs,
     ref_loss_from_A,
     targets_2d,
+    tolerances,
 )
 
 from mlds_jax import core
@@ -145,3 +146,29 @@ def test_grads_mirror_a_list_of_params():
     params, X, Y = _problem("identity", "mse")
     _, grads = core.value_and_grads(list(params), X, Y, "mse")
     assert isinstance(grads, list) and len(grads) == len(params)
+
+
+def test_forward_cache_reads_in_the_notes_numbering():
+    params, X, _ = make_problem(0, [3, 4, 2], "tanh", "softmax", "cross_entropy", 5)
+    cache = core.forward_cache(params, X)
+    assert cache.A(0) is cache.As[0] and cache.A(2) is cache.As[2]
+    assert cache.Z(1) is cache.Zs[0] and cache.Z(2) is cache.Zs[1]
+    with pytest.raises(IndexError, match=r"Z\^\(l\) exists for l = 1..2, got l = 0"):
+        cache.Z(0)
+    with pytest.raises(IndexError, match=r"A\^\(l\) exists for l = 0..2, got l = 3"):
+        cache.A(3)
+
+
+def test_backward_from_delta_gives_dX_of_the_linear_functional():
+    """backward_from_delta from an arbitrary δ^(L) = C gives the gradients of Σ C ⊙ Z^(L)
+    (jax.grad of that functional, in params and in X): the one loop every backward runs."""
+    params, X, _ = make_problem(1, [3, 4, 4, 2], "tanh", "identity", "mse", 5)
+    C = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2)))
+
+    def functional(p, x):
+        return jnp.sum(C * core.forward_cache(p, x).Z(len(p)))
+
+    gp, gx = jax.grad(functional, argnums=(0, 1))(params, X)
+    out = core.backward_from_delta(params, core.forward_cache(params, X), C)
+    assert_trees_close(out.grads, gp)
+    np.testing.assert_allclose(out.dX, gx, **tolerances(np.float64))

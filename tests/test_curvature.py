@@ -32,7 +32,7 @@ from helpers import (
 from jax.flatten_util import ravel_pytree
 
 import mlds_jax as mj
-from mlds_jax.extensions import curvature
+from mlds_jax.extensions import curvature, trace
 
 TOL = tolerances(np.float64)
 SIZES = [N_IN, HIDDEN_WIDTH, HIDDEN_WIDTH, 2]  # two hidden layers: the δVᵀ and f'' terms
@@ -422,3 +422,122 @@ def test_lanczos_step_reorthogonalises_against_filled_rows_only(net, k):
     np.testing.assert_allclose(b, b_ref, rtol=TOL["rtol"], atol=TOL["atol"])
     expected = np.concatenate([basis, (z / b_ref)[None], garbage[1:]])
     np.testing.assert_allclose(np.asarray(Q_new), expected, rtol=TOL["rtol"], atol=TOL["atol"])
+
+
+# --- the eigenvalue's stopping rule, block probes, Hutch++, the spectral density -----------
+def test_eigenvalue_rule_gives_the_digits_asked_in_fewer_steps(net):
+    """stop="eigenvalue" (H15) returns λ_max within tol·|λ| of eigh's for tol = 1e-3 and 1e-6,
+    and stops no later than the residual rule (H11) at the same tol."""
+    params, X, Y, f, flat, unravel = net
+    lam_ref = np.linalg.eigvalsh(np.asarray(jax.hessian(f)(flat)))[-1]
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    for tol in (1e-3, 1e-6):
+        lam, _ = mj.hessian_top_eigenvalue(
+            params, X, Y, "cross_entropy", key=jax.random.key(2), tol=tol
+        )
+        assert abs(float(lam) - lam_ref) <= tol * abs(lam_ref)
+        steps = {
+            rule: int(
+                curvature.top_eigenpair_core(
+                    params, Xp, Yp, "cross_entropy", jax.random.key(2), None, 100, tol, True, rule
+                ).steps
+            )
+            for rule in ("eigenvalue", "residual")
+        }
+        assert steps["eigenvalue"] <= steps["residual"]
+
+
+def test_sharpness_core_is_lanczos_core_under_jit(net):
+    params, X, Y, f, flat, unravel = net
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    key = jax.random.key(6)
+    theta, _, _ = curvature.lanczos_core(params, Xp, Yp, "cross_entropy", key)
+    jitted = jax.jit(curvature.sharpness_core, static_argnames="loss")
+    np.testing.assert_allclose(jitted(params, Xp, Yp, loss="cross_entropy", key=key), theta, **TOL)
+
+
+def test_block_probes_are_the_single_probes(net):
+    """The estimate does not depend on how many probes share a vmapped pass."""
+    params, X, Y, f, flat, unravel = net
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    key = jax.random.key(8)
+    _, one = curvature.hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 1)
+    _, blocks = curvature.hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 3)
+    np.testing.assert_allclose(blocks, one, **TOL)
+
+
+def test_hutch_plus_plus_is_exact_with_a_full_sketch_and_unbiased(net):
+    """With samples/3 ≥ P the sketch Q spans everything: tr(QᵀHQ) = tr H exactly (H16).  With
+    9 products it is unbiased: the mean of 400 independent estimates lies within 5 standard
+    errors of tr H."""
+    params, X, Y, f, flat, unravel = net
+    tr_ref = float(jnp.trace(jax.hessian(f)(flat)))
+    P = flat.shape[0]
+    full = mj.hessian_trace(
+        params, X, Y, "cross_entropy", key=jax.random.key(0), samples=3 * P + 1, method="hutch++"
+    )
+    np.testing.assert_allclose(float(full), tr_ref, rtol=1e-9)
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    draws = jax.vmap(
+        lambda k: curvature.hutch_plus_plus_core(params, Xp, Yp, "cross_entropy", k, 9)
+    )(jax.random.split(jax.random.key(1), 400))
+    se = float(jnp.std(draws)) / np.sqrt(400)
+    assert abs(float(jnp.mean(draws)) - tr_ref) <= 5 * se
+
+
+def test_spectral_density_quadrature_against_eigh(net):
+    """(H17): each probe's weights sum to 1 and reproduce its quadratic forms vᵀH^k v/‖v‖²
+    exactly for k < 2m (here m = 6, k ≤ 5); averaged over 300 probes the moments Σ τ θ^k
+    estimate tr(H^k)/P (within 5 standard errors); run to the end, the nodes are eigenvalues."""
+    params, X, Y, f, flat, unravel = net
+    H = np.asarray(jax.hessian(f)(flat))
+    evals = np.linalg.eigvalsh(H)
+    P = flat.shape[0]
+    Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
+    key = jax.random.key(3)
+    nodes, weights = mj.hessian_spectral_density(
+        params, X, Y, "cross_entropy", key=key, num_iters=6, num_probes=2
+    )
+    assert nodes.shape == weights.shape == (2, 6)
+    np.testing.assert_allclose(jnp.sum(weights, axis=1), 1.0, **TOL)
+    for p, k in enumerate(jax.random.split(key, 2)):
+        v = np.asarray(trace.rademacher(k, flat.shape, jnp.float64))
+        assert set(np.unique(v)) == {-1.0, 1.0}
+        for power in range(6):
+            ref = v @ np.linalg.matrix_power(H, power) @ v / (v @ v)
+            got = float(jnp.sum(weights[p] * nodes[p] ** power))
+            np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-12)
+    nodes, weights = curvature.hessian_spectral_density_core(
+        params, Xp, Yp, "cross_entropy", jax.random.key(4), 6, 300
+    )
+    for power in (1, 2, 3):
+        per_probe = np.asarray(jnp.sum(weights * nodes**power, axis=1))
+        se = per_probe.std() / np.sqrt(300)
+        assert abs(per_probe.mean() - np.sum(evals**power) / P) <= 5 * se
+    # run to P steps (or to an invariant Krylov space): every node that carries weight is an
+    # eigenvalue of H, and together they carry all of it
+    full, w_full = curvature.hessian_spectral_density_core(
+        params, Xp, Yp, "cross_entropy", jax.random.key(5), P, 1
+    )
+    carried = np.asarray(w_full[0]) > 1e-12
+    distance = np.abs(np.asarray(full[0])[carried][:, None] - evals[None]).min(axis=1)
+    assert distance.max() < 1e-8
+    np.testing.assert_allclose(np.asarray(w_full[0])[carried].sum(), 1.0, **TOL)
+
+
+@pytest.mark.parametrize(
+    "output,loss", [("softmax", "cross_entropy"), ("sigmoid", "mse"), ("identity", "mse")]
+)
+def test_per_example_diag_ggn_is_each_examples_ggn_diagonal(output, loss):
+    """(H18): row n is diag(w_n J_nᵀ H_n J_n) of ref_ggn on example n alone (jax.jacrev and
+    jax.hessian); the rows sum to diag_ggn."""
+    params, X, Y, w = problem("tanh", output, loss, 4, seed=9)
+    per = mj.per_example_diag_ggn(params, X, Y, loss, row_weights=w)
+    assert per[0].W.shape == (4, *params[0].W.shape)
+    for n in range(4):
+        row = ravel_pytree(jax.tree_util.tree_map(lambda x, n=n: x[n], per))[0]
+        ref = jnp.diag(ref_ggn(params, X[n : n + 1], Y[n : n + 1], loss, w[n : n + 1]))
+        np.testing.assert_allclose(row, ref, **TOL)
+    total = jax.tree_util.tree_map(lambda x: x.sum(axis=0), per)
+    d = curvature.diag_ggn_core(params, X, Y, loss, w)
+    np.testing.assert_allclose(ravel_pytree(total)[0], ravel_pytree(d)[0], **TOL)

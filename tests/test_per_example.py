@@ -210,3 +210,23 @@ def test_bad_data_is_caught_before_tracing():
         mj.gradient_moments(params, X, Y, "hinge")
     with pytest.raises(ValueError, match="non-finite"):
         mj.per_example_grad_norms(params, X.at[0, 0].set(jnp.nan), Y, "cross_entropy")
+
+
+@pytest.mark.parametrize(("output", "loss"), [("softmax", "cross_entropy"), ("sigmoid", "mse")])
+def test_gradient_cross_gram_is_inner_products_of_vmap_grad(output, loss):
+    """(P4), (P8) between two sets: C = G₁ G₂ᵀ with the materialised jax.vmap(jax.grad)
+    per-example gradients of each set (labels (N,) on the left, one-hot rows on the right)."""
+    params, X, Y = make_problem(3, SIZES, "tanh", output, loss, 7)
+    Y2 = targets_2d(Y, loss, SIZES[-1], jnp.float64)
+    G1 = flat(ref_per_example_grads(params, X[:4], Y2[:4], loss), 4)
+    G2 = flat(ref_per_example_grads(params, X[4:], Y2[4:], loss), 3)
+    C = mj.gradient_cross_gram(params, X[:4], Y[:4], X[4:], Y2[4:], loss)
+    assert C.shape == (4, 3)
+    np.testing.assert_allclose(C, G1 @ G2.T, **TOL)
+    same = mj.gradient_cross_gram(params, X, Y, X, Y, loss)
+    np.testing.assert_allclose(same, mj.gradient_gram(params, X, Y, loss), **TOL)
+    with pytest.raises(ValueError, match="X2 has 5 features"):
+        mj.gradient_cross_gram(params, X, Y, np.ones((2, 5)), Y[:2], loss)
+    bad = np.asarray(X[:2]) * np.array([np.nan, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="X2 contains 2 non-finite"):
+        mj.gradient_cross_gram(params, X, Y, bad, Y[:2], loss)

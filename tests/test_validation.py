@@ -894,3 +894,16 @@ def test_check_schema_names_leaves_as_the_caller_does():
                                         r"float64 but layer0/W is float32 \(mixed dtypes\)"):
         check(["tanh", "identity"], [(5, 7), (7, 3)], [(7,), (3,)],
               ["float32", "float32", "float32", "float64"], names=names)
+
+
+def test_all_finite_flags_nan_and_inf_inside_jit():
+    """The in-program finiteness check (the checked API's one flag): NaN, +inf and -inf anywhere
+    in a large leaf make it false (XLA:CPU's max-reduction would let a NaN through; this must
+    not), empty and integer leaves are ignored."""
+    check = jax.jit(lambda *trees: mj.validation.all_finite(*trees))
+    clean = np.ones((300, 200), np.float32)
+    assert bool(check(clean, np.zeros((0, 3), np.float32), np.arange(3)))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = clean.copy()
+        x[150, 100] = bad
+        assert not bool(check(np.ones(3, np.float32), x))

@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""DP-SGD with ghost clipping on the hand-derived backward, and its privacy accounting.
 
 One DP-SGD step (Abadi et al., 2016) with Opacus's clip factor, equations (D1)-(D3) of
@@ -28,7 +26,7 @@ import dataclasses
 import importlib.util
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +34,8 @@ from jax import Array
 
 from mlds_jax import core, validation
 from mlds_jax.callback import Callback
-from mlds_jax.extensions.per_example import per_example_deltas, row_mask
-from mlds_jax.layers import Params
+from mlds_jax.extensions.per_example import ghost_sq_norms, per_example_deltas, row_mask
+from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "ACCOUNTANTS",
@@ -127,7 +125,8 @@ def dp_value_and_grads(
 
     Pass 1: the per-example δ̂ (P1) and norms (P3).  Pass 2: the core's backward with row
     weights κ_n m_n / B (D2), whose ∂L/∂W is Σ_n κ_n ∇ℓ_n / B; then the noise σC ξ / B
-    (D3), one independent draw per parameter entry.
+    (D3), one independent draw per parameter entry.  The backward acts row by row, so pass 2's
+    δ^(l) is (κ m / B) ⊙ δ̂^(l) of pass 1: only its ∂L/∂W products (B2), (B3) are computed.
 
     Pure and unchecked (prepared inputs, as :mod:`mlds_jax.core`): jit it with ``loss`` and
     ``dp`` static.
@@ -149,18 +148,19 @@ def dp_value_and_grads(
     cache = core.forward_cache(params, X)
     mask = row_mask(row_weights, n, X.dtype)
     B = jnp.asarray(n, X.dtype) if row_weights is None else jnp.sum(mask)
-    if math.isinf(dp.l2_clip):
-        kappa = mask  # κ_n = min(1, ∞) = 1: pass 1 is not needed
-    else:
-        deltas = per_example_deltas(params, cache, Y, loss, mask)  # (P1)
-        sq = sum(
-            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
-            for A, d in zip(cache.As[:-1], deltas, strict=True)
-        )  # (P3)
-        kappa = clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask  # (D1)
     # the plain loss, averaged over the real rows (weights m/B; None: the core's 1/N)
     value = core.loss_value(cache, Y, loss, None if row_weights is None else mask / B)
-    grads = core.backward(params, cache, Y, loss, row_weights=kappa / B).grads  # (D2)
+    if math.isinf(dp.l2_clip):  # κ_n = min(1, ∞) = 1: pass 1 is not needed
+        grads = core.backward(params, cache, Y, loss, row_weights=mask / B).grads  # (D2)
+    else:
+        deltas = per_example_deltas(params, cache, Y, loss, mask)  # (P1)
+        sq = jnp.sum(ghost_sq_norms(cache.As[:-1], deltas), axis=1)  # (P3)
+        c = (clip_factors(jnp.sqrt(sq), dp.l2_clip) * mask / B)[:, None]  # κ m / B   (D1)
+        layers = [
+            Dense(*core.dense_backward(c * d, A, layer.W)[:2], activation=layer.activation)
+            for layer, A, d in zip(params, cache.As[:-1], deltas, strict=True)
+        ]  # (D2): pass 2's δ^(l) = (κ m / B) ⊙ δ̂^(l), its ∂L/∂W^(l) and ∂L/∂b^(l)
+        grads = cast(Params, layers if isinstance(params, list) else tuple(layers))
     if dp.noise_multiplier == 0:
         return value, grads
     leaves, treedef = jax.tree_util.tree_flatten(grads)

@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""Kronecker factors of each layer's GGN block (KFLR / KFAC), from the hand-derived backward.
 
 For layer l with bias folded in, Ã^(l−1) = [A^(l−1), 1] (N, d_in + 1) and W̃ = [W; b]
@@ -32,12 +30,8 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.curvature import (
-    backprop_factor,
-    check_row_weights,
-    output_sqrt_factor,
-    sampled_output_factor,
-)
+from mlds_jax.extensions.checks import check_row_weights
+from mlds_jax.extensions.diag_ggn import ggn_factors_of
 from mlds_jax.layers import Params
 
 __all__ = ["KFAC_KINDS", "kfac_factors", "kfac_factors_core"]
@@ -60,21 +54,17 @@ def kfac_factors_core(
     """Per layer (A_factor (d_in+1, d_in+1), G_factor (d_out, d_out)) (H13), (H14), unchecked."""
     w = row_weights.astype(X.dtype)
     cache = core.forward_cache(params, X)
-    act = params[-1].activation
     if kind == "empirical":
         ones = jnp.ones_like(w)  # unscaled per-example δ̂_n^(l) of the true labels
         Bs = [d[None] for d in core.backward(params, cache, Y, loss, row_weights=ones).deltas]
         col_w = w  # G = Σ_n w_n ĝ_n ĝ_nᵀ   (H14)
     else:
-        if kind == "exact":
-            S = output_sqrt_factor(cache, loss, act, w)  # (H8)
-        else:
-            S = sampled_output_factor(cache, loss, act, w, key, mc_samples)  # (H9)
-        Bs = backprop_factor(params, cache, S)
+        # (H8) exact, (H9) sampled
+        Bs = list(ggn_factors_of(params, cache, loss, w, key, 0 if kind == "exact" else mc_samples))
         col_w = None
     out = []
     for l in range(1, len(params) + 1):
-        A_prev = cache.As[l - 1]
+        A_prev = cache.A(l - 1)
         A_tilde = jnp.concatenate([A_prev, jnp.ones((A_prev.shape[0], 1), A_prev.dtype)], axis=1)
         A_factor = (A_tilde * w[:, None]).T @ A_tilde / jnp.sum(w)  # (H14)
         B = Bs[l - 1]  # (C, N, d_out)

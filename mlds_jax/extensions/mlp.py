@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""``mlp(params, X)``: the forward pass as a ``jax.custom_vjp`` whose VJP is the hand-derived one.
 
 Any JAX program that differentiates through :func:`mlp` in reverse mode (``jax.grad``,
@@ -27,7 +25,7 @@ from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
 from mlds_jax.activations import ACTIVATIONS
-from mlds_jax.layers import Dense, Params
+from mlds_jax.layers import Params
 
 __all__ = ["mlp", "mlp_backward", "mlp_core"]
 
@@ -43,18 +41,10 @@ def mlp_backward(params: Params, cache: core.ForwardCache, Y_bar: Array) -> tupl
     Returns:
       (∂L/∂params like params, ∂L/∂X of shape (N, n_in)).
     """
-    L = len(params)
-    Z, A = (None, *cache.Zs), cache.As  # Z[l] = Z^(l), A[l] = A^(l)
-    delta = ACTIVATIONS[params[L - 1].activation].backward(Y_bar, Z[L])  # (B5) or (A7)
-    grads: list = [None] * L
-    dA_prev = None
-    for l in range(L, 0, -1):
-        layer = params[l - 1]
-        dW, db, dA_prev = core.dense_backward(delta, A[l - 1], layer.W)  # (B2)-(B4)
-        grads[l - 1] = Dense(W=dW, b=db, activation=layer.activation)
-        if l > 1:
-            delta = ACTIVATIONS[params[l - 2].activation].backward(dA_prev, Z[l - 1])  # (B5)
-    return (grads if isinstance(params, list) else tuple(grads)), dA_prev  # (P7)
+    out = params[-1].activation
+    delta_L = ACTIVATIONS[out].backward(Y_bar, cache.Z(len(params)))  # (B5) or (A7)
+    result = core.backward_from_delta(params, cache, delta_L)  # (B2)-(B5)
+    return result.grads, result.dX  # (P7)
 
 
 @jax.custom_vjp

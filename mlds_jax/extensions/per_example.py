@@ -1,5 +1,3 @@
-# pyright: reportArgumentType=false, reportReturnType=false, reportOptionalCall=false, reportCallIssue=false, reportOperatorIssue=false
-# (1-based, None-padded per-layer lists in the notes' numbering defeat the checker here)
 r"""Per-example gradients, their norms, Gram matrix and moments, from one backward pass.
 
 The hand-derived backward holds, for every layer l and every row n, the layer input
@@ -17,7 +15,8 @@ Equations (``docs/derivations.md``, section "Per-example quantities"):
 * (P1) per-example δ̂: δ̂^(l)_n is the core's δ^(l) with w_n = 1;
 * (P2) ∇_{W^(l)} ℓ_n = a_nᵀ δ̂_n (an outer product), ∇_{b^(l)} ℓ_n = δ̂_n;
 * (P3) ‖∇_{W^(l)} ℓ_n‖² + ‖∇_{b^(l)} ℓ_n‖² = (‖a_n‖² + 1)‖δ̂_n‖² (Goodfellow, 2015);
-* (P4) ⟨∇ℓ_n, ∇ℓ_m⟩ = Σ_l (a_n·a_m + 1)(δ̂_n·δ̂_m);
+* (P4) ⟨∇ℓ_n, ∇ℓ_m⟩ = Σ_l (a_n·a_m + 1)(δ̂_n·δ̂_m), also between two sets (the cross Gram
+  matrix, TracIn-style influence of training examples on test examples (P8));
 * (P5) Σ_n c_n (∇_{W^(l)} ℓ_n)² = (A⊙A)ᵀ(c ⊙ δ̂⊙δ̂), Σ_n c_n (∇_b ℓ_n)² = Σ_n c_n δ̂_n⊙δ̂_n;
 * (P6) the moments: mean, sum of squares and (population) variance, elementwise.
 
@@ -36,7 +35,8 @@ training code.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -44,15 +44,19 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
+from mlds_jax.extensions.checks import call_checked
 from mlds_jax.layers import Dense, Params
 
 __all__ = [
     "GradientMoments",
     "check_row_weights",
+    "gradient_cross_gram",
+    "gradient_cross_gram_core",
     "gradient_gram",
     "gradient_gram_core",
     "gradient_moments",
     "gradient_moments_core",
+    "ghost_sq_norms",
     "per_example_deltas",
     "per_example_grad_norms",
     "per_example_grad_norms_core",
@@ -104,6 +108,28 @@ def per_example_deltas(
     return core.backward(params, cache, Y, loss, row_weights=mask).deltas  # (P1)
 
 
+def ghost_sq_norms(As: Sequence[Array], deltas: Sequence[Array]) -> Array:
+    r"""Each example's squared gradient norm per layer, (‖a_n‖² + 1)‖δ̂_n‖², equation (P3).
+
+    The ghost-norm identity, the one place it is written: ∇_{W^(l)}ℓ_n = a_nᵀ δ̂_n is an outer
+    product, so its squared Frobenius norm is ‖a_n‖²‖δ̂_n‖², and the bias adds ‖δ̂_n‖².
+
+    Args:
+      As: the layer inputs (A^(0), ..., A^(L−1)), A^(l−1) of shape (N, sizes[l−1]).
+      deltas: the per-example (δ̂^(1), ..., δ̂^(L)), δ̂^(l) of shape (N, sizes[l]).
+
+    Returns:
+      (N, L): column l − 1 is layer l's ‖∇_{W^(l)}ℓ_n‖² + ‖∇_{b^(l)}ℓ_n‖².
+    """
+    return jnp.stack(
+        [
+            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)  # (P3)
+            for A, d in zip(As, deltas, strict=True)
+        ],
+        axis=1,
+    )
+
+
 def _inputs_and_deltas(params, X, Y, loss, row_weights):
     cache = core.forward_cache(params, X)
     mask = row_mask(row_weights, X.shape[0], X.dtype)
@@ -125,7 +151,7 @@ def per_example_grads_core(
         Dense(W=jnp.einsum("ni,nj->nij", A, d), b=d, activation=layer.activation)  # (P2)
         for layer, A, d in zip(params, As, deltas, strict=True)
     ]
-    return grads if isinstance(params, list) else tuple(grads)
+    return cast(Params, grads if isinstance(params, list) else tuple(grads))
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "by_layer"))
@@ -148,13 +174,7 @@ def per_example_grad_norms_core(
       (N,), or (N, L) with ``by_layer``; zero for padding rows.
     """
     As, deltas, _ = _inputs_and_deltas(params, X, Y, loss, row_weights)
-    sq = jnp.stack(
-        [
-            (jnp.sum(A * A, axis=1) + 1) * jnp.sum(d * d, axis=1)
-            for A, d in zip(As, deltas, strict=True)
-        ],
-        axis=1,
-    )  # (P3): (N, L)
+    sq = ghost_sq_norms(As, deltas)  # (P3): (N, L)
     return jnp.sqrt(sq) if by_layer else jnp.sqrt(jnp.sum(sq, axis=1))
 
 
@@ -171,6 +191,31 @@ def gradient_gram_core(
     for A, d in zip(As, deltas, strict=True):
         G = G + (A @ A.T + 1) * (d @ d.T)  # (P4)
     return G
+
+
+@functools.partial(jax.jit, static_argnames=("loss",))
+def gradient_cross_gram_core(
+    params: Params,
+    X1: Array,
+    Y1: Array,
+    X2: Array,
+    Y2: Array,
+    loss: str,
+) -> Array:
+    r"""C_ij = ⟨∇ℓ(x1_i), ∇ℓ(x2_j)⟩ = Σ_l (a_i·a_j + 1)(δ̂_i·δ̂_j), equations (P4), (P8); (N1, N2).
+
+    Unchecked (prepared inputs).  One forward and one δ pass per set, then per layer the two
+    products A1 A2ᵀ and Δ1 Δ2ᵀ: memory O(N1·N2 + (N1 + N2)·Σ widths), no per-example gradient.
+    """
+    ones1 = jnp.ones((X1.shape[0],), X1.dtype)
+    ones2 = jnp.ones((X2.shape[0],), X2.dtype)
+    c1, c2 = core.forward_cache(params, X1), core.forward_cache(params, X2)
+    d1 = per_example_deltas(params, c1, Y1, loss, ones1)  # (P1)
+    d2 = per_example_deltas(params, c2, Y2, loss, ones2)
+    C = jnp.zeros((X1.shape[0], X2.shape[0]), X1.dtype)
+    for l in range(1, len(params) + 1):
+        C = C + (c1.A(l - 1) @ c2.A(l - 1).T + 1) * (d1[l - 1] @ d2[l - 1].T)  # (P4)
+    return C
 
 
 @functools.partial(jax.jit, static_argnames=("loss",))
@@ -217,9 +262,17 @@ def check_row_weights(row_weights, n_rows: int, dtype) -> Array | None:
     return validation.check_row_weights(row_weights, n_rows, dtype)
 
 
-def _checked(params, X, Y, loss, row_weights):
-    X, Y = validation.check_batch(params, X, Y, loss)
-    return X, Y, check_row_weights(row_weights, X.shape[0], X.dtype)
+def _call_checked(core_fn, params, X, Y, loss, row_weights, **static):
+    """Host checks of shapes, dtypes and labels; the core; finiteness from inside it."""
+    X2, Y2 = validation.check_batch(params, X, Y, loss, deferred=True)
+    w = check_row_weights(row_weights, X2.shape[0], X2.dtype)
+    return call_checked(
+        core_fn,
+        (params, X2, Y2),
+        {"row_weights": w},
+        static={"loss": loss, **static},
+        recheck=lambda: validation.check_batch(params, X, Y, loss),
+    )
 
 
 def per_example_grads(
@@ -243,8 +296,7 @@ def per_example_grads(
     Returns:
       Like params, every leaf with a leading axis N: ``W`` (N, fan_in, fan_out), ``b`` (N, fan_out).
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return per_example_grads_core(params, X, Y, loss, w)
+    return _call_checked(per_example_grads_core, params, X, Y, loss, row_weights)
 
 
 def per_example_grad_norms(
@@ -268,10 +320,11 @@ def per_example_grad_norms(
     Returns:
       (N,), or (N, L) with ``by_layer`` (the root of the row's sum of squares is the total).
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
     if not isinstance(by_layer, bool):
         raise TypeError(f"by_layer must be a bool, got {by_layer!r}")
-    return per_example_grad_norms_core(params, X, Y, loss, w, by_layer)
+    return _call_checked(
+        per_example_grad_norms_core, params, X, Y, loss, row_weights, by_layer=by_layer
+    )
 
 
 def gradient_gram(
@@ -287,8 +340,48 @@ def gradient_gram(
     Returns:
       (N, N), symmetric positive semi-definite; zero rows and columns for padding.
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return gradient_gram_core(params, X, Y, loss, w)
+    return _call_checked(gradient_gram_core, params, X, Y, loss, row_weights)
+
+
+def gradient_cross_gram(
+    params: Params, X1: ArrayLike, Y1: ArrayLike, X2: ArrayLike, Y2: ArrayLike, loss: str
+) -> Array:
+    r"""⟨∇ℓ_i, ∇ℓ_j⟩ between every example of one set and every example of another, (P4), (P8).
+
+    .. math:: C_{ij} = \sum_l \big(a^{(l-1)}_i \cdot a^{(l-1)}_j + 1\big)
+              \big(\hat\delta^{(l)}_i \cdot \hat\delta^{(l)}_j\big)
+
+    with a, δ̂ of x1_i on the left and of x2_j on the right (unscaled per-example gradients),
+    by the ghost identity: no per-example gradient is formed.  With training examples as set
+    1 and test examples as set 2, C_ij is TracIn's influence (Pruthi et al. 2020) at these
+    parameters: one SGD step of size η on example i changes the loss of test example j by
+    −η C_ij to first order (P8), so large positive entries are helpful training examples
+    (the step lowers the test loss), large negative ones harmful.
+
+    Args:
+      params: tuple of :class:`~mlds_jax.layers.Dense`.
+      X1: first set's inputs, (N1, n_in).  Y1: its targets as for :func:`mlds_jax.loss`.
+      X2: second set's inputs, (N2, n_in).  Y2: its targets.
+      loss: loss name.
+
+    Returns:
+      C, (N1, N2); ``gradient_cross_gram(p, X, Y, X, Y, loss)`` is :func:`gradient_gram`.
+    """
+    X1p, Y1p = validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1", deferred=True)
+    X2p, Y2p = validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2", deferred=True)
+
+    def recheck():
+        validation.check_batch(params, X1, Y1, loss, x_name="X1", y_name="Y1")
+        validation.check_data(params, X2, Y2, loss, x_name="X2", y_name="Y2")
+
+    return call_checked(
+        gradient_cross_gram_core,
+        (params, X1p, Y1p),
+        {"X2": X2p, "Y2": Y2p},
+        static={"loss": loss},
+        also_finite=("X2",),
+        recheck=recheck,
+    )
 
 
 def gradient_moments(
@@ -307,5 +400,4 @@ def gradient_moments(
     Returns:
       :class:`GradientMoments` of three pytrees like params.
     """
-    X, Y, w = _checked(params, X, Y, loss, row_weights)
-    return gradient_moments_core(params, X, Y, loss, w)
+    return _call_checked(gradient_moments_core, params, X, Y, loss, row_weights)

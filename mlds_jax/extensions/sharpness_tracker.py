@@ -17,12 +17,15 @@ from jax.typing import ArrayLike
 
 from mlds_jax import validation
 from mlds_jax.callback import Callback
-from mlds_jax.extensions.curvature import lanczos_core
+from mlds_jax.extensions.lanczos import sharpness_core
 
 __all__ = ["SharpnessTracker"]
 
 #: Without ``data``, λ_max is taken on the first this-many training rows.
 DEFAULT_ROWS = 1024
+
+#: λ_max by Lanczos (H11), one compiled program per network shape and loss.
+_sharpness = jax.jit(sharpness_core, static_argnames=("loss", "num_iters"))
 
 
 class SharpnessTracker(Callback):
@@ -68,7 +71,7 @@ class SharpnessTracker(Callback):
         if epoch % self.every or self._args is None:
             return None
         X, Y, loss, key = self._args
-        lam, _, _ = lanczos_core(run.state.params, X, Y, loss, jax.random.fold_in(key, epoch - 1))
+        lam = _sharpness(run.state.params, X, Y, loss, jax.random.fold_in(key, epoch - 1))
         run.history.setdefault("sharpness", []).append(float(lam))
         run.history.setdefault("sharpness_epoch", []).append(epoch)
         return None
