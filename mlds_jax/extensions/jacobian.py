@@ -33,7 +33,7 @@ from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
 from mlds_jax.activations import ACTIVATIONS
-from mlds_jax.extensions.curvature import LOGIT_PAIRS, backprop_factor
+from mlds_jax.extensions.ggn_factors import backprop_factor
 from mlds_jax.layers import Dense, Params
 from mlds_jax.losses import DEFAULT_LOSS, get_loss
 
@@ -54,9 +54,9 @@ JACOBIAN_AT = ("auto", "logits", "outputs")
 def jacobian_at_logits(output_activation: str, loss: str | None, at: str) -> bool:
     """True when the Jacobian (or the GGN) is taken at the logits Z^(L), False at Ŷ.
 
-    ``at="auto"``: with a loss, the GGN's convention (the logit pairs of
-    :data:`~mlds_jax.extensions.curvature.LOGIT_PAIRS`); without one, the logits exactly for
-    the outputs whose default loss is a log-loss (softmax, sigmoid).
+    ``at="auto"``: with a loss, the GGN's convention (the loss registry's
+    :meth:`~mlds_jax.losses.Loss.ggn_at_logits`); without one, the logits exactly for the
+    outputs whose default loss is a log-loss (softmax, sigmoid).
     """
     if at == "logits":
         return True
@@ -64,7 +64,7 @@ def jacobian_at_logits(output_activation: str, loss: str | None, at: str) -> boo
         return False
     if loss is None:
         loss = DEFAULT_LOSS.get(output_activation)
-    return (output_activation, loss) in LOGIT_PAIRS
+    return loss is not None and get_loss(loss).ggn_at_logits(output_activation)
 
 
 def output_directions(cache: core.ForwardCache, output_activation: str, logits: bool) -> Array:
