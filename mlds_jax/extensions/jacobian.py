@@ -68,18 +68,19 @@ def jacobian_at_logits(output_activation: str, loss: str | None, at: str) -> boo
 
 
 def output_directions(cache: core.ForwardCache, output_activation: str, logits: bool) -> Array:
-    r"""S_n = ∂o_n/∂z_n^(L) as (N, K, K), column k the direction of output k (J1).
+    r"""S_n = ∂o_n/∂z_n^(L), columns first: (K, N, K), ``out[k, n]`` the direction of output
+    k of example n (J1), as the GGN factors are laid out (:mod:`~mlds_jax.extensions.ggn_factors`).
 
     The identity at the logits; at Ŷ, row k of the output activation's Jacobian J_f (so
     column k of J_fᵀ: f'(z_nk) e_k element-wise, diag(a) − a aᵀ for softmax, symmetric).
     """
     Z = cache.Zs[-1]
     N, K = Z.shape
-    eye = jnp.broadcast_to(jnp.eye(K, dtype=Z.dtype), (N, K, K))
+    eye = jnp.broadcast_to(jnp.eye(K, dtype=Z.dtype)[:, None, :], (K, N, K))
     if logits:
         return eye  # (J1): B^(L) = e_k
     backward = ACTIVATIONS[output_activation].backward
-    return jax.vmap(lambda col: backward(col, Z), in_axes=2, out_axes=2)(eye)  # (J1): J_fᵀ e_k
+    return jax.vmap(lambda col: backward(col, Z))(eye)  # (J1): J_fᵀ e_k
 
 
 def factor_jacobian(params: Params, cache: core.ForwardCache, S: Array) -> Params:
@@ -93,7 +94,7 @@ def factor_jacobian(params: Params, cache: core.ForwardCache, S: Array) -> Param
     Args:
       params: L layers.
       cache: ``core.forward_cache(params, X)``.
-      S: (N, K, C), C directions per example at the logits.
+      S: (C, N, K), C directions per example at the logits, columns first.
 
     Returns:
       Like params: W^(l) leaves (N, C, n_{l−1}, n_l), b^(l) leaves (N, C, n_l).
@@ -116,7 +117,7 @@ def flat_factor_jacobian(params: Params, cache: core.ForwardCache, S: Array) -> 
     r""":func:`factor_jacobian` as one (N·C, P) matrix, columns in ``ravel_pytree(params)``
     order (W1, b1, W2, b2, ..., each row-major): row n·C + c is the Jacobian of o_nc (J2)."""
     B = backprop_factor(params, cache, S)  # (H8), (J1)
-    N, C = S.shape[0], S.shape[2]
+    C, N = S.shape[0], S.shape[1]
     blocks = []
     for l in range(1, len(params) + 1):
         A_prev = cache.As[l - 1]
