@@ -7,6 +7,7 @@ callbacks too; they live with their extensions.)
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -193,15 +194,41 @@ class Checkpoint(Callback):
     Written atomically (see :mod:`mlds_jax.io.train_state`) every ``every`` epochs, when training
     ends, and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
     handler or a callback: the last completed epoch is saved, then the exception propagates).
-    With ``resume`` the run continues from the file (FileNotFoundError if there is none),
-    bit-identical to an uninterrupted run; a state of another run (key, data size, batch
-    size, loss), optimizer or architecture is refused naming the mismatch.  The directory is
-    created (parents too) if it does not exist.
+    The directory is created (parents too) if it does not exist.
+
+    With ``resume`` the run continues from the file (FileNotFoundError if there is none):
+
+    * from its last completed epoch, bit-identical to an uninterrupted run; ``resumed_from``
+      is then that epoch count, and ``verbose`` prints "resuming from epoch N of M";
+    * a run that had finished (all its epochs, early stopping or a callback's stop) continues
+      when more epochs are asked for than it has done (``epochs`` is the total), from its
+      last epoch, with the early-stopping count where it stood (so a larger patience lets it
+      run on); asking for fewer epochs than it has done is a ValueError, as many is a run
+      with nothing left to train;
+    * a state of another run (key, data size, batch size, loss), another optimizer or
+      another architecture (named in layer sizes) is refused naming the mismatch; so are
+      changed ``settings``: a JSON-ready dict of whatever else must not change across a
+      resume (learning rate, regularisation...), stored with the state and compared key by
+      key.
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int = 1, resume: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int = 1,
+        resume: bool = False,
+        *,
+        settings: dict | None = None,
+        verbose: int = 0,
+    ):
         self.directory, self.every, self.resume = directory, every, resume
+        self.settings = None if settings is None else dict(settings)
+        self.verbose = verbose
         self.path = train_state.state_path(directory)
+        #: The epochs the resumed state had done (None: not resumed yet, or a fresh run).
+        self.resumed_from: int | None = None
+        #: Why the resumed run had stopped ("completed" for an interrupted run).
+        self.resumed_stop_reason: str | None = None
         self._saved_at = -1
         self._snapshot = None  # (state, history lengths) after the last completed chunk
 
@@ -232,8 +259,18 @@ class Checkpoint(Callback):
                     f"call has {self.run_id(run)}: resume with the same key, data, batch size "
                     "and loss"
                 )
+            self._check_settings(saved.get("settings"))
+            done = int(saved["epoch"])
+            if done > run.epochs:
+                raise ValueError(
+                    f"training state {self.path} has done {done} epochs; epochs={run.epochs} "
+                    f"asks for fewer (epochs is the total, counting earlier ones): ask for more "
+                    f"than {done} to continue it"
+                )
             history = History({k: list(v) for k, v in saved["history"].items()})
-            history.stop_reason = saved["stop_reason"]
+            history.stop_reason = self.resumed_stop_reason = saved["stop_reason"]
+            if done < run.epochs and history.stop_reason in ("early_stopping", "callback"):
+                history.stop_reason = "completed"  # a finished run asked for more epochs
             history.best_epoch = saved["best_epoch"]
             run.history = history
             run.state = state._replace(
@@ -246,7 +283,24 @@ class Checkpoint(Callback):
                 best_params=best_params,
             )
             self._saved_at = run.state.epoch
+            self.resumed_from = done
+            if self.verbose:
+                print(f"resuming from epoch {done} of {run.epochs} ({self.path})", flush=True)
         self._snapshot = (run.state, run.history.lengths())
+
+    def _check_settings(self, saved) -> None:
+        """A ValueError naming every setting that differs from the saved run's."""
+        if self.settings is None:
+            return
+        saved = saved if isinstance(saved, dict) else {}
+        ours = json.loads(json.dumps(self.settings, default=str))  # as it would be stored
+        changed = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+        if changed:
+            diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {ours.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"training state {self.path} was saved with other settings ({diffs}): resume "
+                f"with the settings it was started with"
+            )
 
     def epochs_until_due(self, epoch: int) -> int | None:
         return self.every - epoch % self.every
@@ -277,6 +331,7 @@ class Checkpoint(Callback):
             "best_epoch": state.best_epoch,
             "best_value": state.best_value,
             "since_best": state.since_best,
+            **({} if self.settings is None else {"settings": self.settings}),
         }
         train_state.save_train_state(
             self.path, state.params, state.opt_state, state.best_params, record
