@@ -76,6 +76,7 @@ from mlds_jax.layers import Dense, Params, layer_sizes
 from mlds_jax.losses import DEFAULT_LOSS, LOSSES, Loss, matched_delta
 from mlds_jax.network import forward, forward_cache, loss, predict, prepare_targets
 from mlds_jax.parallel import data_parallel_mesh, pad_rows
+from mlds_jax.plotting import plot_history
 from mlds_jax.training import (
     EarlyStopping,
     History,
@@ -170,6 +171,7 @@ __all__ = [
     "pad_rows",
     "per_example_grad_norms",
     "per_example_grads",
+    "plot_history",
     "predict",
     "prepare_targets",
     "quadratic_example",
