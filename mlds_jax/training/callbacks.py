@@ -94,15 +94,37 @@ class _Paced(Callback):
         """Display one finished epoch (subclasses)."""
 
 
+def _plain_text(line: str):
+    """``line`` as IPython's text/plain display object (no quotes, unlike a str)."""
+    from IPython.display import Pretty
+
+    return Pretty(line)
+
+
+def _updatable_display(line: str):
+    """Display ``line`` in a kernel with a ``display_id`` and return its handle (None where
+    IPython's display machinery is not there to ask)."""
+    try:
+        from IPython.display import display
+
+        return display(_plain_text(line), display_id=True)
+    except Exception:  # noqa: BLE001 (no IPython, or a shell without displays)
+        return None
+
+
 class ProgressBar(_Paced):
     """A progress bar: tqdm's on a terminal, its widget in Jupyter (with ipywidgets), or one
-    line rewritten in place in a kernel without them (see :func:`progress_mode`)."""
+    line rewritten in place in a kernel without them (see :func:`progress_mode`), once per
+    chunk: the last epoch of each (a kernel's output then holds one message per chunk, not
+    one per epoch)."""
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
         self._bar = None
         self._line = ""
+        self._pending: str | None = None
+        self._display = None  # IPython's DisplayHandle, in a kernel
 
     def on_train_begin(self, run: Run) -> None:
         if self.mode in ("bar", "notebook"):
@@ -118,15 +140,36 @@ class ProgressBar(_Paced):
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "time"})
             self._bar.update(1)
         else:
-            line = f"fit: epoch {epoch + 1}/{run.epochs}  {_shown(logs)}"
+            self._pending = f"fit: epoch {epoch + 1}/{run.epochs}  {_shown(logs)}"
+
+    def on_chunk_end(self, run: Run) -> bool | None:
+        self._flush()
+        return None
+
+    def _flush(self) -> None:
+        """Show the pending line: in a kernel one display updated in place (IPython's
+        ``display_id``: a saved notebook keeps one output, the last line), else "\r"."""
+        if self._pending is None:
+            return
+        line, self._pending = self._pending, None
+        if self._display is None and not self._line:
+            self._display = _updatable_display(line)
+            if self._display is not None:
+                self._line = line
+                return
+        if self._display is not None:
+            self._display.update(_plain_text(line))
+        else:
             pad = " " * max(0, len(self._line) - len(line))
             print("\r" + line + pad, end="", flush=True)
-            self._line = line
+        self._line = line
 
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._line:
+            return
+        self._flush()  # a last epoch not yet shown (a diverged chunk has no chunk end)
+        if self._line and self._display is None:
             print(flush=True)
 
     def on_train_end(self, run: Run) -> None:
