@@ -252,7 +252,7 @@ class Checkpoint(Callback):
       another architecture (named in layer sizes) is refused naming the mismatch; so are
       changed ``settings``: a JSON-ready dict of whatever else must not change across a
       resume (learning rate, regularisation...), stored with the state and compared key by
-      key.
+      key (a state saved without settings, by an earlier version, is not compared).
     """
 
     def __init__(
@@ -333,9 +333,8 @@ class Checkpoint(Callback):
 
     def _check_settings(self, saved) -> None:
         """A ValueError naming every setting that differs from the saved run's."""
-        if self.settings is None:
-            return
-        saved = saved if isinstance(saved, dict) else {}
+        if self.settings is None or not isinstance(saved, dict):
+            return  # nothing to compare with: a state written without settings
         ours = json.loads(json.dumps(self.settings, default=str))  # as it would be stored
         changed = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
         if changed:
