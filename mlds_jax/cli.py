@@ -797,10 +797,7 @@ def _train(args, dp, run) -> int:
     print(stopping + metric_note, flush=True)
     interactive = not args.no_progress and sys.stderr.isatty()
     log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
-    settings = {
-        "data": args.data if args.data is not None else ds.name,
-        "targets": list(prep.targets),
-        "task": ds.task,
+    config = {  # what the summary reports and a resumed run must share
         "sizes": sizes,
         "activation": activation,
         "output": output,
@@ -813,6 +810,12 @@ def _train(args, dp, run) -> int:
         "seed": args.seed,
         "test_size": args.test_size,
         "validation_fraction": args.validation_fraction,
+    }
+    settings = {
+        "data": args.data if args.data is not None else ds.name,
+        "targets": list(prep.targets),
+        "task": ds.task,
+        **config,
         "dp_clip": args.dp_clip,
         "dp_noise": args.dp_noise,
         "data_parallel": bool(args.data_parallel),
@@ -868,18 +871,7 @@ def _train(args, dp, run) -> int:
         **({"data": args.data, "targets": list(prep.targets)} if args.data is not None else {}),
         "task": ds.task,
         **({"classes": list(prep.classes)} if prep.classes is not None else {}),
-        "sizes": sizes,
-        "activation": activation,
-        "output": output,
-        "loss": loss,
-        "optimizer": args.optimizer,
-        "lr": lr,
-        "l2": l2,
-        "batch_size": args.batch_size,
-        "grads": args.grads,
-        "seed": args.seed,
-        "test_size": args.test_size,
-        "validation_fraction": args.validation_fraction,
+        **config,
         "patience": patience,
         **rows,
         "epochs": args.epochs,

@@ -70,19 +70,24 @@ def _missing(col: np.ndarray) -> np.ndarray:
     return np.isin(np.char.lower(col.astype(str)), list(MISSING))
 
 
+def _refuse_missing(table: Table, col: np.ndarray, head: str, advice: str) -> None:
+    """A ValueError naming the first missing value of the text column ``col``, if any."""
+    missing = np.flatnonzero(_missing(col))
+    if missing.size:
+        i = int(missing[0])
+        raise ValueError(
+            f"{head} has a missing value ({str(col[i])!r}) at {table.where(i)} "
+            f"({missing.size} missing in all): {advice}"
+        )
+
+
 def numeric_column(table: Table, name: str, role: str = "feature") -> np.ndarray:
     """Column ``name`` as (n,) float64, or a ValueError naming the column and the first bad
     line: a missing value, text, or an infinite number."""
     col = table.column(name)
     head = f"{role} column {name!r} of {table.path}"
     if _is_text(col):
-        missing = np.flatnonzero(_missing(col))
-        if missing.size:
-            i = int(missing[0])
-            raise ValueError(
-                f"{head} has a missing value ({str(col[i])!r}) at {table.where(i)} "
-                f"({missing.size} missing in all): fill it in or drop the row"
-            )
+        _refuse_missing(table, col, head, "fill it in or drop the row")
         try:
             values = col.astype(np.float64)
         except ValueError:
@@ -120,13 +125,8 @@ def _label_kind(table: Table, name: str) -> str:
     """ "int", "float" or "text": what a target column holds (missing values refused)."""
     col = table.column(name)
     if _is_text(col):
-        missing = np.flatnonzero(_missing(col))
-        if missing.size:
-            i = int(missing[0])
-            raise ValueError(
-                f"target column {name!r} of {table.path} has a missing value ({str(col[i])!r}) at "
-                f"{table.where(i)}: every row needs a target"
-            )
+        _refuse_missing(table, col, f"target column {name!r} of {table.path}",
+                        "every row needs a target")  # fmt: skip
         if all(_INT.match(v) for v in col):
             return "int"
         return "float" if all(_parses(v) for v in col) else "text"
