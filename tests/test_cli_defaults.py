@@ -32,6 +32,7 @@ def _linear_score(ds) -> float:
     return model.score(ds.X_test, ds.y_test)
 
 
+@pytest.mark.slow  # 18 runs at the defaults, ~60 s on 2 cores (each compiles its program)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("name", sorted(mj.DATASETS))
 def test_cli_defaults_reach_a_linear_models_test_score(name, optimizer, tmp_path):
