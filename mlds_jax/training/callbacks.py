@@ -94,21 +94,37 @@ class _Paced(Callback):
         """Display one finished epoch (subclasses)."""
 
 
-def _plain_text(line: str):
-    """``line`` as IPython's text/plain display object (no quotes, unlike a str)."""
-    from IPython.display import Pretty
+def _kernel_display():
+    """IPython's ``(display, Pretty)`` from the running kernel's IPython (already imported
+    there), or None outside a kernel or without them."""
+    shown = getattr(sys.modules.get("IPython"), "display", None)
+    display, pretty = getattr(shown, "display", None), getattr(shown, "Pretty", None)
+    if display is None or pretty is None or not in_jupyter_kernel():
+        return None
+    return display, pretty
 
-    return Pretty(line)
+
+class _KernelLine:
+    """One line of text shown in a kernel as a display updated in place (``display_id``)."""
+
+    def __init__(self, line: str):
+        parts = _kernel_display()
+        if parts is None:
+            raise LookupError("not in a kernel with IPython's display")
+        display, self._pretty = parts
+        self._handle = display(self._pretty(line), display_id=True)
+        if self._handle is None:
+            raise LookupError("display_id not supported")
+
+    def update(self, line: str) -> None:
+        self._handle.update(self._pretty(line))
 
 
-def _updatable_display(line: str):
-    """Display ``line`` in a kernel with a ``display_id`` and return its handle (None where
-    IPython's display machinery is not there to ask)."""
+def _updatable_display(line: str) -> _KernelLine | None:
+    """``line`` displayed in a kernel, updatable; None where that is not possible."""
     try:
-        from IPython.display import display
-
-        return display(_plain_text(line), display_id=True)
-    except Exception:  # noqa: BLE001 (no IPython, or a shell without displays)
+        return _KernelLine(line)
+    except Exception:  # noqa: BLE001 (no kernel display: the caller prints "\r" lines)
         return None
 
 
@@ -124,7 +140,7 @@ class ProgressBar(_Paced):
         self._bar = None
         self._line = ""
         self._pending: str | None = None
-        self._display = None  # IPython's DisplayHandle, in a kernel
+        self._display: _KernelLine | None = None
 
     def on_train_begin(self, run: Run) -> None:
         if self.mode in ("bar", "notebook"):
@@ -158,7 +174,7 @@ class ProgressBar(_Paced):
                 self._line = line
                 return
         if self._display is not None:
-            self._display.update(_plain_text(line))
+            self._display.update(line)
         else:
             pad = " " * max(0, len(self._line) - len(line))
             print("\r" + line + pad, end="", flush=True)
