@@ -1137,8 +1137,9 @@ def _main(argv: Sequence[str] | None) -> int:
             with contextlib.suppress(OSError):
                 print(f"mlds-jax {args.command}: stdout closed{note}", file=sys.stderr)
         raise
-    except (UsageError, ValueError, TypeError) as exc:
-        # bad values found by the library's own checks: one line, no traceback
+    except (UsageError, ValueError, TypeError, ImportError) as exc:
+        # bad values found by the library's own checks, or a missing extra (matplotlib,
+        # scikit-learn: the message says which to install): one line, no traceback
         print(f"mlds-jax {args.command}: error: {exc}", file=sys.stderr)
     except OSError as exc:  # a full disk, say: what was saved can be resumed
         print(f"mlds-jax {args.command}: error: {exc}{_resumable(args)}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_error_line, run_cli
+from helpers import one_error_line, patching, run_cli
 
 import mlds_jax as mj
 from mlds_jax.tabular import load_table
@@ -209,6 +209,18 @@ def test_bad_tables_exit_2_with_one_line(tmp_path, case):
 def test_bad_data_options_exit_2(argv, needle):
     rc, out, err = run_cli(argv)
     assert rc == 2 and needle in one_error_line(err) and out == ""
+
+
+def test_a_missing_extra_is_one_line(tmp_path):
+    """Without scikit-learn (the data extra) a table cannot be split: one line naming the
+    extra, no traceback."""
+    (tmp_path / "t.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
+    with patching() as mp:
+        mp.setitem(sys.modules, "sklearn.model_selection", None)  # import fails
+        rc, _, err = train("--data", str(tmp_path / "t.csv"), "--epochs", "1")
+    assert rc == 2
+    assert "splitting a table needs scikit-learn: pip install 'mlds-jax[data]'" in \
+        one_error_line(err)
 
 
 def test_predict_needs_a_model_that_records_its_preprocessing(tmp_path):
