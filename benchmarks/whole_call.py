@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mlds_jax.cli import DEFAULT_EPOCHS
+
 LR = 0.01
 TORCH_THREADS: int | None = None  # None: one per core (run.py sets it from --torch-threads)
 SIZES = [64, 128, 64, 10]
@@ -218,7 +220,7 @@ def cli_runs(epochs: int | None = None) -> dict[str, Any]:
         "second_s": walls[1],
         "ratio": walls[1] / walls[0],
         "cache_entries": entries,
-        "epochs": epochs if epochs is not None else 30,
+        "epochs": epochs if epochs is not None else f"default (up to {DEFAULT_EPOCHS})",
     }
 
 

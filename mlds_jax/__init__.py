@@ -84,6 +84,7 @@ from mlds_jax.layers import Dense, Params, layer_sizes
 from mlds_jax.losses import DEFAULT_LOSS, LOSSES, Loss, matched_delta
 from mlds_jax.network import forward, forward_cache, loss, predict, prepare_targets
 from mlds_jax.parallel import data_parallel_mesh, pad_rows
+from mlds_jax.plotting import plot_history
 from mlds_jax.training import (
     EarlyStopping,
     History,
@@ -184,6 +185,7 @@ __all__ = [
     "per_example_diag_ggn",
     "per_example_grad_norms",
     "per_example_grads",
+    "plot_history",
     "predict",
     "prepare_targets",
     "quadratic_example",

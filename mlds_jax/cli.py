@@ -1,14 +1,38 @@
 """The ``mlds-jax`` command: a thin layer over the public API.
 
   mlds-jax train        train an MLP on a bundled data set (default: digits, manual gradients)
+                        or on your own table (--data file.csv|file.npz)
+  mlds-jax predict      a saved model's predictions for a table's rows, as CSV
+  mlds-jax evaluate     score a saved model on a data set's test split or on a table
   mlds-jax gradcheck    manual vs jax.grad vs finite differences, per leaf
-  mlds-jax evaluate     score a saved checkpoint on a data set's test split
 
 Exit status: 0 success; 1 ``gradcheck`` found a failing leaf; 2 a bad option or value, a
-bad file or a model too large for memory (one line on stderr, never a traceback); 3 training
-diverged (non-finite loss or parameters: one line on stderr, nothing written to ``--out``);
-130 interrupted by Ctrl-C, 143 terminated by SIGTERM (with ``--out``, the last completed epoch
-is saved first for ``--resume``).
+bad file or table or a model too large for memory (one line on stderr, never a traceback); 3
+training diverged (non-finite loss or parameters: one line on stderr, nothing written to
+``--out``); 130 interrupted by Ctrl-C, 143 terminated by SIGTERM (with ``--out``, the last
+completed epoch is saved first for ``--resume``); 141 the reader of stdout went away (``|
+head``: no message, as for SIGPIPE).
+
+Your own data: ``train --data PATH`` reads a CSV file with a header (``--target COLUMN``,
+repeatable, names the target columns; default the last column) or an ``.npz`` with X and y,
+infers the task from the targets (integers or text: classification, the label names kept;
+other numbers: regression; several 0/1 columns: multi-label) unless ``--task`` says, and
+standardises every feature (and regression target) with the training rows' statistics (see
+:mod:`mlds_jax.tabular`; text features are refused, not one-hot encoded).  ``model.npz``
+records that preprocessing and the label names, so ``predict --data`` and ``evaluate --data``
+apply it to new raw rows (bundled data sets' models too).
+
+Defaults, per task (measured so that every bundled data set reaches at least a linear
+model's test score on the same split, under adam, sgd and momentum): classification one
+hidden layer of 32 tanh units; regression 64 relu units with weight decay ``--l2 3``
+(scikit-learn's alpha); learning rates in :data:`DEFAULT_LR`; up to ``--epochs 200``, with
+early stopping on the val loss that keeps the best epoch (``--patience 50`` epochs without
+improvement end the run; ``--patience 0`` trains every epoch and keeps the last).
+``--validation-fraction 0`` trains on all training rows, without early stopping.
+
+Multi-label "accuracy" is exact match (every label of a row right, scikit-learn's ``score``)
+and "label_accuracy" the fraction of single labels right, in the printout, history files and
+summary alike.
 
 ``train --out DIR`` publishes its files in ``DIR`` as one complete set when the run ends; while
 it runs, its training state lives in ``DIR.partial/`` beside it, which ``--resume`` continues
@@ -32,16 +56,33 @@ import contextlib
 import csv
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 
+from mlds_jax.callback import Callback
+
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by it
 EXIT_TERMINATED = 143
 OPTIMIZERS = ("sgd", "momentum", "adam")
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
+#: The default learning rate per task ("classification" or "regression") and optimizer.
+DEFAULT_LR = {
+    "classification": {"sgd": 0.1, "momentum": 0.01, "adam": 1e-3},
+    "regression": {"sgd": 0.01, "momentum": 0.001, "adam": 1e-3},
+}
+#: The default network and regularisation per task (``--hidden-sizes``, ``--activation``,
+#: ``--l2``).  Small tabular data overfit a wide net: one hidden layer; for regression
+#: (diabetes: 318 noisy rows) weight decay as well.
+TASK_DEFAULTS = {
+    "classification": {"hidden_sizes": [32], "activation": "tanh", "l2": 0.0},
+    "regression": {"hidden_sizes": [64], "activation": "relu", "l2": 3.0},
+}
+DEFAULT_EPOCHS = 200
+DEFAULT_PATIENCE = 50
 
 
 class UsageError(Exception):
@@ -50,7 +91,34 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line instead of usage + message
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {message}{self._hint(message)} (see {self.prog} --help)\n",
+        )
+
+    def _hint(self, message: str) -> str:
+        """A "did you mean" for a misspelt subcommand, option value or option."""
+        from mlds_jax import validation
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            return validation.did_you_mean(
+                choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
+            )
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        if unknown and unknown.group(1).startswith("--"):
+            word = unknown.group(1).split("=")[0]
+            return validation.did_you_mean(word, sorted(self._every_option()))
+        return ""
+
+    def _every_option(self) -> set[str]:
+        names: set[str] = set()
+        for action in self._actions:
+            names.update(o for o in action.option_strings if o.startswith("--"))
+            for sub in getattr(action, "choices", None) or ():
+                if isinstance(action.choices, dict):
+                    names |= action.choices[sub]._every_option()
+        return names
 
 
 def _int_list(text: str) -> list[int]:
@@ -90,6 +158,8 @@ def _positive(kind):
 
 
 _fraction = _checked(float, lambda v: 0 < v < 1, "a number", "lie strictly between 0 and 1")
+_fraction_or_zero = _checked(float, lambda v: 0 <= v < 1, "a number", "lie in [0, 1)")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a whole number", "be a whole number >= 0")
 _non_negative_float = _checked(
     float, lambda v: 0 <= v < float("inf"), "a float", "be a finite number >= 0"
 )
@@ -98,47 +168,79 @@ _seed = _checked(int, lambda v: 0 <= v < 2**32, "an int", "lie in [0, 2**32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mlds_jax import __version__
     from mlds_jax.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
     from mlds_jax.datasets import DATASETS
     from mlds_jax.losses import LOSSES
+    from mlds_jax.tabular import TASKS
 
     parser = _Parser(
         prog="mlds-jax",
         description="Hand-derived backpropagation for MLPs in JAX, cross-checked by jax.grad.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"mlds-jax {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser(
         "train",
-        help="train an MLP on a bundled data set (default: digits)",
-        description="Train an MLP with hand-derived gradients and report its "
-        "test score.  With no options: digits, 64-128-64-10 relu/softmax, adam.",
+        help="train an MLP on a bundled data set (default: digits) or your own table",
+        description="Train an MLP with hand-derived gradients and report its test score.  With "
+        "no options: digits, 64-32-10 tanh/softmax, adam, up to 200 epochs keeping the best "
+        "val_loss epoch.  Defaults per task: classification 32 tanh units, lr sgd 0.1 / "
+        "momentum 0.01 / adam 0.001; regression 64 relu units, --l2 3, lr sgd 0.01 / "
+        "momentum 0.001 / adam 0.001.",
     )
-    t.add_argument(
+    data = t.add_argument_group("data")
+    data.add_argument(
         "--dataset",
-        default="digits",
+        default=None,
         choices=sorted(DATASETS),
-        help="bundled or generated data set (default: digits)",
+        help="bundled or generated data set (default: digits, unless --data)",
+    )
+    data.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own table: a CSV file with a header, or an .npz with X (rows, features) "
+        "and y; every column but the targets is a numeric feature, standardised with the "
+        "training rows' statistics (recorded in model.npz for predict/evaluate)",
+    )
+    data.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        metavar="COLUMN",
+        help="a target column of the CSV (repeat for several outputs; default: the last column)",
+    )
+    data.add_argument(
+        "--task",
+        default=None,
+        choices=TASKS,
+        help="default: inferred from the targets (integers or text: classification, with the "
+        "label names kept; other numbers: regression; several 0/1 columns: multi-label)",
     )
     t.add_argument(
         "--hidden-sizes",
         type=_int_list,
-        default=[128, 64],
+        default=None,
         metavar="H1,H2",
-        help="hidden layer widths (default: 128,64); 'none' for no hidden layer",
+        help="hidden layer widths; 'none' for no hidden layer (default: 32 for "
+        "classification, 64 for regression)",
     )
     t.add_argument(
         "--activation",
-        default="relu",
+        default=None,
         choices=HIDDEN_ACTIVATIONS,
-        help="hidden activation (default: relu)",
+        help="hidden activation (default: tanh for classification, relu for regression)",
     )
     t.add_argument(
         "--loss",
         default=None,
         choices=sorted(LOSSES),
-        help="loss (default: the data set's: cross_entropy, binary_cross_entropy or mse)",
+        help="loss (default: the task's: cross_entropy, binary_cross_entropy or mse)",
     )
     t.add_argument(
         "--optimizer", default="adam", choices=OPTIMIZERS, help="optax optimizer (default: adam)"
@@ -147,9 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=_positive(float),
         default=None,
-        help="learning rate (default: sgd 0.1, momentum 0.05, adam 0.001)",
+        help="learning rate (default per task: classification sgd 0.1, momentum 0.01, adam "
+        "0.001; regression sgd 0.01, momentum 0.001, adam 0.001)",
     )
-    t.add_argument("--epochs", type=_positive(int), default=30, help="epochs (default: 30)")
+    t.add_argument(
+        "--l2",
+        type=_non_negative_float,
+        default=None,
+        metavar="ALPHA",
+        help="weight decay, scikit-learn's alpha: each batch's loss plus ALPHA/(2 B) times the "
+        "squared weights (default: 0 for classification, 3 for regression)",
+    )
+    t.add_argument(
+        "--epochs",
+        type=_positive(int),
+        default=DEFAULT_EPOCHS,
+        help=f"most epochs; with --resume the total (default: {DEFAULT_EPOCHS})",
+    )
     t.add_argument(
         "--batch-size", type=_positive(int), default=32, help="minibatch size (default: 32)"
     )
@@ -163,18 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-size", type=_fraction, default=0.2, help="test fraction (default: 0.2)")
     t.add_argument(
         "--validation-fraction",
-        type=_fraction,
+        type=_fraction_or_zero,
         default=0.1,
         metavar="F",
         help="fraction of the training rows held out (stratified) for the val metrics and "
-        "early stopping; the test split is scored once, at the end (default: 0.1)",
+        "early stopping; 0 trains on all of them, without early stopping; the test split is "
+        "scored once, at the end (default: 0.1)",
     )
     t.add_argument(
+        "--patience",
         "--early-stopping",
-        type=_positive(int),
+        dest="patience",
+        type=_non_negative_int,
         default=None,
-        metavar="PATIENCE",
-        help="stop when the val loss stalls for PATIENCE epochs (restores the best epoch)",
+        metavar="N",
+        help=f"early stopping: end the run when the val loss has not improved for N epochs "
+        f"and keep the best epoch's model; 0 trains every epoch and keeps the last (default: "
+        f"{DEFAULT_PATIENCE}; needs validation rows)",
     )
     t.add_argument(
         "--out",
@@ -187,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run of --out DIR: the interrupted one in DIR.partial/ (its state "
-        "is written every epoch and on Ctrl-C/SIGTERM), else the finished one in DIR; same "
-        "options, --epochs is the total",
+        "is written every epoch and on Ctrl-C/SIGTERM), else the finished one in DIR, which "
+        "continues when --epochs (the total) is more than it has done; the same options, but "
+        "--epochs, --patience and the display ones (a changed one is refused, named)",
     )
     t.add_argument(
         "--data-parallel",
@@ -218,6 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar or epoch log")
     _add_cache_flag(t)
+
+    p = sub.add_parser(
+        "predict",
+        help="a saved model's predictions for a table's rows (CSV)",
+        description="Apply a model written by 'train --out' to the rows of a CSV or .npz "
+        "file: the features are read by name (an .npz's X by position) and standardised as "
+        "in training; the predictions (class names, 0/1 labels or values in the target's "
+        "units) are written as CSV, one row per input row, headed by the target names.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a model.npz")
+    p.add_argument(
+        "--data", required=True, metavar="PATH", help="CSV with a header, or .npz with X"
+    )
+    p.add_argument(
+        "--out", default=None, metavar="FILE", help="write the CSV here (default: stdout)"
+    )
 
     g = sub.add_parser(
         "gradcheck",
@@ -250,13 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a data set's test split")
+    e = sub.add_parser(
+        "evaluate",
+        help="score a model on a data set's test split or on a table",
+        description="Score a saved model: on the test split of the bundled data set it was "
+        "trained on (or --dataset), or on every row of a table (--data, with its target "
+        "columns; preprocessed as in training).",
+    )
     e.add_argument("--checkpoint", required=True, metavar="PATH")
     e.add_argument(
         "--dataset",
         default=None,
         choices=sorted(DATASETS),
         help="default: the data set recorded in the checkpoint",
+    )
+    e.add_argument(
+        "--data", default=None, metavar="PATH", help="score on this CSV or .npz table instead"
     )
     e.add_argument("--loss", default=None, choices=sorted(LOSSES))
     e.add_argument(
@@ -369,7 +516,8 @@ def _history_rows(history: dict) -> list[list]:
 def _plot_history(
     history: dict, title: str, *, lr: float | None = None, optimizer: str = "sgd"
 ) -> bytes:
-    """curves.png's bytes: train and val curves per metric (CLI history names)."""
+    """curves.png's bytes: :func:`mlds_jax.plot_history` of the CLI's history, drawn off
+    screen (the Agg backend)."""
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -378,39 +526,13 @@ def _plot_history(
         ) from None
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    metrics = [m for m in ("accuracy", "r2") if "train_" + m in history or "val_" + m in history]
-    sharp = "sharpness" in history
-    panels = 1 + len(metrics) + sharp
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
-    axes = list(axes) if panels > 1 else [axes]
-    if sharp:
-        ax = axes.pop()
-        ax.plot(history["sharpness_epoch"], history["sharpness"], "o-", label="λ_max")
-        if lr is not None:
-            ax.axhline(2 / lr, color="k", linestyle="--", label="2/η")
-        bound = "" if optimizer == "sgd" else f" ({optimizer}: 2/η is the plain-GD bound)"
-        ax.set(xlabel="epoch", ylabel="λ_max of the Hessian", title="sharpness" + bound)
-        if min(history["sharpness"]) > 0:  # λ_max and 2/η can be orders of magnitude apart
-            ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-    epochs = range(1, len(history["train_loss"]) + 1)
-    for ax, m in zip(axes, ["loss", *metrics], strict=False):
-        for split in ("train", "val"):
-            if f"{split}_{m}" in history:
-                ax.plot(epochs, history[f"{split}_{m}"], label=split)
-        ax.set(xlabel="epoch", ylabel=m, title=m)
-        if m == "loss" and min(history["train_loss"]) > 0:
-            ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
     import io
 
+    import matplotlib.pyplot as plt
+
+    from mlds_jax.plotting import plot_history
+
+    fig = plot_history(history, title=title, lr=lr, optimizer=optimizer)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -432,27 +554,47 @@ def _epoch_logger(epochs: int):
     return log
 
 
-def _targets(ds, loss: str):
-    """(Y_train, Y_test, n_outputs) in the form ``loss`` needs, or UsageError up front."""
+def _loss_targets(task: str, y, n_classes: int | None, loss: str, dtype, name: str):
+    """Targets ``y`` (a :class:`~mlds_jax.datasets.Dataset`'s form: int labels, 0/1 label
+    columns, or real values) in the form ``loss`` needs, or a UsageError."""
+    import numpy as np
+
     from mlds_jax.datasets import one_hot
     from mlds_jax.losses import LOSSES
 
     kind = LOSSES[loss].targets
-    if ds.task == "regression":
+    if task == "regression":
         if kind != "real":
             raise UsageError(
-                f"--loss {loss} needs class labels, but {ds.name} is a regression data set: "
+                f"--loss {loss} needs class labels, but {name} is a regression data set: "
                 f"use --loss mse or half_squared_error"
             )
-        return ds.targets("train"), ds.targets("test"), ds.n_outputs
-    k = ds.n_outputs if ds.task == "multiclass" else 2
+        return y
+    if task == "multilabel":
+        if kind == "class":
+            raise UsageError(
+                f"--loss {loss} needs one class per row, but {name} has several 0/1 label "
+                f"columns: use --loss binary_cross_entropy (the default)"
+            )
+        return np.asarray(y).astype(dtype)
+    assert n_classes is not None
     if kind == "class":  # integer labels; a binary task gets two softmax outputs
-        return ds.y_train, ds.y_test, k
-    if ds.task == "binary":  # (n, 1) 0/1 targets: sigmoid/BCE, or a regression loss
-        return ds.targets("train"), ds.targets("test"), 1
-    return (  # multiclass with BCE or a regression loss: one-hot rows
-        one_hot(ds.y_train, k, dtype=ds.dtype),
-        one_hot(ds.y_test, k, dtype=ds.dtype),
+        return y
+    if task == "binary":  # (n, 1) 0/1 targets: sigmoid/BCE, or a regression loss
+        return np.asarray(y).astype(dtype).reshape(-1, 1)
+    return one_hot(y, n_classes, dtype=dtype)  # multiclass with BCE or a regression loss
+
+
+def _targets(ds, loss: str):
+    """(Y_train, Y_test, n_outputs) in the form ``loss`` needs, or UsageError up front."""
+    from mlds_jax.losses import LOSSES
+
+    k = ds.n_outputs if ds.task in ("multiclass", "multilabel", "regression") else 2
+    if ds.task == "binary" and LOSSES[loss].targets != "class":
+        k = 1
+    return (
+        _loss_targets(ds.task, ds.y_train, ds.n_classes, loss, ds.dtype, ds.name),
+        _loss_targets(ds.task, ds.y_test, ds.n_classes, loss, ds.dtype, ds.name),
         k,
     )
 
@@ -462,7 +604,7 @@ def _check_fits_in_memory(sizes: list[int], dtype, device, optimizer: str) -> No
     import numpy as np
 
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    copies = {"sgd": 3, "momentum": 4, "adam": 5}[optimizer]  # params, grads, best, state
+    copies = {"sgd": 3, "momentum": 4, "adam": 5}.get(optimizer, 5)  # params, grads, best, state
     need = n_params * np.dtype(dtype).itemsize * copies
     limit = None
     try:
@@ -522,8 +664,61 @@ def cmd_train(args) -> int:
         raise UsageError("--dp-clip/--dp-noise cannot be combined with --data-parallel")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the run's state lives in DIR.partial/)")
+    if args.data is not None and args.dataset is not None:
+        raise UsageError("--dataset and --data name the data twice: give one")
+    if args.data is None and (args.target or args.task):
+        raise UsageError("--target and --task describe a table: use them with --data PATH")
+    if args.validation_fraction == 0 and args.patience:
+        raise UsageError(
+            "--patience needs validation rows to watch: --validation-fraction 0 trains on "
+            "every row without early stopping"
+        )
     with _run_directory(args) as run:
         return _train(args, dp, run)
+
+
+def _load_data(args):
+    """(dataset, preprocessing, description) for --data or --dataset."""
+    from mlds_jax.datasets import load_dataset
+    from mlds_jax.tabular import Preprocessing, load_table
+
+    if args.data is not None:
+        ds, prep = load_table(args.data, args.target, args.task, args.test_size, args.seed)
+        targets = ", ".join(repr(t) for t in prep.targets)
+        if prep.classes is not None:
+            what = f"{targets}: {len(prep.classes)} classes"
+        else:
+            what = f"{targets}"
+        return ds, prep, f"{ds.task}, target {what}; {ds.n_features} features standardised"
+    ds = load_dataset(args.dataset or "digits", test_size=args.test_size, seed=args.seed)
+    return ds, Preprocessing.of_dataset(ds), ds.task
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class _ResumeNote(Callback):
+    """A training callback (after the checkpoint's) that prints where a resumed run
+    continues: "resuming from epoch N of M"."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.start = 0
+
+    def on_train_begin(self, run) -> None:
+        done = self.checkpoint.resumed_from
+        if done is None:
+            return
+        self.start = done
+        if done >= run.epochs:
+            note = ": nothing left to train (--epochs is the total: ask for more to continue)"
+        elif self.checkpoint.resumed_stop_reason not in (None, "completed"):
+            why = str(self.checkpoint.resumed_stop_reason).replace("_", " ")
+            note = f" (the run had ended by {why}; it continues to epoch {run.epochs})"
+        else:
+            note = ""
+        print(f"resuming from epoch {done} of {run.epochs}{note}", flush=True)
 
 
 def _train(args, dp, run) -> int:
@@ -533,22 +728,29 @@ def _train(args, dp, run) -> int:
     import jax
 
     import mlds_jax as mj
-    from mlds_jax.datasets import load_dataset
     from mlds_jax.io.checkpoint import checkpoint_bytes
     from mlds_jax.losses import LOSSES
-    from mlds_jax.training import validation_split_indices
+    from mlds_jax.training import Checkpoint, validation_split_indices
 
-    ds = load_dataset(args.dataset, test_size=args.test_size, seed=args.seed)
+    ds, prep, described = _load_data(args)
+    group = "regression" if ds.task == "regression" else "classification"
+    defaults = TASK_DEFAULTS[group]
+    hidden = defaults["hidden_sizes"] if args.hidden_sizes is None else args.hidden_sizes
+    activation = args.activation or defaults["activation"]
+    l2 = defaults["l2"] if args.l2 is None else args.l2
     loss = args.loss or ds.default_loss
     Y_train, Y_test, n_out = _targets(ds, loss)
     allowed = LOSSES[loss].outputs  # the registry says which outputs a loss needs
     output = allowed[0] if allowed else ds.default_output
-    sizes = [ds.n_features, *args.hidden_sizes, n_out]
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    sizes = [ds.n_features, *hidden, n_out]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[group][args.optimizer]
+    validate = args.validation_fraction > 0
+    patience = (DEFAULT_PATIENCE if args.patience is None else args.patience) if validate else 0
     device = jax.devices()[0]
     _check_fits_in_memory(sizes, ds.dtype, device, args.optimizer)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
-    params = mj.init_mlp(key_init, sizes, hidden=args.activation, output=output)
+    # the data's dtype (float32), whatever JAX's x64 setting: the same run everywhere
+    params = mj.init_mlp(key_init, sizes, hidden=activation, output=output, dtype=ds.dtype)
     mesh = mj.data_parallel_mesh(jax.local_devices()) if args.data_parallel else None
     n_dev = len(jax.local_devices())
     kind = "" if device.device_kind.lower() == device.platform.lower() else f" {device.device_kind}"
@@ -557,22 +759,75 @@ def _train(args, dp, run) -> int:
         if mesh is not None
         else f"{device.platform.upper()}{kind}"
     )
-    n_val = len(
-        validation_split_indices(
-            key_fit, Y_train, args.validation_fraction, stratify=LOSSES[loss].is_classification
-        )[1]
+    stratify = LOSSES[loss].is_classification  # as fit's split
+    n_val = (
+        len(
+            validation_split_indices(key_fit, Y_train, args.validation_fraction, stratify=stratify)[
+                1
+            ]
+        )
+        if validate
+        else 0
     )
     rows = {"n_train": len(ds.X_train) - n_val, "n_val": n_val, "n_test": len(ds.X_test)}
-    acts = f"{args.activation}/{output}" if args.hidden_sizes else output
+    acts = f"{activation}/{output}" if hidden else output
+    decay = f", l2 {l2:g}" if l2 else ""
     print(
-        f"mlds-jax train: {ds.name} ({ds.task}, {rows['n_train']} train / {n_val} val "
+        f"mlds-jax train: {ds.name} ({described}; {rows['n_train']} train / {n_val} val "
         f"/ {rows['n_test']} test rows), MLP {'-'.join(map(str, sizes))} {acts}, loss {loss}, "
-        f"{args.optimizer}(lr={lr:g}), batch {args.batch_size}, {args.grads} gradients, "
-        f"on {where}",
+        f"{args.optimizer}(lr={lr:g}){decay}, batch {args.batch_size}, {args.grads} "
+        f"gradients, on {where}",
         flush=True,
     )
+    if patience:
+        stopping = (
+            f"up to {args.epochs} epochs, keeping the best val_loss epoch (early stopping: "
+            f"patience {patience})"
+        )
+    elif validate:
+        stopping = f"{args.epochs} epochs, keeping the last (--patience 0)"
+    else:
+        stopping = f"{args.epochs} epochs on every training row (--validation-fraction 0)"
+    multilabel = n_out > 1 and LOSSES[loss].targets != "class" and ds.task != "regression"
+    metric_note = (
+        "; accuracy = exact match (every label of a row right), label_accuracy = per label"
+        if multilabel and loss == "binary_cross_entropy"
+        else ""
+    )
+    print(stopping + metric_note, flush=True)
     interactive = not args.no_progress and sys.stderr.isatty()
     log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
+    config = {  # what the summary reports and a resumed run must share
+        "sizes": sizes,
+        "activation": activation,
+        "output": output,
+        "loss": loss,
+        "optimizer": args.optimizer,
+        "lr": lr,
+        "l2": l2,
+        "batch_size": args.batch_size,
+        "grads": args.grads,
+        "seed": args.seed,
+        "test_size": args.test_size,
+        "validation_fraction": args.validation_fraction,
+    }
+    settings = {
+        "data": args.data if args.data is not None else ds.name,
+        "targets": list(prep.targets),
+        "task": ds.task,
+        **config,
+        "dp_clip": args.dp_clip,
+        "dp_noise": args.dp_noise,
+        "data_parallel": bool(args.data_parallel),
+    }
+    callbacks: list = []
+    note = None
+    if run is not None:
+        checkpoint = Checkpoint(run.work, 1, args.resume, settings=settings)
+        note = _ResumeNote(checkpoint)
+        callbacks += [checkpoint, note]
+    if args.track_sharpness:
+        callbacks.append(mj.SharpnessTracker(args.track_sharpness))
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", mj.TrainingDivergedWarning)
@@ -585,16 +840,15 @@ def _train(args, dp, run) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             key=key_fit,
-            validation_split=args.validation_fraction,
+            validation_split=args.validation_fraction if validate else None,
             grads=args.grads,
-            early_stopping=args.early_stopping,
+            early_stopping=mj.EarlyStopping(patience=patience) if patience else None,
+            l2=l2,
             progress=interactive,
             on_epoch_end=log,
             mesh=mesh,
             dp=dp,
-            callbacks=[mj.SharpnessTracker(args.track_sharpness)] if args.track_sharpness else [],
-            checkpoint_dir=None if run is None else run.work,
-            resume=args.resume,
+            callbacks=callbacks,
         )
     for w in caught:
         if not issubclass(w.category, mj.TrainingDivergedWarning):
@@ -610,24 +864,22 @@ def _train(args, dp, run) -> int:
     seconds = time.perf_counter() - t0
     scores = mj.evaluate(params, ds.X_test, Y_test, loss)  # the test split, once
     n_epochs = len(history.get("loss", []))
+    start = 0 if note is None else note.start
+    best = history.best_epoch + 1 if history.best_epoch is not None and patience else None
     summary = {
         "dataset": ds.name,
-        "sizes": sizes,
-        "activation": args.activation,
-        "output": output,
-        "loss": loss,
-        "optimizer": args.optimizer,
-        "lr": lr,
-        "batch_size": args.batch_size,
-        "grads": args.grads,
-        "seed": args.seed,
-        "test_size": args.test_size,
-        "validation_fraction": args.validation_fraction,
+        **({"data": args.data, "targets": list(prep.targets)} if args.data is not None else {}),
+        "task": ds.task,
+        **({"classes": list(prep.classes)} if prep.classes is not None else {}),
+        **config,
+        "patience": patience,
         **rows,
+        "epochs": args.epochs,
         "epochs_run": n_epochs,
+        **({"resumed_from_epoch": start} if start else {}),
         "data_parallel_devices": n_dev if mesh is not None else 1,
         "stop_reason": history.stop_reason,
-        **({"best_epoch": history.best_epoch + 1} if history.best_epoch is not None else {}),
+        **({"best_epoch": best} if best is not None else {}),
         **({"dp_clip": args.dp_clip, "dp_noise": args.dp_noise} if dp is not None else {}),
         **({"epsilon": history["epsilon"][-1]} if history.get("epsilon") else {}),
         **(
@@ -638,8 +890,7 @@ def _train(args, dp, run) -> int:
         "train_seconds": round(seconds, 3),
         **{f"test_{k}": _shown(v, ds.dtype) for k, v in scores.items()},
     }
-    shown = "  ".join(f"test {k} {v:.4f}" for k, v in scores.items())
-    print(f"trained {n_epochs} epochs in {seconds:.1f} s ({history.stop_reason}); {shown}")
+    print(_trained_line(n_epochs, start, seconds, history.stop_reason, best, scores))
     if dp is not None:
         print(_dp_report(dp, history, len(ds.X_train)))
     if run is not None:
@@ -647,13 +898,36 @@ def _train(args, dp, run) -> int:
         title = f"{ds.name}: MLP {'-'.join(map(str, sizes))}"
         run.publish(
             {
-                "model.npz": checkpoint_bytes(params, metadata=summary),
+                "model.npz": checkpoint_bytes(
+                    params, metadata={**summary, "preprocessing": prep.to_metadata()}
+                ),
                 **_history_files(cli_history, summary),
                 "curves.png": _plot_history(cli_history, title, lr=lr, optimizer=args.optimizer),
             }
         )
         print(f"wrote {os.path.join(args.out, 'model.npz')}, history.json, history.csv, curves.png")
     return 0
+
+
+#: How the summary line names each metric.
+_METRIC_NOTES = {"accuracy": "accuracy", "label_accuracy": "label_accuracy (per label)"}
+
+
+def _trained_line(n: int, start: int, seconds: float, reason: str, best, scores: dict) -> str:
+    """ "trained 56 epochs in 1.4 s (early stopping: kept epoch 36, the best val_loss); test
+    accuracy 0.9750" (singular for one epoch; resumed runs say how many came before)."""
+    done = f"trained {_plural(n - start, 'epoch')}"
+    if start:
+        done = f"trained {_plural(n - start, 'more epoch')} ({n} in all, resumed at {start})"
+    why = reason.replace("_", " ")
+    if best is not None:
+        why += f": kept epoch {best}, the best val_loss"
+    exact = "label_accuracy" in scores
+    shown = "  ".join(
+        f"test {k}{' (exact match)' if exact and k == 'accuracy' else ''} {v:.4f}"
+        for k, v in scores.items()
+    )
+    return f"{done} in {seconds:.1f} s ({why}); {shown}"
 
 
 def cmd_gradcheck(args) -> int:
@@ -683,29 +957,80 @@ def cmd_gradcheck(args) -> int:
     return 0 if report.ok else 1
 
 
+def _model_and_preprocessing(path: str):
+    """(params, metadata, Preprocessing) of a model written by ``train --out``."""
+    import mlds_jax as mj
+    from mlds_jax.tabular import Preprocessing
+
+    params, meta = mj.load(path, return_metadata=True)
+    try:
+        prep = Preprocessing.from_metadata((meta or {}).get("preprocessing"))
+    except ValueError as exc:
+        raise UsageError(
+            f"{path}: {exc}: a model written by 'mlds-jax train --out' records how to "
+            f"prepare raw rows (models saved by mj.save do not)"
+        ) from None
+    return params, meta or {}, prep
+
+
+def _table_inputs(prep, table, params):
+    """The table's features, preprocessed as in training, in the parameters' dtype."""
+    import numpy as np
+
+    return prep.transform(prep.raw_features(table), np.dtype(params[0].W.dtype))
+
+
+def cmd_predict(args) -> int:
+    import io
+
+    import mlds_jax as mj
+    from mlds_jax.io.atomic import atomic_write
+    from mlds_jax.io.table import read_table
+
+    params, _, prep = _model_and_preprocessing(args.checkpoint)
+    table = read_table(args.data)
+    outputs = mj.forward(params, _table_inputs(prep, table, params))
+    columns = prep.decode(outputs)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(prep.targets)
+    for row in zip(*columns, strict=True):
+        writer.writerow([repr(float(v)) if prep.task == "regression" else v for v in row])
+    text = buf.getvalue()
+    if args.out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write(args.out, text.encode(), what="predictions")
+        print(f"wrote {args.out} ({_plural(table.n_rows, 'row')}: {', '.join(prep.targets)})")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    if args.data is not None:
+        if args.dataset is not None or args.seed is not None or args.test_size is not None:
+            raise UsageError(
+                "--data scores every row of the table: no --dataset/--seed/--test-size"
+            )
+        return _evaluate_table(args)
     import mlds_jax as mj
     from mlds_jax.datasets import load_dataset
 
     params, meta = mj.load(args.checkpoint, return_metadata=True)
     meta = meta or {}
+    if meta.get("data") is not None and args.dataset is None:
+        raise UsageError(
+            f"the checkpoint was trained on {meta['data']}: score it on a table with --data PATH"
+        )
     name = args.dataset or meta.get("dataset")
     if name is None:
-        raise UsageError("the checkpoint records no data set: pass --dataset")
+        raise UsageError("the checkpoint records no data set: pass --dataset or --data")
     seed = args.seed if args.seed is not None else meta.get("seed", 0)
     test_size = args.test_size if args.test_size is not None else meta.get("test_size", 0.2)
     ds = load_dataset(name, test_size=test_size, seed=seed)
     loss = args.loss or meta.get("loss") or ds.default_loss
     trained_on = (meta.get("dataset"), meta.get("seed"), meta.get("test_size"))
-    if (
-        trained_on[0] == name
-        and None not in trained_on[1:]
-        and trained_on[1:]
-        != (
-            seed,
-            test_size,
-        )
-    ):
+    if trained_on[0] == name and None not in trained_on[1:] and trained_on[1:] != (seed, test_size):
         print(
             f"mlds-jax evaluate: warning: the checkpoint was trained on the {name} split with "
             f"seed {trained_on[1]}, test size {trained_on[2]}; this split (seed {seed}, test "
@@ -717,7 +1042,40 @@ def cmd_evaluate(args) -> int:
     sizes = "-".join(map(str, mj.layer_sizes(params)))
     print(
         f"{args.checkpoint}: MLP {sizes} on {name} test split ({len(ds.X_test)} rows): "
-        + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        + _scores_text(scores)
+    )
+    return 0
+
+
+def _scores_text(scores: dict) -> str:
+    exact = "label_accuracy" in scores
+    return "  ".join(
+        f"{k}{' (exact match)' if exact and k == 'accuracy' else ''} {v:.4f}"
+        for k, v in scores.items()
+    )
+
+
+def _evaluate_table(args) -> int:
+    import numpy as np
+
+    import mlds_jax as mj
+    from mlds_jax.io.table import read_table
+
+    params, meta, prep = _model_and_preprocessing(args.checkpoint)
+    table = read_table(args.data)
+    X = _table_inputs(prep, table, params)
+    dtype = np.dtype(params[0].W.dtype)
+    loss = args.loss or meta.get("loss") or mj.default_loss(params)
+    y = prep.network_targets(prep.encode_targets(table), dtype)
+    labels = y.reshape(-1).astype(np.int32) if prep.task == "binary" else y
+    n_classes = None if prep.classes is None else len(prep.classes)
+    Y = _loss_targets(prep.task, labels, n_classes, loss, dtype, table.path)
+    scores = mj.evaluate(params, X, Y, loss)
+    sizes = "-".join(map(str, mj.layer_sizes(params)))
+    units = " (loss on standardised targets)" if prep.task == "regression" else ""
+    print(
+        f"{args.checkpoint}: MLP {sizes} on {table.path} ({_plural(table.n_rows, 'row')})"
+        f"{units}: " + _scores_text(scores)
     )
     return 0
 
@@ -736,11 +1094,33 @@ def _resumable(args) -> str:
     return f"; the last completed epoch is saved in {state}: rerun with --resume"
 
 
-COMMANDS = {"train": cmd_train, "gradcheck": cmd_gradcheck, "evaluate": cmd_evaluate}
+COMMANDS = {
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "gradcheck": cmd_gradcheck,
+}
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away (``| head``): send what is left to /dev/null,
+    so that the interpreter's final flush does not fail a second time."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mlds-jax`` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `mlds-jax ... | head`: the reader has all it wanted
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _enable_cache(args)
@@ -751,8 +1131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError) as exc:
-        # bad values found by the library's own checks: one line, no traceback
+    except BrokenPipeError:
+        note = _resumable(args)
+        if note:  # stderr may still reach a person: where the run's state is
+            with contextlib.suppress(OSError):
+                print(f"mlds-jax {args.command}: stdout closed{note}", file=sys.stderr)
+        raise
+    except (UsageError, ValueError, TypeError, ImportError) as exc:
+        # bad values found by the library's own checks, or a missing extra (matplotlib,
+        # scikit-learn: the message says which to install): one line, no traceback
         print(f"mlds-jax {args.command}: error: {exc}", file=sys.stderr)
     except OSError as exc:  # a full disk, say: what was saved can be resumed
         print(f"mlds-jax {args.command}: error: {exc}{_resumable(args)}", file=sys.stderr)

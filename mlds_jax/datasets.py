@@ -39,13 +39,19 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "DatasetInfo",
+    "TASK_OUTPUT",
     "load_dataset",
     "one_hot",
     "standardize",
 ]
 
-_TASKS = ("multiclass", "binary", "regression")
-_DEFAULT_OUTPUT = {"multiclass": "softmax", "binary": "sigmoid", "regression": "identity"}
+#: The output activation of each task ("multilabel": several 0/1 labels, from a user's table).
+TASK_OUTPUT = {
+    "multiclass": "softmax",
+    "binary": "sigmoid",
+    "multilabel": "sigmoid",
+    "regression": "identity",
+}
 #: Seed of the generators behind the synthetic data sets: the data are fixed, the split varies.
 _GENERATOR_SEED = 0
 
@@ -405,13 +411,16 @@ class Dataset:
     """A train/test split ready for an MLP (all arrays numpy and read-only).
 
     Attributes:
-      name, task: registry name; "multiclass", "binary" or "regression".
+      name, task: registry name (a file's base name for :func:`mlds_jax.tabular.load_table`);
+        "multiclass", "binary", "regression" or (a user's table only) "multilabel".
       X_train, X_test: (n_train, d), (n_test, d) features in ``dtype``.
-      y_train, y_test: int32 labels (n,) for classification; float targets (n, 1) for
-        regression (standardised when ``standardized``).
+      y_train, y_test: int32 labels (n,) for classification; int32 0/1 (n, k) for
+        multilabel; float targets (n, 1) for regression ((n, k) from a table; standardised
+        when ``standardized``).
       n_features: d.
-      n_outputs: network output width: K (multiclass) or 1 (binary, regression).
-      class_names: K class names (2 for binary), or None for regression.
+      n_outputs: network output width: K (multiclass), k (multilabel, a table's regression)
+        or 1 (binary, regression).
+      class_names: K class names (2 for binary), or None for regression and multilabel.
       feature_names: d feature names, or None.
       default_loss: "cross_entropy", "binary_cross_entropy" or "mse".
       default_output: the matching output activation: "softmax", "sigmoid" or "identity".
@@ -467,8 +476,8 @@ class Dataset:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
     def _onehot(self, split: str) -> np.ndarray:
-        if self.task == "regression":
-            raise ValueError(f"data set {self.name!r} is a regression task: no one-hot labels")
+        if self.task in ("regression", "multilabel"):
+            raise ValueError(f"data set {self.name!r} is a {self.task} task: no one-hot labels")
         return one_hot(
             self._split(split)[1],
             self.n_outputs if self.task == "multiclass" else 2,
@@ -491,11 +500,14 @@ class Dataset:
         Returns:
           multiclass: int32 labels (n,) for "cross_entropy";
           binary: (n, 1) 0/1 floats in ``dtype`` for "binary_cross_entropy";
+          multilabel: (n, k) 0/1 floats in ``dtype`` for "binary_cross_entropy";
           regression: (n, 1) floats in ``dtype`` for "mse".
         """
         _, y = self._split(split)
         if self.task == "binary":
             return y.astype(self.dtype).reshape(-1, 1)
+        if self.task == "multilabel":
+            return y.astype(self.dtype)
         return y
 
     def inverse_transform_X(self, X) -> np.ndarray:
@@ -531,7 +543,10 @@ def _check_name(name) -> str:
         raise TypeError(f"dataset name must be a string, one of {sorted(DATASETS)}; got {name!r}")
     key = name.strip().lower().replace("-", "_")
     if key not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
+        raise ValueError(
+            f"unknown dataset {name!r}{validation.did_you_mean(key, DATASETS)}; valid names: "
+            f"{sorted(DATASETS)}"
+        )
     return key
 
 
@@ -635,8 +650,8 @@ def load_dataset(
         n_outputs=info.n_outputs,
         class_names=raw.class_names if classification else None,
         feature_names=raw.feature_names,
-        default_loss=default_loss_for(_DEFAULT_OUTPUT[task]),
-        default_output=_DEFAULT_OUTPUT[task],
+        default_loss=default_loss_for(TASK_OUTPUT[task]),
+        default_output=TASK_OUTPUT[task],
         mean=_readonly(mean.astype(dt)),
         std=_readonly(std.astype(dt)),
         y_mean=None if y_mean is None else _readonly(y_mean),

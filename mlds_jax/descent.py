@@ -171,7 +171,10 @@ def _schedule_value(schedule: Callable) -> float:
     try:
         value = schedule(jnp.asarray(0, jnp.int32))
     except Exception as err:  # a schedule that cannot take the step count
-        raise TypeError(f"step_size is callable but step_size(k) failed for k = 0: {err}") from err
+        # the schedule's own error (and where in it) is shown once, as the cause
+        raise TypeError(
+            "step_size is callable but step_size(k) failed for k = 0 (its error is above)"
+        ) from err
     if jnp.shape(value) != ():
         raise ValueError(f"step_size(k) must return a scalar, got shape {jnp.shape(value)}")
     return float(value)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -47,11 +48,12 @@ def init_mlp(
     """Initialise an MLP with layer sizes ``[n_in, h_1, ..., n_out]``.
 
     Args:
-      key: a ``jax.random`` key.
+      key: a ``jax.random`` key, or an int seed in [0, 2³²) (``0`` is ``jax.random.key(0)``).
       sizes: at least two positive ints; ``sizes[0]`` is the input width.
       hidden: activation of every hidden layer (any of ``HIDDEN_ACTIVATIONS``).
       output: activation of the output layer (any of ``OUTPUT_ACTIVATIONS``): "identity" for
-        regression, "softmax" for class labels (cross-entropy), "sigmoid" for 0/1 targets.
+        regression, "softmax" for class labels (cross-entropy; K >= 2 outputs), "sigmoid"
+        for 0/1 targets.
       init: "auto" (He for relu/leaky_relu hidden layers, Xavier otherwise), "he", "xavier",
         "lecun" or "normal" (N(0, 0.01²)).  Biases are zero.
       dtype: parameter dtype; default float32, or float64 when x64 is enabled.
@@ -79,6 +81,13 @@ def init_mlp(
         init = "he" if hidden in ("relu", "leaky_relu") else "xavier"
     if init not in INITIALIZERS:
         raise ValueError(f"unknown init {init!r}; valid: {['auto', *INITIALIZERS]}")
+    if output == "softmax" and sizes[-1] == 1:
+        raise ValueError(
+            f"a softmax over 1 output is the constant 1 and cannot learn (sizes {sizes}): use "
+            f"output='sigmoid' with 1 output for two classes, or softmax with K >= 2 outputs"
+        )
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.key(validation.int_in_range(key, "key", 0, 2**32, high_text="2**32"))
     key = validation.check_key(key)
     dtype = validation.float_dtype(dtype)
     activations = [hidden] * (len(sizes) - 2) + [output]

@@ -15,6 +15,7 @@ errors are the same.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from mlds_jax.losses import get_loss
 
 __all__ = [
     "all_finite",
+    "did_you_mean",
     "check_X",
     "check_activation",
     "check_batch",
@@ -109,6 +111,14 @@ def positive_int(value, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def did_you_mean(word: str, options) -> str:
+    """ "; did you mean 'x'?" naming the closest of ``options`` to a misspelt ``word``
+    (:func:`difflib.get_close_matches`), or "" when none is close."""
+    by_lower = {str(o).lower(): str(o) for o in options}  # case is a spelling too
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def int_in_range(value, name: str, low: int, high: int, *, high_text: str | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import traceback
 
 import chex
 import jax
@@ -334,6 +335,17 @@ def bit_identical(a, b) -> bool:
         x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
         for x, y in zip(la, lb, strict=True)
     )
+
+
+def assert_reported_once(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it holds its message exactly once: no
+    chained exception ("During handling of the above exception ...", "The above exception
+    was the direct cause ...") repeating it.  Returns the formatted text."""
+    text = "".join(traceback.format_exception(exc))
+    assert "During handling of the above exception" not in text, text
+    assert "The above exception was the direct cause" not in text, text
+    assert text.count(str(exc)) == 1, text
+    return text
 
 
 def one_error_line(err: str) -> str:

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,15 +124,22 @@ def test_train_writes_model_history_and_curves(trained):
 
     params, meta = mj.load(out / "model.npz", return_metadata=True)
     assert mj.layer_sizes(params) == [4, 16, 8, 3]
-    assert [layer.activation for layer in params] == ["relu", "relu", "softmax"]
+    assert [layer.activation for layer in params] == ["tanh", "tanh", "softmax"]  # the default
+    # the summary, plus the preprocessing predict/evaluate --data apply to raw rows
+    preprocessing = meta.pop("preprocessing")
     assert meta == summary
+    assert preprocessing["features"] == list(ds.feature_names)
+    assert preprocessing["classes"] == ["setosa", "versicolor", "virginica"]
+    np.testing.assert_array_equal(preprocessing["x_mean"], ds.mean)
 
 
 def test_train_prints_header_epoch_log_and_summary(trained):
     lines = trained["stdout"].splitlines()
-    assert lines[0].startswith("mlds-jax train: iris (multiclass, 108 train / 12 val / 30 test")
+    assert lines[0].startswith("mlds-jax train: iris (multiclass; 108 train / 12 val / 30 test")
     assert lines[0].endswith("on CPU")
-    assert "train_loss" in lines[1] and "val_loss" in lines[1]
+    assert lines[1] == ("up to 2 epochs, keeping the best val_loss epoch (early stopping: "
+                        "patience 50)")
+    assert "train_loss" in lines[2] and "val_loss" in lines[2]
     assert any(line.startswith("epoch    1/2") for line in lines)
     assert any(line.startswith("epoch    2/2") for line in lines)
     assert any(line.startswith("trained 2 epochs") and "test accuracy" in line for line in lines)
@@ -284,7 +292,7 @@ def test_console_script_and_module_in_subprocesses(tmp_path):
         capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stderr
     assert "adam(lr=0.001)" in train.stdout and "manual gradients" in train.stdout
-    assert "epoch " not in train.stdout  # --no-progress: no epoch log
+    assert not re.search(r"^epoch ", train.stdout, re.M)  # --no-progress: no epoch log
     assert "Traceback" not in train.stderr
     summary = json.loads((out / "history.json").read_text())["summary"]
     assert summary["epochs_run"] == 2 and summary["optimizer"] == "adam"
@@ -331,7 +339,7 @@ def test_unusable_compilation_cache_does_not_stop_train(tmp_path, monkeypatch, c
         rc = run_main(["train", "--dataset", "iris", "--epochs", "1", "--optimizer", "sgd",
                        "--hidden-sizes", "4", "--no-progress"])
     assert rc == 0
-    assert "trained 1 epochs" in capsys.readouterr().out
+    assert "trained 1 epoch in" in capsys.readouterr().out  # one epoch, singular
 
 # --- bad values of the numeric and name options: one line, exit 2 (the bad-input contract) ------
 @pytest.mark.parametrize(("argv", "needle"), [

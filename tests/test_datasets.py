@@ -394,7 +394,9 @@ def test_bad_dataset_dtypes(dtype):
      r"X_test must be real"),
     (lambda: mj.standardize(np.zeros((0, 2))), ValueError, r"X_train is empty \(0 rows\)"),
     (lambda: mj.standardize(np.ones(3)), ValueError, r"X_train must be 2-D"),
-    (lambda: mj.load_dataset("mnist"), ValueError, r"unknown dataset 'mnist'; valid names"),
+    (lambda: mj.load_dataset("cifar"), ValueError, r"unknown dataset 'cifar'; valid names"),
+    (lambda: mj.load_dataset("breast-cancr"), ValueError,
+     r"unknown dataset 'breast-cancr'; did you mean 'breast_cancer'\?; valid names"),
     (lambda: mj.load_dataset("iris", test_size="0.2"), TypeError,
      r"test_size must be a real number, got '0.2'"),
 ])

@@ -88,6 +88,7 @@ def test_resume_continues_a_run_directory_of_the_earlier_version(tmp_path):
     with (contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr),
           jax.enable_x64(False)):
         rc = cli.main(["train", "--dataset", "iris", "--hidden-sizes", "4", "--optimizer", "sgd",
+                       "--activation", "relu",  # the earlier default
                        "--epochs", "2", "--no-progress", "--no-compilation-cache", "--resume",
                        "--out", str(out)])
     assert rc == 0, stderr.getvalue()

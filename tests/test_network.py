@@ -418,6 +418,9 @@ INIT_ERRORS = {
     "unknown output": (
         dict(sizes=[3, 2], output="gelu"), ValueError,
         r"unknown output activation 'gelu'; valid: \[.*'softplus', 'softmax'\]"),
+    "one-class softmax": (dict(sizes=[3, 4, 1], output="softmax"), ValueError,
+                          r"a softmax over 1 output is the constant 1 and cannot learn \(sizes "
+                          r"\[3, 4, 1\]\): use output='sigmoid'"),
     "unknown init": (dict(sizes=[3, 2], init="glorot"), ValueError,
                      r"unknown init 'glorot'; valid: \['auto', 'he', 'xavier', 'lecun', "
                      r"'normal'\]"),
@@ -432,9 +435,15 @@ def test_init_rejects_bad_arguments(case, key):
     assert _raised_by_mlds(excinfo)
 
 
-def test_init_rejects_int_key():
+def test_init_takes_an_int_seed():
+    """``init_mlp(7, ...)`` is ``init_mlp(jax.random.key(7), ...)``; other non-keys are refused."""
+    a, b = mj.init_mlp(7, [3, 4, 2]), mj.init_mlp(jax.random.key(7), [3, 4, 2])
+    for la, lb in zip(a, b, strict=True):
+        assert np.array_equal(la.W, lb.W) and np.array_equal(la.b, lb.b)
+    with pytest.raises(ValueError, match=re.escape("key must lie in [0, 2**32), got -1")):
+        mj.init_mlp(-1, [3, 2])
     with pytest.raises(TypeError, match=re.escape("key must be a jax.random key")):
-        mj.init_mlp(0, [3, 2])
+        mj.init_mlp("0", [3, 2])
 
 
 def test_malformed_params_rejected():

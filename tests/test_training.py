@@ -1359,12 +1359,59 @@ def test_resume_refuses_another_optimizer_state_naming_the_mismatch(tmp_path):
         mj.fit(params, X, y, optimizer=optax.sgd(0.1), epochs=2, checkpoint_dir=tmp_path,
                resume=True, progress=False)
     wider = mj.init_mlp(jax.random.key(0), [3, 6, 4], output="softmax")
-    with pytest.raises(ValueError, match=r"leaf 0 is float64 \[3, 5\], expected float64 \[3, 6"):
+    with pytest.raises(ValueError, match=r"the state is for a 3-5-4 relu/softmax network; this "
+                                         r"run has a 3-6-4 relu/softmax network"):
         mj.fit(wider, X, y, optimizer=optax.sgd(0.1, momentum=0.9), epochs=2,
                checkpoint_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="another run"):
         mj.fit(params, X, y, optimizer=optax.sgd(0.1, momentum=0.9), epochs=2,
                key=jax.random.key(9), checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_of_a_finished_run_continues_with_more_epochs_and_says_so(tmp_path, capsys):
+    """A run that ended (all its epochs, or early stopping) continues from its last epoch
+    when more epochs are asked for: the same params and history as one longer run; fewer
+    epochs than it has done are refused; verbose says where it resumes."""
+    X, y, params = _tiny_classification(n=24)
+    kw = dict(optimizer=optax.sgd(0.1), batch_size=10, key=3, progress=False)
+    p_ref, h_ref = mj.fit(params, X, y, epochs=5, **kw)
+    mj.fit(params, X, y, epochs=3, checkpoint_dir=tmp_path, **kw)
+    capsys.readouterr()
+    p_res, h_res = mj.fit(params, X, y, epochs=5, checkpoint_dir=tmp_path, resume=True,
+                          verbose=1, **kw)
+    assert_bit_identical(p_res, p_ref)
+    assert h_res["loss"] == h_ref["loss"] and h_res.stop_reason == "completed"
+    out = capsys.readouterr().out
+    assert out.startswith(f"resuming from epoch 3 of 5 ({tmp_path / 'train_state.npz'})\n")
+    with pytest.raises(ValueError, match=r"has done 5 epochs; epochs=4 asks for fewer"):
+        mj.fit(params, X, y, epochs=4, checkpoint_dir=tmp_path, resume=True, **kw)
+    # an early-stopped run: the stop is lifted, the count goes on where it stood
+    Xv, yv, _ = _tiny_classification(n=8, seed=1)
+    stop = mj.EarlyStopping(patience=1, restore_best=False)
+    _, h1 = mj.fit(params, X, y, epochs=30, validation_data=(Xv, yv), early_stopping=stop,
+                   checkpoint_dir=tmp_path / "es", **kw)
+    assert h1.stop_reason == "early_stopping" and len(h1["loss"]) < 30
+    ckpt = mj.training.Checkpoint(tmp_path / "es", resume=True)
+    patient = mj.EarlyStopping(patience=1000, restore_best=False)
+    _, h2 = mj.fit(params, X, y, epochs=len(h1["loss"]) + 2, validation_data=(Xv, yv),
+                   early_stopping=patient, callbacks=[ckpt], **kw)
+    assert (ckpt.resumed_from, ckpt.resumed_stop_reason) == (len(h1["loss"]), "early_stopping")
+    assert len(h2["loss"]) == len(h1["loss"]) + 2 and h2["loss"][:-2] == h1["loss"]
+
+
+def test_resume_refuses_changed_settings_naming_them(tmp_path):
+    X, y, params = _tiny_classification(n=24)
+    kw = dict(optimizer=optax.sgd(0.1), batch_size=10, key=3, progress=False)
+    settings = {"lr": 0.1, "l2": 0.0, "sizes": [3, 5, 4]}
+    mj.fit(params, X, y, epochs=2, callbacks=[mj.training.Checkpoint(tmp_path, settings=settings)],
+           **kw)
+    changed = mj.training.Checkpoint(tmp_path, resume=True, settings={**settings, "lr": 0.01})
+    with pytest.raises(ValueError, match=r"was saved with other settings \(lr: saved 0\.1, now "
+                                         r"0\.01\): resume with the settings it was started with"):
+        mj.fit(params, X, y, epochs=3, callbacks=[changed], **kw)
+    same = mj.training.Checkpoint(tmp_path, resume=True, settings=dict(settings))
+    _, h = mj.fit(params, X, y, epochs=3, callbacks=[same], **kw)
+    assert len(h["loss"]) == 3 and same.resumed_from == 2
 
 
 def test_resume_without_a_state_and_a_corrupt_state(tmp_path):

@@ -98,14 +98,14 @@ def _temporary(parent: str, base: str, target: str, what: str) -> tuple[int, str
                 exc.errno,
                 f"cannot save {what} {target}: directory {parent} is not writable ({exc.strerror})",
                 target,
-            ) from exc
+            ) from None  # errno and strerror are in the message
         except OSError as exc:
             raise OSError(
                 exc.errno,
                 f"cannot save {what} {target}: could not create a temporary file in {parent} "
                 f"({exc.strerror})",
                 target,
-            ) from exc
+            ) from None  # errno and strerror are in the message
     raise FileExistsError(  # pragma: no cover - 100 random-name collisions
         errno.EEXIST,
         f"cannot save {what} {target}: no free temporary file name in {parent}",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "STATE_FILE",
+    "describe_network",
     "load_train_state",
     "save_train_state",
     "state_path",
@@ -105,6 +107,52 @@ def _v1_digest(header: Mapping, entries: list[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
+def describe_network(treedef: str, shapes: list, dtype: str | None = None) -> str:
+    """A network as people name it, from a params tree's structure and leaf shapes: "a
+    64-128-10 relu/softmax network" (with " of float32" when ``dtype`` is given)."""
+    acts = re.findall(r"Dense\[\('(\w+)',?\)\]", treedef)
+    Ws = [tuple(s) for s in shapes if len(s) == 2]
+    sizes = "-".join(str(n) for n in ([Ws[0][0], *(s[1] for s in Ws)] if Ws else []))
+    hidden = list(dict.fromkeys(acts[:-1]))
+    names = "/".join([*(hidden if len(hidden) == 1 else acts[:-1]), *acts[-1:]])
+    return f"a {sizes} {names} network" + (f" of {dtype}" if dtype else "")
+
+
+def _state_names(treedef: str) -> str:
+    """The optax state types in an optimizer state's structure: "ScaleByAdamState, EmptyState"."""
+    return ", ".join(re.findall(r"namedtuple\[(\w+)\]", treedef)) or treedef
+
+
+def _mismatch(group: str, stored: dict, leaves: list, treedef) -> ValueError:
+    """The error for a saved ``group`` that is not this run's, in the user's terms: layer
+    sizes and activations for the parameters, state types for the optimizer."""
+    saved_shapes = [i.get("shape", []) for i in stored["leaves"] if isinstance(i, dict)]
+    if group in ("params", "best_params"):
+        dtypes = {i.get("dtype") for i in stored["leaves"] if isinstance(i, dict)}
+        ours_dtype = {np.dtype(leaf.dtype).name for leaf in leaves}
+        show = dtypes != ours_dtype
+        saved = describe_network(
+            str(stored.get("treedef")),
+            saved_shapes,
+            ", ".join(sorted(map(str, dtypes))) if show else None,
+        )
+        ours = describe_network(
+            str(treedef),
+            [np.shape(x) for x in leaves],
+            ", ".join(sorted(ours_dtype)) if show else None,
+        )
+        if saved != ours:
+            return ValueError(
+                f"the state is for {saved}; this run has {ours}: resume with the same architecture"
+            )
+    return ValueError(
+        f"the saved {group} does not match this run's optimizer (structure): saved "
+        f"{_state_names(str(stored.get('treedef')))} ({len(stored['leaves'])} arrays), this "
+        f"run's {_state_names(str(treedef))} ({len(leaves)} arrays); resume with the same "
+        f"optimizer"
+    )
+
+
 def _specs(header: dict, group: str, template: Any) -> tuple[list, Any, list[bool]]:
     """The entries of ``group`` checked against this run's ``template``: (specs, treedef,
     weak flags); a mismatch is a ValueError naming the group and leaf."""
@@ -113,11 +161,7 @@ def _specs(header: dict, group: str, template: Any) -> tuple[list, Any, list[boo
     if not isinstance(stored, dict) or not isinstance(stored.get("leaves"), list):
         raise BadFileError(f"is corrupt: its header lacks the {group} description")
     if stored.get("treedef") != str(treedef) or len(stored["leaves"]) != len(leaves):
-        raise ValueError(
-            f"the saved {group} does not match this run's {group} (structure): saved "
-            f"{stored.get('treedef')}, expected {treedef}; resume with the same optimizer "
-            f"and architecture"
-        )
+        raise _mismatch(group, stored, leaves, treedef)
     specs, weak = [], []
     for i, (info, leaf) in enumerate(zip(stored["leaves"], leaves, strict=True)):
         shape, dtype = tuple(np.shape(leaf)), np.dtype(leaf.dtype).name
@@ -126,6 +170,8 @@ def _specs(header: dict, group: str, template: Any) -> tuple[list, Any, list[boo
             or info.get("shape") != list(shape)
             or info.get("dtype") != dtype
         ):
+            if group != "opt_state" and all(isinstance(i, dict) for i in stored["leaves"]):
+                raise _mismatch(group, stored, leaves, treedef)
             got = info if not isinstance(info, dict) else f"{info.get('dtype')} {info.get('shape')}"
             raise ValueError(
                 f"the saved {group} does not match this run's: leaf {i} is {got}, expected "

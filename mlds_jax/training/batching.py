@@ -209,11 +209,14 @@ def checked_bucketed(params, X, Y, loss: str, bucket: Callable[[int], int] = row
     so the error names the user's shapes, counts and indices, not the padded ones."""
     Xb, Yb, n = bucketed_on_host(X, Y, bucket)
     try:
-        Xb, Yb = validation.check_data(params, Xb, Yb, loss, **names)
-    except (ValueError, TypeError):
-        validation.check_data(params, X, Y, loss, **names)  # the error as the user sees it
-        raise
-    return Xb, Yb, (Xb.shape[0] if n is None else n)
+        Xc, Yc = validation.check_data(params, Xb, Yb, loss, **names)
+    except (ValueError, TypeError) as exc:
+        failed = exc
+    else:
+        return Xc, Yc, (Xc.shape[0] if n is None else n)
+    # outside the handler, so that the user's error is not chained to the padded one's
+    validation.check_data(params, X, Y, loss, **names)  # the error as the user sees it
+    raise failed
 
 
 #: Epoch row indices per chunk (K·n_batches·B' int32 entries) are kept under this many.

@@ -7,6 +7,7 @@ callbacks too; they live with their extensions.)
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -93,15 +94,53 @@ class _Paced(Callback):
         """Display one finished epoch (subclasses)."""
 
 
+def _kernel_display():
+    """IPython's ``(display, Pretty)`` from the running kernel's IPython (already imported
+    there), or None outside a kernel or without them."""
+    shown = getattr(sys.modules.get("IPython"), "display", None)
+    display, pretty = getattr(shown, "display", None), getattr(shown, "Pretty", None)
+    if display is None or pretty is None or not in_jupyter_kernel():
+        return None
+    return display, pretty
+
+
+class _KernelLine:
+    """One line of text shown in a kernel as a display updated in place (``display_id``)."""
+
+    def __init__(self, line: str):
+        parts = _kernel_display()
+        if parts is None:
+            raise LookupError("not in a kernel with IPython's display")
+        display, self._pretty = parts
+        self._handle = display(self._pretty(line), display_id=True)
+        if self._handle is None:
+            raise LookupError("display_id not supported")
+
+    def update(self, line: str) -> None:
+        self._handle.update(self._pretty(line))
+
+
+def _updatable_display(line: str) -> _KernelLine | None:
+    """``line`` displayed in a kernel, updatable; None where that is not possible."""
+    try:
+        return _KernelLine(line)
+    except Exception:  # noqa: BLE001 (no kernel display: the caller prints "\r" lines)
+        return None
+
+
 class ProgressBar(_Paced):
     """A progress bar: tqdm's on a terminal, its widget in Jupyter (with ipywidgets), or one
-    line rewritten in place in a kernel without them (see :func:`progress_mode`)."""
+    line rewritten in place in a kernel without them (see :func:`progress_mode`), once per
+    chunk: the last epoch of each (a kernel's output then holds one message per chunk, not
+    one per epoch)."""
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
         self._bar = None
         self._line = ""
+        self._pending: str | None = None
+        self._display: _KernelLine | None = None
 
     def on_train_begin(self, run: Run) -> None:
         if self.mode in ("bar", "notebook"):
@@ -117,15 +156,36 @@ class ProgressBar(_Paced):
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "time"})
             self._bar.update(1)
         else:
-            line = f"fit: epoch {epoch + 1}/{run.epochs}  {_shown(logs)}"
+            self._pending = f"fit: epoch {epoch + 1}/{run.epochs}  {_shown(logs)}"
+
+    def on_chunk_end(self, run: Run) -> bool | None:
+        self._flush()
+        return None
+
+    def _flush(self) -> None:
+        """Show the pending line: in a kernel one display updated in place (IPython's
+        ``display_id``: a saved notebook keeps one output, the last line), else "\r"."""
+        if self._pending is None:
+            return
+        line, self._pending = self._pending, None
+        if self._display is None and not self._line:
+            self._display = _updatable_display(line)
+            if self._display is not None:
+                self._line = line
+                return
+        if self._display is not None:
+            self._display.update(line)
+        else:
             pad = " " * max(0, len(self._line) - len(line))
             print("\r" + line + pad, end="", flush=True)
-            self._line = line
+        self._line = line
 
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._line:
+            return
+        self._flush()  # a last epoch not yet shown (a diverged chunk has no chunk end)
+        if self._line and self._display is None:
             print(flush=True)
 
     def on_train_end(self, run: Run) -> None:
@@ -193,15 +253,41 @@ class Checkpoint(Callback):
     Written atomically (see :mod:`mlds_jax.io.train_state`) every ``every`` epochs, when training
     ends, and when it is interrupted (KeyboardInterrupt or any exception raised from a signal
     handler or a callback: the last completed epoch is saved, then the exception propagates).
-    With ``resume`` the run continues from the file (FileNotFoundError if there is none),
-    bit-identical to an uninterrupted run; a state of another run (key, data size, batch
-    size, loss), optimizer or architecture is refused naming the mismatch.  The directory is
-    created (parents too) if it does not exist.
+    The directory is created (parents too) if it does not exist.
+
+    With ``resume`` the run continues from the file (FileNotFoundError if there is none):
+
+    * from its last completed epoch, bit-identical to an uninterrupted run; ``resumed_from``
+      is then that epoch count, and ``verbose`` prints "resuming from epoch N of M";
+    * a run that had finished (all its epochs, early stopping or a callback's stop) continues
+      when more epochs are asked for than it has done (``epochs`` is the total), from its
+      last epoch, with the early-stopping count where it stood (so a larger patience lets it
+      run on); asking for fewer epochs than it has done is a ValueError, as many is a run
+      with nothing left to train;
+    * a state of another run (key, data size, batch size, loss), another optimizer or
+      another architecture (named in layer sizes) is refused naming the mismatch; so are
+      changed ``settings``: a JSON-ready dict of whatever else must not change across a
+      resume (learning rate, regularisation...), stored with the state and compared key by
+      key (a state saved without settings, by an earlier version, is not compared).
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int = 1, resume: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int = 1,
+        resume: bool = False,
+        *,
+        settings: dict | None = None,
+        verbose: int = 0,
+    ):
         self.directory, self.every, self.resume = directory, every, resume
+        self.settings = None if settings is None else dict(settings)
+        self.verbose = verbose
         self.path = train_state.state_path(directory)
+        #: The epochs the resumed state had done (None: not resumed yet, or a fresh run).
+        self.resumed_from: int | None = None
+        #: Why the resumed run had stopped ("completed" for an interrupted run).
+        self.resumed_stop_reason: str | None = None
         self._saved_at = -1
         self._snapshot = None  # (state, history lengths) after the last completed chunk
 
@@ -232,8 +318,18 @@ class Checkpoint(Callback):
                     f"call has {self.run_id(run)}: resume with the same key, data, batch size "
                     "and loss"
                 )
+            self._check_settings(saved.get("settings"))
+            done = int(saved["epoch"])
+            if done > run.epochs:
+                raise ValueError(
+                    f"training state {self.path} has done {done} epochs; epochs={run.epochs} "
+                    f"asks for fewer (epochs is the total, counting earlier ones): ask for more "
+                    f"than {done} to continue it"
+                )
             history = History({k: list(v) for k, v in saved["history"].items()})
-            history.stop_reason = saved["stop_reason"]
+            history.stop_reason = self.resumed_stop_reason = saved["stop_reason"]
+            if done < run.epochs and history.stop_reason in ("early_stopping", "callback"):
+                history.stop_reason = "completed"  # a finished run asked for more epochs
             history.best_epoch = saved["best_epoch"]
             run.history = history
             run.state = state._replace(
@@ -246,7 +342,23 @@ class Checkpoint(Callback):
                 best_params=best_params,
             )
             self._saved_at = run.state.epoch
+            self.resumed_from = done
+            if self.verbose:
+                print(f"resuming from epoch {done} of {run.epochs} ({self.path})", flush=True)
         self._snapshot = (run.state, run.history.lengths())
+
+    def _check_settings(self, saved) -> None:
+        """A ValueError naming every setting that differs from the saved run's."""
+        if self.settings is None or not isinstance(saved, dict):
+            return  # nothing to compare with: a state written without settings
+        ours = json.loads(json.dumps(self.settings, default=str))  # as it would be stored
+        changed = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+        if changed:
+            diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {ours.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"training state {self.path} was saved with other settings ({diffs}): resume "
+                f"with the settings it was started with"
+            )
 
     def epochs_until_due(self, epoch: int) -> int | None:
         return self.every - epoch % self.every
@@ -277,6 +389,7 @@ class Checkpoint(Callback):
             "best_epoch": state.best_epoch,
             "best_value": state.best_value,
             "since_best": state.since_best,
+            **({} if self.settings is None else {"settings": self.settings}),
         }
         train_state.save_train_state(
             self.path, state.params, state.opt_state, state.best_params, record

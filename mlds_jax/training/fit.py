@@ -138,7 +138,10 @@ def fit(
       checkpoint_every: k >= 1, with ``checkpoint_dir``.
       resume: continue from ``checkpoint_dir``'s state (FileNotFoundError if there is none).
         Pass the same data, key, optimizer, loss, batch size and architecture: the run then
-        ends bit-identical (params and history but "time") to an uninterrupted one.
+        ends bit-identical (params and history but "time") to an uninterrupted one.  A
+        finished run continues when ``epochs`` is more than it has done; fewer is a
+        ValueError (see :class:`mlds_jax.training.Checkpoint`).  With ``verbose`` a line
+        "resuming from epoch N of M" is printed.
       trainer: a :class:`Trainer` to run (its compiled programs are then shared by every
         call with it); ``loss, optimizer, grads, batch_size, shuffle, mesh, dp`` must then be
         left at their defaults.
@@ -231,7 +234,7 @@ def _callbacks(trainer, callbacks, progress, verbose, on_epoch_end, checkpoint_d
         every = validation.positive_int(every, "checkpoint_every")
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
-        chain.append(Checkpoint(checkpoint_dir, every, resume))
+        chain.append(Checkpoint(checkpoint_dir, every, resume, verbose=check_verbose(verbose)))
     chain.extend(callbacks)
     if on_epoch_end is not None:
         chain.append(EpochEndFunction(on_epoch_end))
