@@ -83,7 +83,7 @@ def rows_for(name, params, X, y, Y, torch_side, sizes):
 
         @jax.jit
         def step(p, s, X, Y, key):
-            _, g = mj.dp_value_and_grads(p, X, Y, LOSS, dp, key)
+            _, g = mj.extensions.dp_value_and_grads(p, X, Y, LOSS, dp, key)
             u, s = opt.update(g, s, p)
             return optax.apply_updates(p, u), s
 
@@ -95,14 +95,14 @@ def rows_for(name, params, X, y, Y, torch_side, sizes):
 
         return ours, torch_side and torch_side.opacus_dp_step(1.0, 1.0), 2 * F + F_nf
     if name == "norms-checked":
-        Yp = mj.prepare_targets(params, y, LOSS)
+        Yp = mj.network.prepare_targets(params, y, LOSS)
         return (
             lambda: per_example.per_example_grad_norms_core(params, X, Yp, LOSS),
             norms,
             F + F_nf,
         )
     if name == "grads-checked":
-        Yp = mj.prepare_targets(params, y, LOSS)
+        Yp = mj.network.prepare_targets(params, y, LOSS)
         jitted = jax.jit(lambda p, X, Y: core.backward(p, core.forward_cache(p, X), Y, LOSS).grads)
         checked = lambda: mj.manual_grads(params, X, y, LOSS)  # noqa: E731
         return lambda: jitted(params, X, Yp), checked, 2 * F + F_nf

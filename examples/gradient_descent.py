@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
 import mlds_jax as mj  # noqa: E402
-from mlds_jax import GradientDescentResult  # noqa: E402
+from mlds_jax.descent import GradientDescentResult  # noqa: E402
 
 X_INITIAL = (3.0, 3.0)
 ETAS = "0.1,0.2,0.26"  # the lecture's two steps, and one just past 2 / lambda_max ~= 0.245
@@ -66,7 +66,7 @@ def run_study(etas: Sequence[float], max_iter: int) -> dict[float, GradientDesce
     """Run gradient descent on the lecture's function from ``X_INITIAL`` for each step size."""
     x0 = jnp.asarray(X_INITIAL, dtype=jnp.float32)
     return {
-        eta: mj.gradient_descent(mj.quadratic_example, x0, step_size=eta, max_iter=max_iter)
+        eta: mj.gradient_descent(mj.descent.quadratic_example, x0, step_size=eta, max_iter=max_iter)
         for eta in etas
     }
 
@@ -89,7 +89,7 @@ def plot_study(results: dict[float, GradientDescentResult], out: str, eta_max: f
     grid = np.linspace(-lim, lim, 201)
     xx, yy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=jnp.float32)
-    zz = np.asarray(jax.vmap(mj.quadratic_example)(points)).reshape(xx.shape)
+    zz = np.asarray(jax.vmap(mj.descent.quadratic_example)(points)).reshape(xx.shape)
     contours = ax_path.contour(xx, yy, zz, levels=np.geomspace(0.05, zz.max(), 15), cmap="viridis")
     ax_path.clabel(contours, fontsize=7, fmt="%.2g")
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     x0 = jnp.asarray(X_INITIAL, dtype=jnp.float32)
     # The Hessian [[2, 1], [1, 8]] is constant, so the bound is the same at every point.
-    eta_max = mj.max_stable_step_size(mj.quadratic_example, x0)
+    eta_max = mj.max_stable_step_size(mj.descent.quadratic_example, x0)
     results = run_study(args.etas, args.max_iter)
     print(format_table(results))
     print(f"largest stable fixed step 2/lambda_max = {eta_max:.5f}")

@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=_widths, default=_widths(HIDDEN),
                         help=f"comma-separated hidden widths ({HIDDEN})")
-    parser.add_argument("--activation", default=ACTIVATION, choices=sorted(mj.HIDDEN_ACTIVATIONS),
+    parser.add_argument("--activation", default=ACTIVATION,
+                        choices=sorted(mj.activations.HIDDEN_ACTIVATIONS),
                         help="hidden activation (%(default)s)")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE, help="SGD step (%(default)s)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs (%(default)s)")

@@ -49,7 +49,8 @@ LOSS = "mse"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden width (%(default)s)")
-    parser.add_argument("--activation", default=ACTIVATION, choices=sorted(mj.HIDDEN_ACTIVATIONS),
+    parser.add_argument("--activation", default=ACTIVATION,
+                        choices=sorted(mj.activations.HIDDEN_ACTIVATIONS),
                         help="hidden activation f (%(default)s)")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE, help="step alpha (%(default)s)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs (%(default)s)")

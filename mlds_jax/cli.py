@@ -1065,7 +1065,7 @@ def _evaluate_table(args) -> int:
     table = read_table(args.data)
     X = _table_inputs(prep, table, params)
     dtype = np.dtype(params[0].W.dtype)
-    loss = args.loss or meta.get("loss") or mj.default_loss(params)
+    loss = args.loss or meta.get("loss") or mj.training.default_loss(params)
     y = prep.network_targets(prep.encode_targets(table), dtype)
     labels = y.reshape(-1).astype(np.int32) if prep.task == "binary" else y
     n_classes = None if prep.classes is None else len(prep.classes)

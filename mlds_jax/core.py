@@ -3,7 +3,7 @@ r"""The public core: pure, unchecked, jit-able forward and backward passes.
 **Inputs must already be prepared**: params a tuple of :class:`~mlds_jax.layers.Dense`
 checked by :func:`mlds_jax.validation.check_model`, ``X`` (N, n_in) and ``Y`` (N, K) in the
 parameters' dtype (labels one-hot), e.g. from :func:`mlds_jax.validation.check_batch` or
-:func:`mlds_jax.prepare_targets`.  Nothing here validates, so everything traces under
+:func:`mlds_jax.network.prepare_targets`.  Nothing here validates, so everything traces under
 ``jax.jit``, ``jax.vmap`` and ``jax.grad``; the checked public API (``mj.forward``,
 ``mj.manual_grads``, ...) validates once and calls these.
 

@@ -33,7 +33,7 @@ class Dense:
     Attributes:
       W: weights, shape (fan_in, fan_out) (the lecture's W^T).
       b: bias, shape (fan_out,).
-      activation: name of f in ``mlds_jax.ACTIVATIONS`` (static, not a leaf).
+      activation: name of f in ``mlds_jax.activations.ACTIVATIONS`` (static, not a leaf).
     """
 
     W: Array

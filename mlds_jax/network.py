@@ -127,7 +127,7 @@ def loss(params: Params, X: ArrayLike, Y: ArrayLike, loss: str) -> Array:
       X: inputs, (N, n_in).
       Y: targets: (N, n_out) or (N,) for one output; for "cross_entropy" integer labels (N,)
         in [0, K) or one-hot / probability rows (N, K).
-      loss: one of ``mlds_jax.LOSSES``.
+      loss: one of ``mlds_jax.losses.LOSSES``.
 
     Returns:
       Scalar loss, in the parameters' dtype.  A non-finite value from finite inputs (the

@@ -26,7 +26,7 @@ Preprocessing, fitted on the training rows only (the rows outside the test split
 
 * every feature is standardised, ``(x − mean) / std`` with the training rows' mean and
   population standard deviation in float64 (a constant column maps to 0:
-  :func:`mlds_jax.standardize`);
+  :func:`mlds_jax.datasets.standardize`);
 * regression targets are standardised the same way; predictions are mapped back to the
   target's units;
 * features must be numbers: a text column is refused, naming it (one-hot encoding of text

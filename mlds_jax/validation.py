@@ -520,7 +520,7 @@ def prepare_targets(
     if concrete:
         check_finite(np.asarray(Y, dtype=np.float64), name)
     if loss.targets == "class" and Y.ndim == 1:
-        if jnp.issubdtype(Y.dtype, jnp.bool_):  # as mlds_jax.one_hot: labels are integers
+        if jnp.issubdtype(Y.dtype, jnp.bool_):  # as mlds_jax.datasets.one_hot: labels are integers
             raise TypeError(f"{name} as class labels must be integers, got dtype bool")
         if concrete:
             y = np.asarray(Y)

@@ -85,7 +85,7 @@ b = jnp.asarray(B_LECTURE)  # (1,)
 logreg = mj.Dense(W=W, b=b, activation="sigmoid")
 
 xT = jnp.asarray(X_SINGLE)  # (1, 5): a horizontal vector, like xT.view(1, 5)
-z, a = mj.dense_forward(logreg, xT)  # z = x^T W + b (= x^T W_lec^T + b), a = sigmoid(z)
+z, a = mj.core.dense_forward(logreg, xT)  # z = x^T W + b (= x^T W_lec^T + b), a = sigmoid(z)
 print("xT.shape", xT.shape, "| W_lec.shape", W_lec.shape, "-> our W.shape", W.shape)
 print("z.shape", z.shape, " z =", z)
 print("a = sigma(z) =", a)
@@ -113,7 +113,7 @@ np.testing.assert_allclose(xT @ W_lec.T + b, z, rtol=1e-6)
 
 # %%
 X3 = jnp.asarray(X_BATCH)  # (3, 5)
-z3, a3 = mj.dense_forward(logreg, X3)
+z3, a3 = mj.core.dense_forward(logreg, X3)
 print("X.shape", X3.shape, "-> z.shape", z3.shape)
 print("z =", np.asarray(z3).ravel().round(4))
 print("a =", np.asarray(a3).ravel().round(4))
@@ -125,7 +125,7 @@ np.testing.assert_allclose(z3[:1], z, rtol=1e-6)  # row 1 of the batch is the si
 # %%
 zs = np.linspace(-8, 8, 400)
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot(zs, mj.sigmoid(jnp.asarray(zs)), label=r"$\sigma(z)$")
+ax.plot(zs, mj.activations.sigmoid(jnp.asarray(zs)), label=r"$\sigma(z)$")
 ax.scatter(np.asarray(z3).ravel(), np.asarray(a3).ravel(), color="C3", zorder=3,
            label="the lecture's 3 samples")
 for zi, ai in zip(np.asarray(z3).ravel(), np.asarray(a3).ravel(), strict=True):
@@ -211,7 +211,7 @@ A = X
 for l, layer in enumerate(params):
     W_lec_l = layer.W.T  # the lecture's W^(l), shape (out, in)
     Z = A @ W_lec_l.T + layer.b[None, :]
-    A = mj.ACTIVATIONS[layer.activation].fn(Z)
+    A = mj.activations.ACTIVATIONS[layer.activation].fn(Z)
     np.testing.assert_allclose(Z, cache.Zs[l], rtol=1e-5, atol=1e-6)
 np.testing.assert_allclose(A, mj.forward(params, X), rtol=1e-5, atol=1e-6)
 
@@ -240,6 +240,6 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Summary.** `mj.dense_forward` is one row of the lecture's table ($Z = A W + b$ with our
+# **Summary.** `mj.core.dense_forward` is one row of the lecture's table ($Z = A W + b$ with our
 # $W$ = lecture's $W^T$, then $A = g(Z)$); `mj.forward_cache` chains it and keeps every
 # intermediate, which is exactly what backpropagation needs (notebook `02_backpropagation`).

@@ -20,9 +20,9 @@
 #
 # | § | document | derivation | `mlds_jax` |
 # |---|---|---|---|
-# | 1 | `sigmoid-network-backprop-notes.md` | $\sigma' = \sigma(1-\sigma)$; steps 1–4: $\partial C/\partial z^L$, the recursion for $\partial C/\partial z^l$, $\partial z/\partial w$, $\partial z/\partial b$ | `mj.sigmoid_prime`, `mj.backward_deltas`, `mj.manual_grads` |
-# | 2 | `binary-cross-entropy-gradient.md` | $\partial\mathcal{L}/\partial\hat y$ (steps 1–5), $\partial\hat y/\partial z$, $\partial z/\partial W$, $\partial\mathcal{L}/\partial W = \frac1m\sum(A^i-y)(A^{i-1})^T$ | `losses.bce_dA`, `mj.matched_delta`, `mj.manual_grads` |
-# | 3 | `mlds-gradient-descent-and-backprop.md` | loss, activation and fully connected layer rules; "Putting it all together", steps 1–7 by hand | `losses.mse_dA`, `Activation.backward`, `mj.dense_backward`, `mj.manual_grads` |
+# | 1 | `sigmoid-network-backprop-notes.md` | $\sigma' = \sigma(1-\sigma)$; steps 1–4: $\partial C/\partial z^L$, the recursion for $\partial C/\partial z^l$, $\partial z/\partial w$, $\partial z/\partial b$ | `mj.activations.sigmoid_prime`, `mj.backward_deltas`, `mj.manual_grads` |
+# | 2 | `binary-cross-entropy-gradient.md` | $\partial\mathcal{L}/\partial\hat y$ (steps 1–5), $\partial\hat y/\partial z$, $\partial z/\partial W$, $\partial\mathcal{L}/\partial W = \frac1m\sum(A^i-y)(A^{i-1})^T$ | `losses.bce_dA`, `mj.losses.matched_delta`, `mj.manual_grads` |
+# | 3 | `mlds-gradient-descent-and-backprop.md` | loss, activation and fully connected layer rules; "Putting it all together", steps 1–7 by hand | `losses.mse_dA`, `Activation.backward`, `mj.core.dense_backward`, `mj.manual_grads` |
 # | 4 | `lecture-forward-backward-training.md` | "MSE loss + id", "Backward propagation, MLP", logistic regression's $\partial L/\partial z = \hat y - y$ | `mj.backward_deltas`, `mj.manual_grads` |
 # | 5 | all | manual vs `jax.grad` vs finite differences, per leaf | `mj.check_grads` |
 #
@@ -99,8 +99,8 @@ def deltas_by_autodiff(params, X, Y2, loss):
         A = X
         for layer, E in zip(params, offsets, strict=True):
             Z = A @ layer.W + layer.b[None, :] + E
-            A = mj.ACTIVATIONS[layer.activation].fn(Z)
-        return mj.LOSSES[loss].value(Z, A, Y2)
+            A = mj.activations.ACTIVATIONS[layer.activation].fn(Z)
+        return mj.losses.LOSSES[loss].value(Z, A, Y2)
 
     zeros = tuple(jnp.zeros((X.shape[0], layer.W.shape[1])) for layer in params)
     return jax.grad(loss_of_offsets)(zeros)
@@ -125,20 +125,20 @@ print("float64 enabled:", jnp.zeros(()).dtype)
 # = \frac{1}{1+e^{-z}}\left[\frac{e^{-z}+1}{e^{-z}+1} - \frac{1}{e^{-z}+1}\right]
 # = \sigma(z)\,[1-\sigma(z)].$$
 #
-# `mj.sigmoid_prime(Z)` returns $\sigma(Z)(1-\sigma(Z))$ element-wise. We check it against the
-# intermediate form $e^{-z}/(1+e^{-z})^2$ and against `jax.grad` of `mj.sigmoid`.
+# `mj.activations.sigmoid_prime(Z)` returns $\sigma(Z)(1-\sigma(Z))$ element-wise. We check it against the
+# intermediate form $e^{-z}/(1+e^{-z})^2$ and against `jax.grad` of `mj.activations.sigmoid`.
 
 # %%
 z = jnp.linspace(-10.0, 10.0, 201)
-s_prime = mj.sigmoid_prime(z)
+s_prime = mj.activations.sigmoid_prime(z)
 by_quotient = jnp.exp(-z) / (1 + jnp.exp(-z)) ** 2  # the notes' intermediate result
-by_autodiff = jax.vmap(jax.grad(mj.sigmoid))(z)
+by_autodiff = jax.vmap(jax.grad(mj.activations.sigmoid))(z)
 assert_close(s_prime, by_quotient)
 assert_close(s_prime, by_autodiff)
 print("max sigma'(z) =", float(s_prime.max()), "at z =", float(z[jnp.argmax(s_prime)]))
 
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(z, mj.sigmoid(z), label=r"$\sigma(z)$")
+ax.plot(z, mj.activations.sigmoid(z), label=r"$\sigma(z)$")
 ax.plot(z, s_prime, label=r"$\sigma'(z) = \sigma(z)(1-\sigma(z))$")
 ax.plot(z[::10], by_autodiff[::10], "k.", label="jax.grad")
 ax.set_xlabel("z")
@@ -178,8 +178,8 @@ zs = cache.Zs  # zs[0] = z^1, zs[1] = z^2, zs[2] = z^3
 # Step 1: dC/dz^L = -(y - a^L) a^L (1 - a^L)
 d3 = -(y - a[3]) * a[3] * (1 - a[3])
 # Step 2: dC/dz^l = (dC/dz^{l+1} W^{l+1 T}) * sigma'(z^l), for l = 2, then l = 1
-d2 = (d3 @ net[2].W.T) * mj.sigmoid_prime(zs[1])
-d1 = (d2 @ net[1].W.T) * mj.sigmoid_prime(zs[0])
+d2 = (d3 @ net[2].W.T) * mj.activations.sigmoid_prime(zs[1])
+d1 = (d2 @ net[1].W.T) * mj.activations.sigmoid_prime(zs[0])
 by_hand = (d1, d2, d3)
 
 by_library = mj.backward_deltas(net, x, y, "half_squared_error")
@@ -216,7 +216,7 @@ print("steps 1-4 == mj.backward_deltas == mj.manual_grads == jax.grad  ✓")
 # %%
 M = N
 Z_out = jax.random.normal(next(keys), (M, 1)) * 2
-Y_hat = mj.sigmoid(Z_out)
+Y_hat = mj.activations.sigmoid(Z_out)
 Y_bce = jax.random.bernoulli(next(keys), 0.5, (M, 1)).astype(jnp.float64)
 
 
@@ -238,13 +238,13 @@ print("dL/dy_hat =", np.asarray(dL_dyhat).ravel().round(4))
 # $$\frac{\partial\mathcal{L}}{\partial z} = \Big[-\frac{y}{\hat y} + \frac{1-y}{1-\hat y}\Big]\,\hat y(1-\hat y)
 # = -y(1-\hat y) + (1-y)\hat y = \hat y - y\qquad(\times\tfrac1M).$$
 #
-# `mj.matched_delta(A, Y)` returns this simplified $\delta = \frac1M(A - Y)$; it equals the general
+# `mj.losses.matched_delta(A, Y)` returns this simplified $\delta = \frac1M(A - Y)$; it equals the general
 # chain-rule product `bce_dA(A, Y) * sigmoid_prime(Z)` and `jax.grad` of the loss with respect to $Z$.
 
 # %%
-delta_general = losses.bce_dA(Y_hat, Y_bce) * mj.sigmoid_prime(Z_out)
-delta_fused = mj.matched_delta(Y_hat, Y_bce)
-delta_autodiff = jax.grad(lambda Z: losses.bce_value(Z, mj.sigmoid(Z), Y_bce))(Z_out)
+delta_general = losses.bce_dA(Y_hat, Y_bce) * mj.activations.sigmoid_prime(Z_out)
+delta_fused = mj.losses.matched_delta(Y_hat, Y_bce)
+delta_autodiff = jax.grad(lambda Z: losses.bce_value(Z, mj.activations.sigmoid(Z), Y_bce))(Z_out)
 assert_close(delta_fused, (Y_hat - Y_bce) / M)
 assert_close(delta_general, delta_fused)
 assert_close(delta_autodiff, delta_fused)
@@ -307,14 +307,14 @@ print(f"dL/dY = 2/n (Y - Y*), n = N*K = {n}  == jax.grad  ✓")
 # $$\frac{\partial L}{\partial X} = \Big[\frac{\partial L}{\partial y_1}f'(x_1)\ \cdots\ \frac{\partial L}{\partial y_i}f'(x_i)\Big]
 # = \frac{\partial L}{\partial Y}\odot f'(X).$$
 #
-# Every element-wise activation in `mj.ACTIVATIONS` has `backward(dA, Z) = dA * prime(Z)`; we check
+# Every element-wise activation in `mj.activations.ACTIVATIONS` has `backward(dA, Z) = dA * prime(Z)`; we check
 # each against `jax.vjp` (the vector-Jacobian product `jax.grad` is built from). Softmax is not
-# element-wise; its backward is the Jacobian-vector product `mj.softmax_backward`, checked too.
+# element-wise; its backward is the Jacobian-vector product `mj.activations.softmax_backward`, checked too.
 
 # %%
 Zin = jax.random.normal(next(keys), (N, 3)) * 2
 dA = jax.random.normal(next(keys), (N, 3))
-for name, act in mj.ACTIVATIONS.items():
+for name, act in mj.activations.ACTIVATIONS.items():
     _, vjp = jax.vjp(act.fn, Zin)
     assert_close(act.backward(dA, Zin), vjp(dA)[0])
     if act.prime is not None:
@@ -332,14 +332,14 @@ for name, act in mj.ACTIVATIONS.items():
 # \frac{\partial L}{\partial X} = \frac{\partial L}{\partial Y}W^T,\qquad
 # \frac{\partial L}{\partial B} = \frac{\partial L}{\partial Y}\ \ (\text{summed over the rows of a batch}).$$
 #
-# `mj.dense_backward(delta, A_prev, W)` returns `(dW, db, dA_prev)`.
+# `mj.core.dense_backward(delta, A_prev, W)` returns `(dW, db, dA_prev)`.
 
 # %%
 Xl = jax.random.normal(next(keys), (N, 5))
 Wl = jax.random.normal(next(keys), (5, 3))
 bl = jax.random.normal(next(keys), (3,))
 dY = jax.random.normal(next(keys), (N, 3))  # upstream dL/dY
-dW, db, dX = mj.dense_backward(dY, Xl, Wl)
+dW, db, dX = mj.core.dense_backward(dY, Xl, Wl)
 assert_close(dW, Xl.T @ dY)
 assert_close(dX, dY @ Wl.T)
 assert_close(db, dY.sum(axis=0))
@@ -374,7 +374,7 @@ reg = with_random_biases(mj.init_mlp(next(keys), REGRESSION_NET, hidden=HIDDEN_F
 W1, B1, W2, B2 = reg[0].W, reg[0].b, reg[1].W, reg[1].b
 X = jax.random.normal(next(keys), (N, REGRESSION_NET[0]))
 Y_star = jax.random.normal(next(keys), (N, 1))
-f, f_prime = mj.ACTIVATIONS[HIDDEN_F].fn, mj.ACTIVATIONS[HIDDEN_F].prime
+f, f_prime = mj.activations.ACTIVATIONS[HIDDEN_F].fn, mj.activations.ACTIVATIONS[HIDDEN_F].prime
 
 # Forward pass, steps 1-5
 Z1 = X @ W1 + B1[None, :]  # 1
@@ -456,7 +456,7 @@ for l in (3, 2, 1):
     lecture_grads.insert(0, (dW_lec, db_lec))
     if l > 1:
         dA = dZ @ W_lec  # dL/dA(l-1) = dL/dZ(l) W(l)
-        dZ = dA * mj.sigmoid_prime(Zs[l - 2])  # dL/dZ(l-1) = dL/dA(l-1) (x) g'(Z(l-1))
+        dZ = dA * mj.activations.sigmoid_prime(Zs[l - 2])  # dL/dZ(l-1) = dL/dA(l-1) (x) g'(Z(l-1))
         lecture_deltas.insert(0, dZ)
 
 deltas = mj.backward_deltas(mlp, X, Y, "half_squared_error")
@@ -476,7 +476,7 @@ print("lecture recursion == mj.backward_deltas == jax.grad  ✓")
 # For the classification case the lecture swaps the output for $a^{(3)} = o(z^{(3)})$. With
 # softmax + cross-entropy the output delta is again $\frac1N(A^{(3)} - Y)$ (notebook 05 derives
 # why); `backward_deltas(..., fused=False)` takes the long way instead, $\partial L/\partial\hat Y$
-# through the softmax Jacobian (`mj.softmax_backward`). Both agree with `jax.grad`. Integer labels
+# through the softmax Jacobian (`mj.activations.softmax_backward`). Both agree with `jax.grad`. Integer labels
 # are accepted and one-hot encoded.
 
 # %%

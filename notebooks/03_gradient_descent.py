@@ -27,7 +27,7 @@
 #
 # `mj.gradient_descent(f, x0, step_size, tol_f=ε1, tol_grad=ε2, max_iter)` runs the loop on device
 # (`jax.lax.while_loop`) and returns the final `x`, `f`, `n_iter`, `converged`, the whole `path`
-# and `f_path`, and the stop `reason`. `mj.quadratic_example` is the lecture's $f$ and
+# and `f_path`, and the stop `reason`. `mj.descent.quadratic_example` is the lecture's $f$ and
 # `mj.max_stable_step_size` answers the lecture's question *"what must step be?"*: $2/\lambda_{\max}$.
 #
 # We add a third step size just past that bound, and explain why $\eta = 0.2$ is the fastest.
@@ -50,7 +50,7 @@ jax.config.update("jax_enable_x64", True)  # float64 so f can be followed down t
 
 import mlds_jax as mj
 
-f = mj.quadratic_example
+f = mj.descent.quadratic_example
 x0 = jnp.asarray(X0)
 print("f(x0) =", float(f(x0)), "  grad f(x0) =", jax.grad(f)(x0))
 
@@ -246,12 +246,12 @@ plt.show()
 # Before the gradient rule the lecture moves by a fixed amount against the *sign* of the
 # derivative, $x^{k+1} = x^k - \operatorname{sign}(f'(x^k))\cdot\text{step}$. It ignores how steep
 # $f$ is, so it cannot settle closer than one step to the minimum. With step 0.4 from $(3, 3)$,
-# `mj.sign_gradient_descent` (element-wise sign) walks down the diagonal and then jumps between
+# `mj.descent.sign_gradient_descent` (element-wise sign) walks down the diagonal and then jumps between
 # $(0.2, 0.2)$ and $(-0.2, -0.2)$, where $f$ is equal, so $|\Delta f| = 0 < \varepsilon_1$ stops it
 # at $f = 0.24$ instead of 0.
 
 # %%
-sign_run = mj.sign_gradient_descent(f, x0, step_size=0.4, max_iter=100)
+sign_run = mj.descent.sign_gradient_descent(f, x0, step_size=0.4, max_iter=100)
 print(f"sign descent: n_iter = {sign_run.n_iter}, reason = {sign_run.reason}, "
       f"x = {np.asarray(sign_run.x)}, f = {sign_run.f:.4f}")
 print("last iterates:\n", np.asarray(sign_run.path[-4:]))
@@ -307,8 +307,8 @@ assert np.all((steps >= 1 / lam_np[1] - 1e-12) & (steps <= 1 / lam_np[0] + 1e-12
 # fixed step is bounded by the worst direction (Armijo from 1.0 happens to halve to the same
 # two values, 1/8 and 1/2). The same rule works for a network, with the
 # hand-derived Hessian-vector product `mj.hvp` in place of `jax.jvp(jax.grad(f))`:
-# `mj.network_exact_step_size(params, X, Y, loss)` returns $g^Tg/g^THg$ and
-# `mj.network_max_stable_step_size(params, X, Y, loss)` returns $2/\lambda_{\max}$ (Lanczos on
+# `mj.extensions.network_exact_step_size(params, X, Y, loss)` returns $g^Tg/g^THg$ and
+# `mj.extensions.network_max_stable_step_size(params, X, Y, loss)` returns $2/\lambda_{\max}$ (Lanczos on
 # `mj.hvp`). Notebook 07 follows $\lambda_{\max}$ during training.
 
 # %%

@@ -20,7 +20,7 @@
 #
 # $$\delta^{(L)} = \frac{\partial L}{\partial Z^{(L)}} = \frac1N\,(\hat Y - Y),$$
 #
-# which is what `mj.matched_delta` returns and what `mj.manual_grads` uses by default
+# which is what `mj.losses.matched_delta` returns and what `mj.manual_grads` uses by default
 # (`fused=True`). `fused=False` takes the general chain-rule path
 # $\delta^{(L)} = \partial L/\partial\hat Y \odot f'(Z^{(L)})$ (MLDS notes, "Activation function")
 # or, for softmax, the Jacobian-vector product.
@@ -124,13 +124,13 @@ print("delta(L) == (Y_hat - Y)/N  ✓")
 # $$\frac{\partial\ell}{\partial z_j} = \sum_k\Big(-\frac{y_k}{a_k}\Big)a_k(\delta_{kj} - a_j)
 # = -y_j + a_j\sum_k y_k = a_j - y_j\qquad\text{(each row of } Y \text{ sums to 1)}.$$
 #
-# `mj.softmax_backward(dA, Z)` is the general Jacobian-vector product $a \odot (g - \langle g, a\rangle)$;
+# `mj.activations.softmax_backward(dA, Z)` is the general Jacobian-vector product $a \odot (g - \langle g, a\rangle)$;
 # the fused path skips it.
 
 # %%
 z = jnp.array([1.0, -0.5, 2.0])
-a = mj.softmax(z[None, :])[0]
-jacobian = jax.jacobian(lambda v: mj.softmax(v[None, :])[0])(z)
+a = mj.activations.softmax(z[None, :])[0]
+jacobian = jax.jacobian(lambda v: mj.activations.softmax(v[None, :])[0])(z)
 assert_trees_close(jacobian, jnp.diag(a) - jnp.outer(a, a))
 print("softmax Jacobian == diag(a) - a a^T:\n", np.asarray(jacobian).round(4))
 
@@ -167,7 +167,7 @@ d_fused = mj.backward_deltas(one_unit, Z_sat, Y_sat, "binary_cross_entropy")[-1]
 print("delta, general path:", np.asarray(d_general).ravel())
 print("delta, fused path:  ", np.asarray(d_fused).ravel())
 assert bool(jnp.isnan(d_general[0, 0])) and bool(jnp.all(jnp.isfinite(d_fused)))
-assert_trees_close(d_fused, jax.grad(lambda Z: losses.bce_value(Z, mj.sigmoid(Z), Y_sat))(Z_sat))
+assert_trees_close(d_fused, jax.grad(lambda Z: losses.bce_value(Z, mj.activations.sigmoid(Z), Y_sat))(Z_sat))
 
 # %% [markdown]
 # ## 4. The saturating $\sigma'(z)$ and MSE
@@ -192,8 +192,8 @@ n_grid = z_grid.shape[0]
 # backward_deltas averages over the batch (1/N); multiply by N for the per-sample delta.
 d_mse = n_grid * mj.backward_deltas(one_unit, z_grid, y_one, "mse")[-1]
 d_bce = n_grid * mj.backward_deltas(one_unit, z_grid, y_one, "binary_cross_entropy")[-1]
-s = mj.sigmoid(z_grid)
-assert_trees_close(d_mse, 2 * (s - 1) * mj.sigmoid_prime(z_grid))
+s = mj.activations.sigmoid(z_grid)
+assert_trees_close(d_mse, 2 * (s - 1) * mj.activations.sigmoid_prime(z_grid))
 assert_trees_close(d_bce, s - 1)
 for z0 in (-10.0, -5.0, 0.0):
     i = int(jnp.argmin(jnp.abs(z_grid[:, 0] - z0)))
@@ -201,8 +201,8 @@ for z0 in (-10.0, -5.0, 0.0):
           f"   delta_BCE = {float(d_bce[i, 0]):+.2e}")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
-ax1.plot(z_grid, mj.sigmoid(z_grid), label=r"$\sigma(z)$")
-ax1.plot(z_grid, mj.sigmoid_prime(z_grid), label=r"$\sigma'(z) = \sigma(z)(1-\sigma(z)) \leq 1/4$")
+ax1.plot(z_grid, mj.activations.sigmoid(z_grid), label=r"$\sigma(z)$")
+ax1.plot(z_grid, mj.activations.sigmoid_prime(z_grid), label=r"$\sigma'(z) = \sigma(z)(1-\sigma(z)) \leq 1/4$")
 ax1.set_xlabel("z")
 ax1.set_title("the sigmoid saturates: $\\sigma'(z) \\to 0$ for $|z|$ large")
 ax1.legend()

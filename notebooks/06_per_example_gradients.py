@@ -26,8 +26,8 @@
 # | 1 | the row-by-row derivation next to the code | `mj.per_example_grads`, `mj.per_example_grad_norms` |
 # | 2 | which digits have the largest gradient norms, and why | `mj.per_example_grad_norms` |
 # | 3 | gradient noise over a short training | `mj.gradient_moments` |
-# | 4 | DP-SGD on digits: accuracy against ε | `mj.make_train_step(dp=...)`, `mj.dp_epsilon` |
-# | 5 | which training digits helped or hurt a misclassified test digit | `mj.gradient_cross_gram` |
+# | 4 | DP-SGD on digits: accuracy against ε | `mj.make_train_step(dp=...)`, `mj.extensions.dp_epsilon` |
+# | 5 | which training digits helped or hurt a misclassified test digit | `mj.extensions.gradient_cross_gram` |
 
 # %%
 # Hyperparameters
@@ -212,7 +212,7 @@ assert noise_scale[-1][1] < noise_scale[0][1]  # while the mean gradient shrinks
 # gets $\sum_n\kappa_n\nabla\ell_n$ from **one more backward pass with row weights** $\kappa_n$
 # (ghost clipping, (D2): no per-example gradient is formed), adds Gaussian noise
 # $\mathcal N(0, \sigma^2C^2)$ and divides by the batch size (D3). The privacy spent, $\varepsilon$
-# at $\delta$, comes from the RDP accountant of Google's `dp-accounting` (`mj.dp_epsilon`). The
+# at $\delta$, comes from the RDP accountant of Google's `dp-accounting` (`mj.extensions.dp_epsilon`). The
 # accountant assumes Poisson sampling of each batch with rate $q = B/N$; like most tutorials we
 # train on shuffled fixed-size batches, so the ε below is the usual approximation.
 
@@ -239,7 +239,7 @@ def train_dp(sigma):
 results = []
 for sigma in SIGMAS:
     p, steps = train_dp(sigma)
-    eps = mj.dp_epsilon(sigma, BATCH / n_train, steps, DELTA)
+    eps = mj.extensions.dp_epsilon(sigma, BATCH / n_train, steps, DELTA)
     acc = float(mj.evaluate(p, X_test, y_test, LOSS)["accuracy"])
     results.append((sigma, eps, acc))
 p_clip, _ = train_dp(0.0)  # clipping only, no noise: no privacy (ε = ∞)
@@ -272,7 +272,7 @@ assert acc_plain >= results[-1][2]  # privacy costs accuracy at the most private
 # so to first order the loss of a test example $j$ changes by $-\eta\,\langle\nabla\ell_j,
 # \nabla\ell_i\rangle$ (equation (P8); TracIn, Pruthi et al. 2020). A large positive inner
 # product marks a **helpful** training example (a step on it lowers the test loss), a large
-# negative one a **harmful** one. `mj.gradient_cross_gram` gives the whole (training × test)
+# negative one a **harmful** one. `mj.extensions.gradient_cross_gram` gives the whole (training × test)
 # matrix of these inner products by the ghost identity of (P4), $\sum_l (a_i\cdot a_j + 1)
 # (\hat\delta_i\cdot\hat\delta_j)$, without forming a single per-example gradient. Below: a test
 # digit the plainly trained network of §2 gets wrong, against the whole training set.
@@ -281,7 +281,7 @@ assert acc_plain >= results[-1][2]  # privacy costs accuracy at the most private
 pred = np.asarray(mj.predict(params, X_test))
 wrong = np.nonzero(pred != np.asarray(y_test))[0]
 j = int(wrong[0])
-C = mj.gradient_cross_gram(params, X_train, y_train, X_test[j : j + 1], y_test[j : j + 1], LOSS)
+C = mj.extensions.gradient_cross_gram(params, X_train, y_train, X_test[j : j + 1], y_test[j : j + 1], LOSS)
 scores = np.asarray(C[:, 0])  # (n_train,)
 helpful = np.argsort(-scores)[:N_SHOW]
 harmful = np.argsort(scores)[:N_SHOW]

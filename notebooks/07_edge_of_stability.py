@@ -58,7 +58,7 @@ t_start = time.perf_counter()
 # "sharpness") cannot change to accommodate the step.
 
 # %%
-f, x0 = mj.quadratic_example, jnp.asarray([3.0, 3.0])
+f, x0 = mj.descent.quadratic_example, jnp.asarray([3.0, 3.0])
 eta_max = mj.max_stable_step_size(f, x0)
 below = mj.gradient_descent(f, x0, step_size=0.98 * eta_max, max_iter=3000)
 above = mj.gradient_descent(f, x0, step_size=1.02 * eta_max, max_iter=3000)
@@ -183,7 +183,7 @@ print(f"total time {time.perf_counter() - t_start:.1f} s")
 # it at step 150 and stays in $[0.97, 1.09]\cdot 2/\eta$ for 1350 steps. Meanwhile the loss
 # keeps decreasing, with small non-monotone bumps. Unlike the quadratic, the network does not diverge when $\lambda_{\max}$ reaches
 # $2/\eta$: gradient descent itself keeps the sharpness at the edge of stability. A step size
-# chosen as $2/\lambda_{\max}$ at initialisation (`mj.network_max_stable_step_size`) therefore
+# chosen as $2/\lambda_{\max}$ at initialisation (`mj.extensions.network_max_stable_step_size`) therefore
 # says little about the sharpness later in training, which adapts to the step.
 
 # %% [markdown]
@@ -194,7 +194,7 @@ print(f"total time {time.perf_counter() - t_start:.1f} s")
 # probe $v$, $m$ Lanczos steps give a tridiagonal $T_m = U\,\mathrm{diag}(\theta)\,U^T$, and the
 # nodes $\theta_i$ with weights $\tau_i = U_{1i}^2$ integrate any smooth $g$ against the density
 # $\phi(t) = \frac1P\sum_j \delta(t - \lambda_j)$: $\sum_i \tau_i g(\theta_i) \approx
-# \frac1P\sum_j g(\lambda_j)$. `mj.smoothed_density` widens each node into a Gaussian for a
+# \frac1P\sum_j g(\lambda_j)$. `mj.extensions.smoothed_density` widens each node into a Gaussian for a
 # plot (log scale: the bulk near zero holds almost all the mass). Below, the Hessian at
 # initialisation and after the $\eta = 2$ run, which ended at the edge of stability.
 
@@ -215,7 +215,7 @@ for name, p in (("initialisation", params0), ("after eta = 2.0", runs[2.0]["para
 grid = np.linspace(-0.5, 2.2, 600)
 plt.figure(figsize=(8, 3.5))
 for i, (name, (nodes, weights, lam)) in enumerate(density.items()):
-    phi = mj.smoothed_density(nodes, weights, grid, sigma=0.01)
+    phi = mj.extensions.smoothed_density(nodes, weights, grid, sigma=0.01)
     plt.semilogy(grid, np.maximum(np.asarray(phi), 1e-6), color=f"C{i}", label=name)
     plt.axvline(lam, color=f"C{i}", ls=":", lw=1)
 plt.axvline(2 / 2.0, color="gray", ls="--", lw=1, label=r"$2/\eta$ for $\eta = 2$")

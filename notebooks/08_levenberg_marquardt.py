@@ -20,10 +20,10 @@
 # pass already knows how to give:
 #
 # * the **Jacobian** of the outputs in every parameter, by back-propagating the K output
-#   directions instead of one loss gradient (`mj.output_jacobian`, equations (J1), (J2) of
+#   directions instead of one loss gradient (`mj.extensions.output_jacobian`, equations (J1), (J2) of
 #   `docs/derivations.md`);
 # * the **damped Gauss-Newton step** $d = -(G + \mu I)^{-1}\nabla L$, with G the generalised
-#   Gauss-Newton matrix (`mj.gauss_newton_direction`, (M1)-(M3)), and the rule that adapts μ
+#   Gauss-Newton matrix (`mj.extensions.gauss_newton_direction`, (M1)-(M3)), and the rule that adapts μ
 #   (`mj.levenberg_marquardt`, (M4)).
 #
 # Then we compare it, honestly, with Adam and L-BFGS (`optax.lbfgs`) at equal wall time: on a
@@ -80,7 +80,7 @@ except ImportError:  # threadpoolctl comes with scikit-learn; without it, OpenBL
 rng = np.random.default_rng(SEED)
 small = mj.init_mlp(jax.random.key(SEED), [3, 5, 2], hidden="tanh", output="identity")
 Xs = jnp.asarray(rng.standard_normal((7, 3)))
-J = mj.output_jacobian(small, Xs)
+J = mj.extensions.output_jacobian(small, Xs)
 J_ref = jax.jacrev(lambda p: mj.forward(p, Xs))(small)
 for a, b in zip(jax.tree_util.tree_leaves(J), jax.tree_util.tree_leaves(J_ref), strict=True):
     assert np.allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -100,7 +100,7 @@ g = ravel_pytree(mj.core.value_and_grads(small, Xs, Ys, "mse")[1])[0]
 mus = np.logspace(-6, 4, 11)
 cosines, lengths = [], []
 for mu in mus:
-    d = ravel_pytree(mj.gauss_newton_direction(small, Xs, Ys, "mse", damping=float(mu)))[0]
+    d = ravel_pytree(mj.extensions.gauss_newton_direction(small, Xs, Ys, "mse", damping=float(mu)))[0]
     cosines.append(float(-d @ g / (jnp.linalg.norm(d) * jnp.linalg.norm(g))))
     lengths.append(float(jnp.linalg.norm(d)))
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))

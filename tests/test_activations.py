@@ -46,8 +46,8 @@ def _Z(dtype=np.float64) -> jax.Array:
 
 def test_registry():
     assert set(ACTIVATIONS) == {*ELEMENTWISE, "softmax"}
-    assert set(mj.HIDDEN_ACTIVATIONS) == set(ELEMENTWISE)
-    assert set(mj.OUTPUT_ACTIVATIONS) == set(ACTIVATIONS)
+    assert set(mj.activations.HIDDEN_ACTIVATIONS) == set(ELEMENTWISE)
+    assert set(mj.activations.OUTPUT_ACTIVATIONS) == set(ACTIVATIONS)
     for name, act in ACTIVATIONS.items():
         assert act.name == name
         assert act.elementwise == (name != "softmax")
@@ -62,7 +62,7 @@ def test_get_activation_lists_valid_names():
     with pytest.raises(TypeError, match="activation must be a string"):
         get_activation(3)
     with pytest.raises(ValueError, match="unknown activation 'softmax'"):
-        get_activation("softmax", allowed=mj.HIDDEN_ACTIVATIONS)
+        get_activation("softmax", allowed=mj.activations.HIDDEN_ACTIVATIONS)
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
@@ -122,39 +122,41 @@ def test_softmax_backward_matches_vjp_and_explicit_jacobian(key):
     rng = np_rng(key)
     Z = jnp.asarray(3.0 * rng.standard_normal((5, 4)))
     dA = jnp.asarray(rng.standard_normal((5, 4)))
-    _, vjp = jax.vjp(mj.softmax, Z)
-    assert_trees_close(mj.softmax_backward(dA, Z), vjp(dA)[0])
+    _, vjp = jax.vjp(mj.activations.softmax, Z)
+    assert_trees_close(mj.activations.softmax_backward(dA, Z), vjp(dA)[0])
     # Row by row with the explicit Jacobian J_kj = a_k (δ_kj − a_j): dz = Jᵀ da.
-    A = np.asarray(mj.softmax(Z))
+    A = np.asarray(mj.activations.softmax(Z))
     expected = np.stack(
         [(np.diag(a) - np.outer(a, a)).T @ g for a, g in zip(A, np.asarray(dA), strict=True)]
     )
-    np.testing.assert_allclose(mj.softmax_backward(dA, Z), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        mj.activations.softmax_backward(dA, Z), expected, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_softmax_values():
     Z = jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     e = np.exp([1.0, 2.0, 3.0])
-    np.testing.assert_allclose(mj.softmax(Z)[0], e / e.sum(), rtol=1e-14)
-    np.testing.assert_allclose(mj.softmax(Z)[1], [1 / 3] * 3, rtol=1e-14)
+    np.testing.assert_allclose(mj.activations.softmax(Z)[0], e / e.sum(), rtol=1e-14)
+    np.testing.assert_allclose(mj.activations.softmax(Z)[1], [1 / 3] * 3, rtol=1e-14)
     # shift invariance, row-wise
-    assert_trees_close(mj.softmax(Z + 100.0), mj.softmax(Z))
+    assert_trees_close(mj.activations.softmax(Z + 100.0), mj.activations.softmax(Z))
 
 
 def test_kinks_match_jax_conventions():
     """At 0: relu'(0) = 0 as jax.grad(jax.nn.relu)(0.); leaky_relu'(0) = 1 as jax.nn's."""
     zero = jnp.zeros((1, 1))
-    assert float(mj.relu_prime(zero)[0, 0]) == 0.0
+    assert float(mj.activations.relu_prime(zero)[0, 0]) == 0.0
     assert float(jax.grad(jax.nn.relu)(0.0)) == 0.0
-    assert float(jax.grad(lambda z: mj.relu(z))(0.0)) == 0.0
+    assert float(jax.grad(lambda z: mj.activations.relu(z))(0.0)) == 0.0
     jax_leaky = lambda z: jax.nn.leaky_relu(z, negative_slope=LEAKY_RELU_SLOPE)  # noqa: E731
-    assert float(mj.leaky_relu_prime(zero)[0, 0]) == 1.0
+    assert float(mj.activations.leaky_relu_prime(zero)[0, 0]) == 1.0
     assert float(jax.grad(jax_leaky)(0.0)) == 1.0
-    assert float(jax.grad(lambda z: mj.leaky_relu(z))(0.0)) == 1.0
+    assert float(jax.grad(lambda z: mj.activations.leaky_relu(z))(0.0)) == 1.0
     # and just either side of the kink
     eps = jnp.asarray([[-1e-300, 1e-300]])
-    np.testing.assert_array_equal(mj.relu_prime(eps), [[0.0, 1.0]])
-    np.testing.assert_array_equal(mj.leaky_relu_prime(eps), [[0.01, 1.0]])
+    np.testing.assert_array_equal(mj.activations.relu_prime(eps), [[0.0, 1.0]])
+    np.testing.assert_array_equal(mj.activations.leaky_relu_prime(eps), [[0.01, 1.0]])
 
 
 @pytest.mark.parametrize("name", [*ELEMENTWISE, "softmax"])
@@ -184,8 +186,8 @@ def test_large_inputs_stay_finite(name):
 
 def test_saturated_values():
     Z = jnp.asarray([[-1000.0, 1000.0]])
-    np.testing.assert_array_equal(mj.sigmoid(Z), [[0.0, 1.0]])
-    np.testing.assert_array_equal(mj.sigmoid_prime(Z), [[0.0, 0.0]])
-    np.testing.assert_array_equal(mj.softplus(Z), [[0.0, 1000.0]])
-    np.testing.assert_array_equal(mj.softmax(Z), [[0.0, 1.0]])
-    np.testing.assert_array_equal(mj.tanh_prime(Z), [[0.0, 0.0]])
+    np.testing.assert_array_equal(mj.activations.sigmoid(Z), [[0.0, 1.0]])
+    np.testing.assert_array_equal(mj.activations.sigmoid_prime(Z), [[0.0, 0.0]])
+    np.testing.assert_array_equal(mj.activations.softplus(Z), [[0.0, 1000.0]])
+    np.testing.assert_array_equal(mj.activations.softmax(Z), [[0.0, 1.0]])
+    np.testing.assert_array_equal(mj.activations.tanh_prime(Z), [[0.0, 0.0]])

@@ -121,7 +121,7 @@ def test_report_table_and_dict():
     assert lines[-1].startswith("PASS: manual gradients match jax.grad")
     d = report.to_dict()
     assert d["ok"] is True and d["loss"] == "mse" and len(d["leaves"]) == 4
-    assert set(d["leaves"][0]) == {f.name for f in dataclasses.fields(mj.LeafCheck)}
+    assert set(d["leaves"][0]) == {f.name for f in dataclasses.fields(mj.autodiff.LeafCheck)}
 
 
 def _wrong_mse(monkeypatch, factor: float):
@@ -201,7 +201,7 @@ def test_gradcheck_every_output_loss_pair_and_depth(output, loss, depth, op_by_o
     params, X, Y = make_problem(depth, sizes, "tanh", output, loss, 6, jnp.float32)
     X_rounded = np.asarray(X, F64)  # X as the float32 network sees it
     L64 = float(mj.loss(cast_params(params, F64), X_rounded, Y, loss))
-    has_fused_form = output in mj.LOSSES[loss].fused
+    has_fused_form = output in mj.losses.LOSSES[loss].fused
     for fused in (True, False) if has_fused_form else (True,):
         report = mj.check_grads(params, X, Y, loss, fused=fused, max_fd_entries=4)
         assert report.ok, str(report)

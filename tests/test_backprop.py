@@ -69,7 +69,7 @@ def _raw_grad(params, X, Y, loss: str):
 # per pair.  The single-row batch (N = 1: sums over one row, no accidental squeeze) does not
 # interact with the hidden activation, so it runs every pair × depth with the hidden
 # activations taken in turn rather than crossed (each grid case costs ~70 ms op by op).
-_HIDDEN = mj.HIDDEN_ACTIVATIONS
+_HIDDEN = mj.activations.HIDDEN_ACTIVATIONS
 GRID = [
     (hidden, output, loss, depth, 7)
     for output, loss in OUTPUT_LOSS_PAIRS
@@ -180,7 +180,7 @@ def test_grads_have_the_structure_of_params():
 def _problems(draw):
     depth = draw(st.integers(1, 4))
     sizes = draw(st.lists(st.integers(1, 16), min_size=depth + 1, max_size=depth + 1))
-    hidden = draw(st.sampled_from(mj.HIDDEN_ACTIVATIONS))
+    hidden = draw(st.sampled_from(mj.activations.HIDDEN_ACTIVATIONS))
     output, loss = draw(st.sampled_from(OUTPUT_LOSS_PAIRS))
     n = draw(st.integers(1, 9))
     fused = draw(st.booleans())
@@ -210,7 +210,7 @@ def test_hypothesis_random_architectures(problem):
 
 # --- every layer's δ -------------------------------------------------------------------------
 DELTA_CASES = [
-    (mj.HIDDEN_ACTIVATIONS[i % len(mj.HIDDEN_ACTIVATIONS)], output, loss)
+    (mj.activations.HIDDEN_ACTIVATIONS[i % len(mj.activations.HIDDEN_ACTIVATIONS)], output, loss)
     for i, (output, loss) in enumerate(OUTPUT_LOSS_PAIRS)
 ]
 
@@ -246,8 +246,8 @@ def test_output_delta_fused_equals_general():
         params, X, Y = make_problem(_seed("od", loss), grid_sizes(2), "tanh", output, loss, 7)
         Y2 = targets_2d(Y, loss, N_OUT, jnp.float64)
         cache = mj.forward_cache(params, X)
-        fused = mj.output_delta(cache, Y2, loss, output, fused=True)
-        general = mj.output_delta(cache, Y2, loss, output, fused=False)
+        fused = mj.core.output_delta(cache, Y2, loss, output, fused=True)
+        general = mj.core.output_delta(cache, Y2, loss, output, fused=False)
         assert_trees_close(fused, general)
 
 
@@ -257,7 +257,7 @@ def test_dense_backward_is_the_vjp_of_the_affine_map():
     b, delta = jnp.asarray(rng.standard_normal(3)), jnp.asarray(rng.standard_normal((6, 3)))
     _, vjp = jax.vjp(lambda A, W_, b_: A @ W_ + b_[None, :], A_prev, W, b)
     dA, dW, db = vjp(delta)
-    got_dW, got_db, got_dA = mj.dense_backward(delta, A_prev, W)
+    got_dW, got_db, got_dA = mj.core.dense_backward(delta, A_prev, W)
     assert_trees_close((got_dW, got_db, got_dA), (dW, db, dA))
 
 
@@ -498,7 +498,7 @@ def test_edge_relu_kinks_exactly_at_zero(hidden):
                        jnp.asarray([0.1, -0.1]), "identity"))
     Y = np.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0], [-1.0, 1.0]])
     act_grad = jax.grad(getattr(jax.nn, hidden))(0.0)
-    assert float(act_grad) == float(mj.ACTIVATIONS[hidden].prime(jnp.zeros(()))) == \
+    assert float(act_grad) == float(mj.activations.ACTIVATIONS[hidden].prime(jnp.zeros(()))) == \
         (0.0 if hidden == "relu" else 1.0)
     deltas = mj.backward_deltas(params, X, Y, "mse")
     upstream = np.asarray(deltas[1]) @ np.asarray(params[1].W).T

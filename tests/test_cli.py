@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -458,18 +459,20 @@ def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path
     ref = tmp_path / "ref"
     assert run_main([*args, "--out", str(ref)]) == 0
     out = tmp_path / "run"
-    real_logger = cli._epoch_logger
+    real_fit = mj.fit
 
-    def logger(epochs):
-        def log(e, metrics):
+    def fit_terminated_after_epoch_2(*a, on_epoch_end=None, **kw):
+        def end(e, metrics):  # a real SIGTERM to this process, handled by the CLI's handler
+            stop = on_epoch_end(e, metrics) if on_epoch_end is not None else None
             if e == 1:
-                cli._on_sigterm(15, None)
-        return log
+                os.kill(os.getpid(), signal.SIGTERM)
+            return stop
+        return real_fit(*a, on_epoch_end=end, **kw)
 
     capsys.readouterr()
     with patching() as mp:
-        mp.setattr(cli, "_epoch_logger", logger)
-        rc = run_main([*args[:-1], "--out", str(out)])
+        mp.setattr(mj, "fit", fit_terminated_after_epoch_2)
+        rc = run_main([*args, "--out", str(out)])
     _, err = capsys.readouterr()
     assert rc == cli.EXIT_TERMINATED == 143
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -477,7 +480,7 @@ def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path
                           f"{out}.partial/train_state.npz")
     assert not out.exists()  # nothing published: the state waits in the work directory
     assert os.listdir(f"{out}.partial") == ["train_state.npz"]
-    assert real_logger is cli._epoch_logger
+    assert mj.fit is real_fit
     assert run_main([*args, "--out", str(out), "--resume"]) == 0
     a, b = mj.load(ref / "model.npz"), mj.load(out / "model.npz")
     for la, lb in zip(a, b, strict=True):

@@ -34,7 +34,7 @@ def _linear_score(ds) -> float:
 
 @pytest.mark.slow  # 18 runs at the defaults, ~60 s on 2 cores (each compiles its program)
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-@pytest.mark.parametrize("name", sorted(mj.DATASETS))
+@pytest.mark.parametrize("name", sorted(mj.datasets.DATASETS))
 def test_cli_defaults_reach_a_linear_models_test_score(name, optimizer, tmp_path):
     ds = mj.load_dataset(name)  # the CLI's split: seed 0, test size 0.2
     with jax.numpy_dtype_promotion("standard"):

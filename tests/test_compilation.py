@@ -34,14 +34,16 @@ def restore_jax_cache_config():
 def test_default_cache_dir_follows_xdg_and_the_override(monkeypatch, tmp_path):
     monkeypatch.delenv("MLDS_JAX_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert mj.default_cache_dir() == str(tmp_path / "xdg" / "mlds-jax" / "jax")
+    assert mj.compilation.default_cache_dir() == str(tmp_path / "xdg" / "mlds-jax" / "jax")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # ignored, as the spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert mj.default_cache_dir() == str(tmp_path / "home" / ".cache" / "mlds-jax" / "jax")
+    expected = str(tmp_path / "home" / ".cache" / "mlds-jax" / "jax")
+    assert mj.compilation.default_cache_dir() == expected
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert mj.default_cache_dir() == str(tmp_path / "home" / ".cache" / "mlds-jax" / "jax")
+    expected = str(tmp_path / "home" / ".cache" / "mlds-jax" / "jax")
+    assert mj.compilation.default_cache_dir() == expected
     monkeypatch.setenv("MLDS_JAX_CACHE_DIR", str(tmp_path / "mine"))
-    assert mj.default_cache_dir() == str(tmp_path / "mine")
+    assert mj.compilation.default_cache_dir() == str(tmp_path / "mine")
 
 
 def test_enable_writes_entries_and_survives_corrupt_ones(tmp_path, restore_jax_cache_config):
@@ -72,7 +74,7 @@ def test_unusable_directory_warns_once_and_changes_nothing(tmp_path, restore_jax
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
     before = jax.config.jax_compilation_cache_dir
-    with pytest.warns(mj.CompilationCacheWarning, match="not usable"):
+    with pytest.warns(mj.compilation.CompilationCacheWarning, match="not usable"):
         assert mj.enable_compilation_cache(blocker / "cache") is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same directory again: no second warning
@@ -87,7 +89,7 @@ def test_read_only_directory_is_not_used(tmp_path, restore_jax_cache_config):
     path.mkdir()
     path.chmod(0o500)
     try:
-        with pytest.warns(mj.CompilationCacheWarning):
+        with pytest.warns(mj.compilation.CompilationCacheWarning):
             assert mj.enable_compilation_cache(path) is None
     finally:
         path.chmod(0o700)

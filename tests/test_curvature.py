@@ -1,4 +1,5 @@
-"""Curvature by hand (mlds_jax.extensions.curvature) against autodiff, in float64.
+"""Curvature by hand (mlds_jax.extensions: rop, diag_ggn, lanczos, trace, density) against
+autodiff, in float64.
 
 References are built independently of the code under test: the loss is written from the
 reference formulas of ``helpers`` (REF_ACTIVATIONS and the per-example terms below) and
@@ -32,7 +33,18 @@ from helpers import (
 from jax.flatten_util import ravel_pytree
 
 import mlds_jax as mj
-from mlds_jax.extensions import curvature, trace
+from mlds_jax.extensions import trace
+from mlds_jax.extensions.density import hessian_spectral_density_core
+from mlds_jax.extensions.diag_ggn import diag_ggn_core
+from mlds_jax.extensions.lanczos import (
+    lanczos_core,
+    lanczos_step_core,
+    lanczos_steps_core,
+    sharpness_core,
+    top_eigenpair_core,
+)
+from mlds_jax.extensions.rop import ggn_vp_core, hvp_core
+from mlds_jax.extensions.trace import hessian_trace_core, hutch_plus_plus_core
 
 TOL = tolerances(np.float64)
 SIZES = [N_IN, HIDDEN_WIDTH, HIDDEN_WIDTH, 2]  # two hidden layers: the δVᵀ and f'' terms
@@ -114,19 +126,19 @@ def ref_ggn(params, X, Y, loss, w):
 # every other hidden activation once under a non-fused pair (sigmoid + mse: both f'' terms)
 CASES = [("tanh", out, loss, 5) for (out, loss) in OUTPUT_LOSS_PAIRS]
 CASES += [("tanh", "softmax", "cross_entropy", 1), ("tanh", "sigmoid", "mse", 1)]
-CASES += [(h, "sigmoid", "mse", 5) for h in mj.HIDDEN_ACTIVATIONS if h != "tanh"]
+CASES += [(h, "sigmoid", "mse", 5) for h in mj.activations.HIDDEN_ACTIVATIONS if h != "tanh"]
 
 
 @pytest.mark.parametrize("hidden,output,loss,n", CASES)
 def test_hvp_ggn_diag_against_autodiff(hidden, output, loss, n):
     params, X, Y, w = problem(hidden, output, loss, n)
     H_ref = full_hessian(params, X, Y, loss, w)
-    H = matrix_of(lambda v: curvature.hvp_core(params, X, Y, loss, v, w), params)
+    H = matrix_of(lambda v: hvp_core(params, X, Y, loss, v, w), params)
     np.testing.assert_allclose(H, H_ref, **TOL)
     G_ref = ref_ggn(params, X, Y, loss, w)
-    G = matrix_of(lambda v: curvature.ggn_vp_core(params, X, Y, loss, v, w), params)
+    G = matrix_of(lambda v: ggn_vp_core(params, X, Y, loss, v, w), params)
     np.testing.assert_allclose(G, G_ref, **TOL)
-    d = ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w))[0]
+    d = ravel_pytree(diag_ggn_core(params, X, Y, loss, w))[0]
     np.testing.assert_allclose(d, jnp.diag(G_ref), **TOL)
 
 
@@ -182,7 +194,7 @@ def test_top_eigenvalue_matches_eigh_and_is_algebraic():
     assert abs(float(lam) - evals[-1]) <= 1e-6 * abs(evals[-1])
     y = ravel_pytree(vec)[0]
     assert abs(abs(float(jnp.dot(y, evecs[:, -1]))) - 1) < 1e-6
-    eta = mj.network_max_stable_step_size(params, X, Y, "mse", key=jax.random.key(1))
+    eta = mj.extensions.network_max_stable_step_size(params, X, Y, "mse", key=jax.random.key(1))
     assert eta == pytest.approx(2 / evals[-1], rel=1e-6)
     assert mj.sharpness(params, X, Y, "mse", key=jax.random.key(1)) == pytest.approx(float(lam))
     plain, _ = mj.hessian_top_eigenvalue(
@@ -195,7 +207,7 @@ def test_hessian_trace_unbiased(net):
     params, X, Y, f, flat, unravel = net
     tr_ref = float(jnp.trace(jax.hessian(f)(flat)))
     Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
-    est, per_probe = curvature.hessian_trace_core(
+    est, per_probe = hessian_trace_core(
         params, Xp, Yp, "cross_entropy", jax.random.key(5), 2000
     )
     se = float(np.std(per_probe)) / np.sqrt(2000)
@@ -214,11 +226,11 @@ def test_hessian_trace_unbiased(net):
 )
 def test_mc_diag_ggn_unbiased(output, loss):
     params, X, Y, w = problem("tanh", output, loss, 4, seed=7)
-    exact = ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w))[0]
+    exact = ravel_pytree(diag_ggn_core(params, X, Y, loss, w))[0]
     R = 4000
     keys = jax.random.split(jax.random.key(3), R)
     draws = jax.vmap(
-        lambda k: ravel_pytree(curvature.diag_ggn_core(params, X, Y, loss, w, k, 1))[0]
+        lambda k: ravel_pytree(diag_ggn_core(params, X, Y, loss, w, k, 1))[0]
     )(keys)
     mean, se = jnp.mean(draws, axis=0), jnp.std(draws, axis=0) / np.sqrt(R)
     assert bool(jnp.all(jnp.abs(mean - exact) <= 5 * se + 1e-12))
@@ -243,7 +255,7 @@ def test_network_max_stable_step_size_closed_form():
     Xt = np.hstack([X, np.ones((N, 1))])
     M = Xt.T @ Xt / N
     eta = 2 / np.linalg.eigvalsh(M)[-1]
-    got = mj.network_max_stable_step_size(params, X, Y, "half_squared_error")
+    got = mj.extensions.network_max_stable_step_size(params, X, Y, "half_squared_error")
     assert got == pytest.approx(eta, rel=1e-9)
 
 
@@ -251,7 +263,7 @@ def test_network_exact_step_size_is_gtg_over_gthg(net):
     params, X, Y, f, flat, unravel = net
     g = jax.grad(f)(flat)
     gHg = jnp.dot(g, jax.jvp(jax.grad(f), (flat,), (g,))[1])
-    eta = mj.network_exact_step_size(params, X, Y, "cross_entropy")
+    eta = mj.extensions.network_exact_step_size(params, X, Y, "cross_entropy")
     assert eta == pytest.approx(float(jnp.dot(g, g) / gHg), rel=1e-10)
 
 
@@ -337,7 +349,7 @@ def test_lanczos_core_stops_where_a_stepwise_loop_stops(net, reorthogonalize, to
     theta_ref, y_ref, steps_ref, ratios = ref_lanczos(H, q0, m, tol, reorthogonalize)
     # the premise: no stopping decision of the reference is within rounding of the threshold
     assert all(abs(r - 1.0) > 1e-6 for r in ratios)
-    theta, y, steps = curvature.lanczos_core(
+    theta, y, steps = lanczos_core(
         params, Xp, Yp, "cross_entropy", key, None, num_iters, tol, reorthogonalize
     )
     assert steps == steps_ref <= m
@@ -358,7 +370,7 @@ def test_lanczos_core_grows_q_past_its_first_block(net):
     q0 = np.asarray(jax.random.normal(key, flat.shape, dtype=jnp.float64))
     with np.errstate(divide="ignore", invalid="ignore"):  # its residual ratios divide by tol = 0
         theta_ref, y_ref, steps_ref, _ = ref_lanczos(H, q0, 40, 0.0, True)
-    theta, y, steps = curvature.lanczos_core(params, Xp, Yp, "cross_entropy", key, None, 40, 0.0)
+    theta, y, steps = lanczos_core(params, Xp, Yp, "cross_entropy", key, None, 40, 0.0)
     assert steps == steps_ref == 40
     np.testing.assert_allclose(theta, theta_ref, rtol=TOL["rtol"], atol=TOL["atol"])
     np.testing.assert_allclose(np.asarray(y), y_ref, rtol=TOL["rtol"], atol=TOL["atol"])
@@ -376,13 +388,13 @@ def test_lanczos_steps_core_chunks_equal_single_steps(net):
     zeros = jnp.zeros((n,), jnp.float64)
     i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
     args = (params, Xp, Yp, "cross_entropy", w)
-    Q1, a1, b1 = curvature.lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(n))
-    Q2, a2, b2 = curvature.lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(3))
-    Q2, a2, b2 = curvature.lanczos_steps_core(*args, Q2, a2, b2, i32(3), i32(n))
+    Q1, a1, b1 = lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(n))
+    Q2, a2, b2 = lanczos_steps_core(*args, Q0.copy(), zeros, zeros, i32(0), i32(3))
+    Q2, a2, b2 = lanczos_steps_core(*args, Q2, a2, b2, i32(3), i32(n))
     Q3, a3, b3 = Q0.copy(), [], []
     b_prev = jnp.zeros((), jnp.float64)
     for k in range(n):
-        Q3, a, b_prev = curvature.lanczos_step_core(*args, Q3, i32(k), b_prev)
+        Q3, a, b_prev = lanczos_step_core(*args, Q3, i32(k), b_prev)
         a3.append(a)
         b3.append(b_prev)
     for Q, a, b in ((Q2, a2, b2), (Q3, jnp.stack(a3), jnp.stack(b3))):
@@ -415,7 +427,7 @@ def test_lanczos_step_reorthogonalises_against_filled_rows_only(net, k):
     if np.linalg.norm(z) < 0.7071 * before:
         z = z - basis.T @ (basis @ z)
     b_ref = np.linalg.norm(z)
-    Q_new, a, b = curvature.lanczos_step_core(
+    Q_new, a, b = lanczos_step_core(
         params, Xp, Yp, "cross_entropy", w, Q, jnp.asarray(k, jnp.int32), jnp.float64(beta_prev)
     )
     np.testing.assert_allclose(a, a_ref, rtol=TOL["rtol"], atol=TOL["atol"])
@@ -438,7 +450,7 @@ def test_eigenvalue_rule_gives_the_digits_asked_in_fewer_steps(net):
         assert abs(float(lam) - lam_ref) <= tol * abs(lam_ref)
         steps = {
             rule: int(
-                curvature.top_eigenpair_core(
+                top_eigenpair_core(
                     params, Xp, Yp, "cross_entropy", jax.random.key(2), None, 100, tol, True, rule
                 ).steps
             )
@@ -451,8 +463,8 @@ def test_sharpness_core_is_lanczos_core_under_jit(net):
     params, X, Y, f, flat, unravel = net
     Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
     key = jax.random.key(6)
-    theta, _, _ = curvature.lanczos_core(params, Xp, Yp, "cross_entropy", key)
-    jitted = jax.jit(curvature.sharpness_core, static_argnames="loss")
+    theta, _, _ = lanczos_core(params, Xp, Yp, "cross_entropy", key)
+    jitted = jax.jit(sharpness_core, static_argnames="loss")
     np.testing.assert_allclose(jitted(params, Xp, Yp, loss="cross_entropy", key=key), theta, **TOL)
 
 
@@ -461,8 +473,8 @@ def test_block_probes_are_the_single_probes(net):
     params, X, Y, f, flat, unravel = net
     Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
     key = jax.random.key(8)
-    _, one = curvature.hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 1)
-    _, blocks = curvature.hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 3)
+    _, one = hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 1)
+    _, blocks = hessian_trace_core(params, Xp, Yp, "cross_entropy", key, 7, None, 3)
     np.testing.assert_allclose(blocks, one, **TOL)
 
 
@@ -479,7 +491,7 @@ def test_hutch_plus_plus_is_exact_with_a_full_sketch_and_unbiased(net):
     np.testing.assert_allclose(float(full), tr_ref, rtol=1e-9)
     Xp, Yp = mj.validation.check_batch(params, X, Y, "cross_entropy")
     draws = jax.vmap(
-        lambda k: curvature.hutch_plus_plus_core(params, Xp, Yp, "cross_entropy", k, 9)
+        lambda k: hutch_plus_plus_core(params, Xp, Yp, "cross_entropy", k, 9)
     )(jax.random.split(jax.random.key(1), 400))
     se = float(jnp.std(draws)) / np.sqrt(400)
     assert abs(float(jnp.mean(draws)) - tr_ref) <= 5 * se
@@ -507,7 +519,7 @@ def test_spectral_density_quadrature_against_eigh(net):
             ref = v @ np.linalg.matrix_power(H, power) @ v / (v @ v)
             got = float(jnp.sum(weights[p] * nodes[p] ** power))
             np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-12)
-    nodes, weights = curvature.hessian_spectral_density_core(
+    nodes, weights = hessian_spectral_density_core(
         params, Xp, Yp, "cross_entropy", jax.random.key(4), 6, 300
     )
     for power in (1, 2, 3):
@@ -516,7 +528,7 @@ def test_spectral_density_quadrature_against_eigh(net):
         assert abs(per_probe.mean() - np.sum(evals**power) / P) <= 5 * se
     # run to P steps (or to an invariant Krylov space): every node that carries weight is an
     # eigenvalue of H, and together they carry all of it
-    full, w_full = curvature.hessian_spectral_density_core(
+    full, w_full = hessian_spectral_density_core(
         params, Xp, Yp, "cross_entropy", jax.random.key(5), P, 1
     )
     carried = np.asarray(w_full[0]) > 1e-12
@@ -539,5 +551,5 @@ def test_per_example_diag_ggn_is_each_examples_ggn_diagonal(output, loss):
         ref = jnp.diag(ref_ggn(params, X[n : n + 1], Y[n : n + 1], loss, w[n : n + 1]))
         np.testing.assert_allclose(row, ref, **TOL)
     total = jax.tree_util.tree_map(lambda x: x.sum(axis=0), per)
-    d = curvature.diag_ggn_core(params, X, Y, loss, w)
+    d = diag_ggn_core(params, X, Y, loss, w)
     np.testing.assert_allclose(ravel_pytree(total)[0], ravel_pytree(d)[0], **TOL)

@@ -366,34 +366,36 @@ def test_bad_dataset_dtypes(dtype):
         with pytest.raises(TypeError, match=regex):
             mj.load_dataset("iris", dtype=dtype)
         with pytest.raises(TypeError, match=regex):
-            mj.one_hot(np.array([0, 2]), 3, dtype=dtype)
+            mj.datasets.one_hot(np.array([0, 2]), 3, dtype=dtype)
     else:
         ds = mj.load_dataset("iris", dtype=dtype)
         assert ds.X_train.dtype == dtype and np.all(np.isfinite(ds.X_train))
-        assert mj.one_hot(np.array([0, 2]), 3, dtype=dtype).dtype == dtype
+        assert mj.datasets.one_hot(np.array([0, 2]), 3, dtype=dtype).dtype == dtype
     if dtype == BF16:
         with pytest.raises(TypeError, match=r"X_train must be a numeric array, got dtype "
                                             r"bfloat16"):
-            mj.standardize(X.astype(dtype))
+            mj.datasets.standardize(X.astype(dtype))
         return
-    Xs, _, _, _ = mj.standardize(X.astype(dtype))
+    Xs, _, _, _ = mj.datasets.standardize(X.astype(dtype))
     assert Xs.dtype == (F64 if dtype == np.int32 else dtype) and np.all(np.isfinite(Xs))
     np.testing.assert_allclose(Xs.astype(F64).mean(axis=0), 0, atol=1e-3)
 
 
 @pytest.mark.parametrize(("call", "exc", "regex"), [
-    (lambda: mj.one_hot(np.array([0, 1], np.complex64), 3), TypeError,
+    (lambda: mj.datasets.one_hot(np.array([0, 1], np.complex64), 3), TypeError,
      r"labels must be integers, got dtype complex64"),
-    (lambda: mj.one_hot(np.array([0.0, 2.5]), 3), ValueError, r"label 2\.5 at index 1 is not an "
-                                                              r"integer"),
-    (lambda: mj.one_hot(np.array([0, 3]), 3), ValueError, r"label 3 at index 1 is out of range"),
-    (lambda: mj.one_hot(np.array([True, False]), 3), TypeError, r"labels must be integers"),
-    (lambda: mj.standardize(np.ones((3, 2), np.complex128)), TypeError,
+    (lambda: mj.datasets.one_hot(np.array([0.0, 2.5]), 3), ValueError,
+     r"label 2\.5 at index 1 is not an integer"),
+    (lambda: mj.datasets.one_hot(np.array([0, 3]), 3), ValueError,
+     r"label 3 at index 1 is out of range"),
+    (lambda: mj.datasets.one_hot(np.array([True, False]), 3), TypeError,
+     r"labels must be integers"),
+    (lambda: mj.datasets.standardize(np.ones((3, 2), np.complex128)), TypeError,
      r"X_train must be real, got dtype complex128"),
-    (lambda: mj.standardize(np.ones((3, 2)), np.ones((2, 2), np.complex64)), TypeError,
+    (lambda: mj.datasets.standardize(np.ones((3, 2)), np.ones((2, 2), np.complex64)), TypeError,
      r"X_test must be real"),
-    (lambda: mj.standardize(np.zeros((0, 2))), ValueError, r"X_train is empty \(0 rows\)"),
-    (lambda: mj.standardize(np.ones(3)), ValueError, r"X_train must be 2-D"),
+    (lambda: mj.datasets.standardize(np.zeros((0, 2))), ValueError, r"X_train is empty \(0 rows\)"),
+    (lambda: mj.datasets.standardize(np.ones(3)), ValueError, r"X_train must be 2-D"),
     (lambda: mj.load_dataset("cifar"), ValueError, r"unknown dataset 'cifar'; valid names"),
     (lambda: mj.load_dataset("breast-cancr"), ValueError,
      r"unknown dataset 'breast-cancr'; did you mean 'breast_cancer'\?; valid names"),
@@ -407,7 +409,7 @@ def test_bad_data_helper_input(call, exc, regex):
 
 def test_bad_data_helpers_on_one_row():
     """N = 1: standardize maps the single row to 0 (std 1 for a constant column)."""
-    Xs, _, mean, std = mj.standardize(np.array([[1.0, -2.0, 3.0]]))
+    Xs, _, mean, std = mj.datasets.standardize(np.array([[1.0, -2.0, 3.0]]))
     np.testing.assert_array_equal(Xs, 0.0)
     np.testing.assert_array_equal(std, 1.0)
 

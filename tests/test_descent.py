@@ -396,14 +396,14 @@ def test_bad_descent_dtypes(dtype, outcome):
     x0 = jnp.asarray(np.asarray(X0_LIST).astype(dtype))
     if outcome is TypeError:
         with pytest.raises(TypeError, match=r"x0 must be a floating-point vector"):
-            mj.gradient_descent(mj.quadratic_example, x0)
+            mj.gradient_descent(mj.descent.quadratic_example, x0)
         with pytest.raises(TypeError, match=r"x must be a floating-point vector"):
-            mj.max_stable_step_size(mj.quadratic_example, x0)
+            mj.max_stable_step_size(mj.descent.quadratic_example, x0)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. no "overflow encountered in cast" in float16
-        res = mj.gradient_descent(mj.quadratic_example, x0, step_size=0.2, max_iter=60)
-        eta = mj.max_stable_step_size(mj.quadratic_example, x0)
+        res = mj.gradient_descent(mj.descent.quadratic_example, x0, step_size=0.2, max_iter=60)
+        eta = mj.max_stable_step_size(mj.descent.quadratic_example, x0)
     eps = float(jnp.finfo(dtype).eps)
     assert res.x.dtype == dtype and np.all(np.isfinite(np.asarray(res.x, F64)))
     assert np.max(np.abs(np.asarray(res.x, F64))) < max(1e-3, 100 * eps)
@@ -424,16 +424,16 @@ def test_bad_descent_dtypes(dtype, outcome):
 )
 def test_bad_descent_arguments(x0, step, exc, regex):
     with pytest.raises(exc, match=regex):
-        mj.gradient_descent(mj.quadratic_example, x0, step_size=step)
+        mj.gradient_descent(mj.descent.quadratic_example, x0, step_size=step)
 
 
 def test_bad_descent_tolerance_strings():
     with pytest.raises(TypeError, match=r"tol_f must be a real number, got '1e-3'"):
-        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_f="1e-3")
+        mj.gradient_descent(mj.descent.quadratic_example, jnp.asarray(X0_LIST), tol_f="1e-3")
     with pytest.raises(TypeError, match=r"tol_grad must be a real number, got False"):
-        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), tol_grad=False)
+        mj.gradient_descent(mj.descent.quadratic_example, jnp.asarray(X0_LIST), tol_grad=False)
     with pytest.raises(TypeError, match=r"max_iter must be an int, got True"):
-        mj.gradient_descent(mj.quadratic_example, jnp.asarray(X0_LIST), max_iter=True)
+        mj.gradient_descent(mj.descent.quadratic_example, jnp.asarray(X0_LIST), max_iter=True)
 # ---------------------------------------------------------------------------------------------
 # Step-size rules: schedules, exact line search (S1), Armijo (S3), the optimal fixed step (S4)
 # ---------------------------------------------------------------------------------------------

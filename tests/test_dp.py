@@ -21,7 +21,7 @@ from test_per_example import flat, ref_per_example_grads
 import mlds_jax as mj
 
 SIZES = grid_sizes(2)  # [4, 4, 3]: |θ| = 20 + 15 = 35
-dp_jit = jax.jit(mj.dp_value_and_grads, static_argnums=(3, 4))
+dp_jit = jax.jit(mj.extensions.dp_value_and_grads, static_argnums=(3, 4))
 plain_jit = jax.jit(mj.core.value_and_grads, static_argnums=3, static_argnames="loss")
 CASES = [
     ("tanh", "softmax", "cross_entropy"),
@@ -68,7 +68,7 @@ def test_every_clipped_contribution_has_norm_at_most_C(hidden, output, loss):
     F = flat(ref, 6)
     norms = jnp.sqrt(jnp.sum(F**2, axis=1))
     C = float(jnp.median(norms))  # half the rows clipped, half not
-    kappa = mj.clip_factors(norms, C)
+    kappa = mj.extensions.clip_factors(norms, C)
     clipped_norms = jnp.sqrt(jnp.sum((kappa[:, None] * F) ** 2, axis=1))
     assert bool(jnp.all(clipped_norms <= C))
     assert bool(jnp.any(norms > C)) and bool(jnp.any(norms < C))
@@ -229,20 +229,21 @@ def exact_gaussian_epsilon(sigma: float, delta: float) -> float:
 def test_dp_epsilon_one_full_batch_step_matches_the_exact_gaussian(sigma, accounting):
     exact = exact_gaussian_epsilon(sigma, 1e-5)
     # PLD is exact up to its discretisation (pessimistic, 1e-4 grid): within 1e-3 relative
-    pld = mj.dp_epsilon(sigma, 1.0, 1, 1e-5, accountant="pld")
+    pld = mj.extensions.dp_epsilon(sigma, 1.0, 1, 1e-5, accountant="pld")
     assert exact <= pld * (1 + 1e-9)
     np.testing.assert_allclose(pld, exact, rtol=1e-3)
     # RDP is an upper bound, looser
-    assert mj.dp_epsilon(sigma, 1.0, 1, 1e-5) >= exact
+    assert mj.extensions.dp_epsilon(sigma, 1.0, 1, 1e-5) >= exact
 
 
 def test_dp_epsilon_behaves(accounting):
-    base = mj.dp_epsilon(1.1, 0.01, 1000, 1e-5)
+    base = mj.extensions.dp_epsilon(1.1, 0.01, 1000, 1e-5)
     assert 0 < base < math.inf
-    assert mj.dp_epsilon(2.0, 0.01, 1000, 1e-5) < base  # more noise, less privacy spent
-    assert mj.dp_epsilon(1.1, 0.01, 4000, 1e-5) > base  # more steps, more spent
-    assert mj.dp_epsilon(1.1, 0.02, 1000, 1e-5) > base  # bigger batches, more spent
-    assert mj.dp_epsilon(1.1, 0.01, 1000, 1e-5, accountant="pld") <= base  # PLD is tighter
+    assert mj.extensions.dp_epsilon(2.0, 0.01, 1000, 1e-5) < base  # more noise, less privacy spent
+    assert mj.extensions.dp_epsilon(1.1, 0.01, 4000, 1e-5) > base  # more steps, more spent
+    assert mj.extensions.dp_epsilon(1.1, 0.02, 1000, 1e-5) > base  # bigger batches, more spent
+    # PLD is tighter
+    assert mj.extensions.dp_epsilon(1.1, 0.01, 1000, 1e-5, accountant="pld") <= base
 
 
 @pytest.mark.parametrize(
@@ -260,7 +261,7 @@ def test_dp_epsilon_behaves(accounting):
 )
 def test_dp_epsilon_rejects_bad_input(args, kwargs, error, match, accounting):
     with pytest.raises(error, match=match):
-        mj.dp_epsilon(*args, **kwargs)
+        mj.extensions.dp_epsilon(*args, **kwargs)
 
 
 def test_dp_epsilon_names_the_extra_when_dp_accounting_is_missing(monkeypatch):
@@ -268,7 +269,7 @@ def test_dp_epsilon_names_the_extra_when_dp_accounting_is_missing(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import now raises ImportError
     with pytest.raises(ImportError, match=r"pip install dp-accounting"):
-        mj.dp_epsilon(1.0, 0.1, 10, 1e-5)
+        mj.extensions.dp_epsilon(1.0, 0.1, 10, 1e-5)
 
 
 def test_dp_train_step_compiles_once_for_new_keys_and_data():

@@ -77,8 +77,8 @@ CASES = {
                                                  b=jax.numpy.zeros(2)),)),
         ValueError, "refusing to save checkpoint"),
     "misspelt data set": (lambda t: mj.load_dataset("digit"), ValueError, "did you mean 'digits'"),
-    "one_hot bad label": (lambda t: mj.one_hot([0, 5], 3), ValueError, "out of range"),
-    "standardize NaN": (lambda t: mj.standardize(_X_nan()), ValueError, "non-finite"),
+    "one_hot bad label": (lambda t: mj.datasets.one_hot([0, 5], 3), ValueError, "out of range"),
+    "standardize NaN": (lambda t: mj.datasets.standardize(_X_nan()), ValueError, "non-finite"),
     "early stopping patience": (lambda t: mj.EarlyStopping(patience=0), ValueError, "patience"),
     "evaluate wrong width": (
         lambda t: mj.evaluate(mj.init_mlp(0, [3, 2]), np.ones((4, 5)), np.ones((4, 2))),

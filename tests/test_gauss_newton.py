@@ -1,4 +1,5 @@
-"""mj.gauss_newton_direction (mlds_jax.extensions.gauss_newton) against the explicit formula.
+"""mj.extensions.gauss_newton_direction (mlds_jax.extensions.gauss_newton) against the explicit
+formula.
 
 Reference: d = −(G + μD)⁻¹ g solved by ``numpy.linalg.solve``, with G = Σ_n w_n J_nᵀ H_n J_n
 built from ``jax.jacrev`` of an independent forward pass (``helpers.REF_ACTIVATIONS``, to the
@@ -85,7 +86,7 @@ def test_direction_matches_explicit_formula_both_solvers(output, loss):
     d_ref = -np.linalg.solve(G + mu * np.diag(D), g)
     assert np.linalg.cond(G + mu * np.diag(D)) < 1e3  # the premise of the tolerances
     for solver, tol in (("dense", dict(rtol=1e-10, atol=1e-12)), ("cg", None)):
-        d = mj.gauss_newton_direction(
+        d = mj.extensions.gauss_newton_direction(
             params, X, Y, loss, damping=mu, row_weights=w, solver=solver, scaling=scaled,
             cg_tol=1e-13, cg_maxiter=500,
         )  # fmt: skip
@@ -109,11 +110,12 @@ def test_damping_limits():
     evals = np.linalg.eigvalsh(G)
     assert evals[0] > 0 and evals[-1] / evals[0] < 1e8
     big = 1e8 * evals[-1]
-    d = ravel_pytree(mj.gauss_newton_direction(params, X, Y, "mse", damping=big, row_weights=w))[0]
+    d = mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping=big, row_weights=w)
+    d = ravel_pytree(d)[0]
     np.testing.assert_allclose(big * np.asarray(d), -g, rtol=1e-7, atol=1e-7 * np.abs(g).max())
     small = 1e-10 * evals[0]
     d = ravel_pytree(
-        mj.gauss_newton_direction(params, X, Y, "mse", damping=small, row_weights=w)
+        mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping=small, row_weights=w)
     )[0]
     d_gn = -np.linalg.solve(G, g)
     np.testing.assert_allclose(np.asarray(d), d_gn, rtol=1e-6, atol=1e-6 * np.abs(d_gn).max())
@@ -131,18 +133,18 @@ def test_bad_input():
     params, X, Y, _, w = problem("identity", "mse")
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="damping must be a finite number > 0"):
-            mj.gauss_newton_direction(params, X, Y, "mse", damping=bad)
+            mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping=bad)
     with pytest.raises(TypeError, match="damping must be a real number"):
-        mj.gauss_newton_direction(params, X, Y, "mse", damping="1e-3")
+        mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping="1e-3")
     with pytest.raises(ValueError, match="solver must be one of"):
-        mj.gauss_newton_direction(params, X, Y, "mse", damping=1.0, solver="qr")
+        mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping=1.0, solver="qr")
     with pytest.raises(ValueError, match=r"row_weights must have shape \(20,\)"):
-        mj.gauss_newton_direction(params, X, Y, "mse", damping=1.0, row_weights=w[:3])
+        mj.extensions.gauss_newton_direction(params, X, Y, "mse", damping=1.0, row_weights=w[:3])
     with pytest.raises(ValueError, match="X has 20 rows but Y has 19"):
-        mj.gauss_newton_direction(params, X, Y[:19], "mse", damping=1.0)
+        mj.extensions.gauss_newton_direction(params, X, Y[:19], "mse", damping=1.0)
     # a network with P = 10201 parameters: too large for the forced dense solve, refused
     # before anything is traced (and "auto" would pick CG)
     big = make_params(0, [100, 100, 1], "tanh", "identity")
     Xb, Yb = np.zeros((3, 100)), np.zeros((3, 1))
     with pytest.raises(ValueError, match=r'solver="dense" needs the 10201 x 10201 matrix G'):
-        mj.gauss_newton_direction(big, Xb, Yb, "mse", damping=1.0, solver="dense")
+        mj.extensions.gauss_newton_direction(big, Xb, Yb, "mse", damping=1.0, solver="dense")

@@ -43,7 +43,8 @@ TORCH = {
 }
 #: (hidden, output) pairs: every activation we share with PyTorch, as a hidden layer and as
 #: the head (softmax only as the head).
-PAIRS = [(a, a) for a in mj.HIDDEN_ACTIVATIONS] + [("tanh", "softmax"), ("relu", "softmax")]
+PAIRS = [(a, a) for a in mj.activations.HIDDEN_ACTIVATIONS]
+PAIRS += [("tanh", "softmax"), ("relu", "softmax")]
 #: float64 agreement of PyTorch's forward with ours.  Both evaluate the same formulas in
 #: IEEE double; they differ only in the order of the matmul sums (inner length <= 7 here) and
 #: in the last ulp of exp/tanh/log1p, so per entry |Δ| <~ 8 · 2.2e-16 · Σ|terms| ~ 1e-14 for

@@ -160,7 +160,7 @@ def test_dA_matches_jax_grad_of_formula_in_A(loss, output, targets):
 def test_dA_closed_forms():
     Z, A, Y = _case("mse", "identity")
     a, y = np.asarray(A), np.asarray(Y)
-    np.testing.assert_allclose(mj.LOSSES["mse"].dA(A, Y), 2 * (a - y) / (N * K), rtol=1e-14)
+    np.testing.assert_allclose(mj.losses.LOSSES["mse"].dA(A, Y), 2 * (a - y) / (N * K), rtol=1e-14)
     np.testing.assert_allclose(LOSSES["half_squared_error"].dA(A, Y), (a - y) / N, rtol=1e-14)
     Z, A, Y = _case("binary_cross_entropy", "sigmoid")
     a, y = np.asarray(A), np.asarray(Y)
@@ -190,7 +190,7 @@ def test_matched_delta_equals_general_chain_rule(output, loss, targets):
 def test_matched_delta_closed_form():
     """δ = (1/N)(A − Y) (BCE notes, lecture 'Matrix case'); identity + MSE: 2(A − Y)/(N·K)."""
     Z, A, Y = _case("cross_entropy", "softmax")
-    np.testing.assert_allclose(mj.matched_delta(A, Y), (np.asarray(A) - np.asarray(Y)) / N)
+    np.testing.assert_allclose(mj.losses.matched_delta(A, Y), (np.asarray(A) - np.asarray(Y)) / N)
     Z, A, Y = _case("mse", "identity")
     np.testing.assert_allclose(
         LOSSES["mse"].fused["identity"](A, Y), 2 * (np.asarray(A) - np.asarray(Y)) / (N * K)
@@ -223,7 +223,7 @@ def test_dtype_preserved(loss, dtype):
     spec = LOSSES[loss]
     assert spec.value(Z, A, Y).dtype == dtype
     assert spec.dA(A, Y).dtype == dtype
-    assert spec.fused.get(output, mj.matched_delta)(A, Y).dtype == dtype
+    assert spec.fused.get(output, mj.losses.matched_delta)(A, Y).dtype == dtype
 
 
 # --- stability at saturated logits ----------------------------------------------------------
@@ -238,9 +238,9 @@ def test_bce_extreme_logits_values():
     for z, y, expected in [(1000.0, 1.0, 0.0), (-1000.0, 1.0, 1000.0),
                            (1000.0, 0.0, 1000.0), (-1000.0, 0.0, 0.0)]:
         Z, Y = jnp.asarray([[z]]), jnp.asarray([[y]])
-        value = float(bce.value(Z, mj.sigmoid(Z), Y))
+        value = float(bce.value(Z, mj.activations.sigmoid(Z), Y))
         assert value == pytest.approx(expected, abs=1e-12)
-        delta = bce.fused["sigmoid"](mj.sigmoid(Z), Y)  # σ(z) − y: 0 or ±1, finite
+        delta = bce.fused["sigmoid"](mj.activations.sigmoid(Z), Y)  # σ(z) − y: 0 or ±1, finite
         np.testing.assert_allclose(delta, [[(1.0 if z > 0 else 0.0) - y]], atol=1e-300)
 
 
@@ -252,7 +252,7 @@ def test_ce_extreme_logits_values():
     ce = LOSSES["cross_entropy"]
     Z = jnp.asarray([[1000.0, -1000.0, 0.0]] * 3)
     Y = jnp.eye(3)
-    A = mj.softmax(Z)
+    A = mj.activations.softmax(Z)
     assert float(ce.value(Z, A, Y)) == pytest.approx((0.0 + 2000.0 + 1000.0) / 3, rel=1e-15)
     delta = ce.fused["softmax"](A, Y)
     np.testing.assert_allclose(delta, (np.array([[1.0, 0, 0]] * 3) - np.eye(3)) / 3, atol=1e-300)

@@ -36,7 +36,7 @@ def downstream(Y_hat):
 
 
 @pytest.mark.parametrize("output", ["identity", "sigmoid", "tanh", "softmax"])
-@pytest.mark.parametrize("hidden", mj.HIDDEN_ACTIVATIONS)
+@pytest.mark.parametrize("hidden", mj.activations.HIDDEN_ACTIVATIONS)
 @pytest.mark.parametrize("n", [1, 5])
 def test_grad_through_mlp_matches_autodiff(hidden, output, n, op_by_op):
     params, X, _ = make_problem(7, SIZES, hidden, output, "mse", n)

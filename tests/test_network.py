@@ -102,8 +102,8 @@ def test_lecture_batch():
 
 # --- forward -------------------------------------------------------------------------------
 @pytest.mark.usefixtures("op_by_op")
-@pytest.mark.parametrize("hidden", mj.HIDDEN_ACTIVATIONS)
-@pytest.mark.parametrize("output", mj.OUTPUT_ACTIVATIONS)
+@pytest.mark.parametrize("hidden", mj.activations.HIDDEN_ACTIVATIONS)
+@pytest.mark.parametrize("output", mj.activations.OUTPUT_ACTIVATIONS)
 def test_forward_matches_reference(hidden, output):
     params = make_params(3, [4, 5, 3], hidden, output)
     X = jnp.asarray(np_rng(4).standard_normal((6, 4)))

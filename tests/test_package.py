@@ -4,6 +4,8 @@
   what they need themselves: scikit-learn, matplotlib, tqdm and chex are extras.
 * Imports flow one way: no module imports an underscored name of another module, and the
   package's import graph has no cycle.
+* The top level holds the verbs (``mj.__all__``); a name that moved to a namespace still
+  resolves with a warning naming its home, and none of our own code or pages uses one.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ from __future__ import annotations
 import ast
 import json
 import pathlib
+import re
 import subprocess
 import sys
+
+import pytest
+
+import mlds_jax as mj
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mlds_jax"
@@ -88,6 +95,7 @@ class _Imports(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> mlds_jax module it stands for
         self.edges: set[str] = set()
         self.private: list[str] = []
+        self.top_level: set[str] = set()  # names reached as mj.<name>
 
     def _absolute(self, node: ast.ImportFrom) -> str | None:
         if node.level == 0:
@@ -131,6 +139,8 @@ class _Imports(ast.NodeVisitor):
         base = self._resolve(node.value)
         if base is not None and node.attr.startswith("_") and not node.attr.endswith("__"):
             self.private.append(f"{base}.{node.attr}")
+        if base == "mlds_jax" and not node.attr.startswith("__"):
+            self.top_level.add(node.attr)
         self.generic_visit(node)
 
 
@@ -202,3 +212,49 @@ def test_imports_flow_one_way():
             if module == source or module.startswith(source + "."):
                 reached = _reaches(graph, module, forbidden)
                 assert not reached, f"{module} reaches {reached}"
+
+
+#: a sample of the names the top level held before the split into namespaces, with their homes
+MOVED_SAMPLE = {
+    "relu": "activations",
+    "HIDDEN_ACTIVATIONS": "activations",
+    "dense_forward": "core",
+    "one_hot": "datasets",
+    "quadratic_example": "descent",
+    "dp_epsilon": "extensions",
+    "output_jacobian": "extensions",
+    "LOSSES": "losses",
+    "prepare_targets": "network",
+    "pad_rows": "parallel",
+    "default_cache_dir": "compilation",
+    "default_loss": "training",
+    "GradCheckReport": "autodiff",
+}
+
+
+def test_the_top_level_is_the_verbs_and_a_moved_name_warns_with_its_home():
+    for name in mj.__all__:
+        assert getattr(mj, name) is not None  # resolves, and (pytest's filter) warns nothing
+    for name, home in MOVED_SAMPLE.items():
+        assert name not in mj.__all__
+        with pytest.warns(DeprecationWarning, match=rf"mlds_jax\.{name} moved to mlds_jax\.{home}"):
+            value = getattr(mj, name)
+        assert value is getattr(getattr(mj, home), name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        getattr(mj, "no_such_name")  # noqa: B009
+
+
+def test_tests_examples_notebooks_and_docs_use_only_the_public_top_level():
+    """``mj.<name>`` anywhere in our own code and pages is a name in ``mj.__all__``: nothing of
+    ours leans on a moved (deprecated) name."""
+    public = set(mj.__all__)
+    found = {}
+    for path in SOURCES:
+        bad = _scan(path).top_level - public
+        if bad:
+            found[str(path.relative_to(ROOT))] = sorted(bad)
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        bad = set(re.findall(r"\bmj\.([A-Za-z]\w*)", path.read_text(encoding="utf-8"))) - public
+        if bad:
+            found[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not found, f"names not in mlds_jax.__all__: {found}"

@@ -308,13 +308,13 @@ def test_no_subprocess_timed_out(runs):
 ])
 def test_bad_pad_rows(args, exc, regex):
     with pytest.raises(exc, match=regex):
-        mj.pad_rows(*args)
+        mj.parallel.pad_rows(*args)
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16, F32, F64])
 def test_bad_pad_rows_dtypes_work(dtype):
     X = jnp.arange(6.0, dtype=dtype).reshape(3, 2)
-    Xp, Yp, w = mj.pad_rows(X, jnp.ones((3, 1), dtype), 2)
+    Xp, Yp, w = mj.parallel.pad_rows(X, jnp.ones((3, 1), dtype), 2)
     assert Xp.shape == (4, 2) and Yp.shape == (4, 1) and w.dtype == dtype
     np.testing.assert_allclose(np.asarray(w, F64), [1 / 3] * 3 + [0],
                                rtol=4 * float(jnp.finfo(dtype).eps))

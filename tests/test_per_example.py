@@ -46,9 +46,9 @@ PAIRS = (
 )
 #: batch > 1: every hidden activation × every pair; batch 1: every pair (tanh hidden) and every
 #: hidden activation (identity + mse), which keeps the grid at 41 cases (~0.5 s each op by op).
-CASES = [(h, o, lo, 5) for h in mj.HIDDEN_ACTIVATIONS for o, lo in PAIRS] + [
+CASES = [(h, o, lo, 5) for h in mj.activations.HIDDEN_ACTIVATIONS for o, lo in PAIRS] + [
     *[("tanh", o, lo, 1) for o, lo in (*PAIRS, ("softmax", "mse"))],
-    *[(h, "identity", "mse", 1) for h in mj.HIDDEN_ACTIVATIONS if h != "tanh"],
+    *[(h, "identity", "mse", 1) for h in mj.activations.HIDDEN_ACTIVATIONS if h != "tanh"],
 ]
 SIZES = grid_sizes(3)  # [4, 4, 4, 3]: two hidden layers
 
@@ -220,13 +220,13 @@ def test_gradient_cross_gram_is_inner_products_of_vmap_grad(output, loss):
     Y2 = targets_2d(Y, loss, SIZES[-1], jnp.float64)
     G1 = flat(ref_per_example_grads(params, X[:4], Y2[:4], loss), 4)
     G2 = flat(ref_per_example_grads(params, X[4:], Y2[4:], loss), 3)
-    C = mj.gradient_cross_gram(params, X[:4], Y[:4], X[4:], Y2[4:], loss)
+    C = mj.extensions.gradient_cross_gram(params, X[:4], Y[:4], X[4:], Y2[4:], loss)
     assert C.shape == (4, 3)
     np.testing.assert_allclose(C, G1 @ G2.T, **TOL)
-    same = mj.gradient_cross_gram(params, X, Y, X, Y, loss)
+    same = mj.extensions.gradient_cross_gram(params, X, Y, X, Y, loss)
     np.testing.assert_allclose(same, mj.gradient_gram(params, X, Y, loss), **TOL)
     with pytest.raises(ValueError, match="X2 has 5 features"):
-        mj.gradient_cross_gram(params, X, Y, np.ones((2, 5)), Y[:2], loss)
+        mj.extensions.gradient_cross_gram(params, X, Y, np.ones((2, 5)), Y[:2], loss)
     bad = np.asarray(X[:2]) * np.array([np.nan, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="X2 contains 2 non-finite"):
-        mj.gradient_cross_gram(params, X, Y, bad, Y[:2], loss)
+        mj.extensions.gradient_cross_gram(params, X, Y, bad, Y[:2], loss)

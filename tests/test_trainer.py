@@ -223,7 +223,7 @@ def test_train_step_row_weights_weight_the_examples(key):
     new, _, metrics = mj.make_train_step(opt, "cross_entropy")(
         params, opt.init(params), X, y, row_weights=w
     )
-    Y = mj.prepare_targets(params, y, "cross_entropy")
+    Y = mj.network.prepare_targets(params, y, "cross_entropy")
     value, grads = mj.core.value_and_grads(params, X, Y, "cross_entropy", row_weights=w,
                                            method="autodiff")  # fmt: skip
     expected = jax.tree_util.tree_map(lambda p, g: p - 0.3 * g, params, grads)
@@ -241,7 +241,7 @@ def test_the_layout_hint_changes_only_the_summation_order(key):
     up to the summation order of a dot (float32 rounding: the suite's float32 tolerance)."""
     params, X, y = make_problem(key, [6, 9, 4], "relu", "softmax", "cross_entropy", 32,
                                 jnp.float32)  # fmt: skip
-    Y = mj.prepare_targets(params, y, "cross_entropy")
+    Y = mj.network.prepare_targets(params, y, "cross_entropy")
 
     @jax.jit
     def both(p):

@@ -1147,8 +1147,8 @@ def test_dp_train_step_needs_its_key_and_is_dp_value_and_grads_then_the_update(k
         mj.make_train_step(opt, "cross_entropy", dp=(1.0, 1.0))
     k = jax.random.key(11)
     new, _, m = step(params, state, X, y, key=k)
-    Y = mj.prepare_targets(params, y, "cross_entropy")
-    value, g = mj.dp_value_and_grads(params, jnp.asarray(X), Y, "cross_entropy", dp, k)
+    Y = mj.network.prepare_targets(params, y, "cross_entropy")
+    value, g = mj.extensions.dp_value_and_grads(params, jnp.asarray(X), Y, "cross_entropy", dp, k)
     updates, _ = opt.update(g, state, params)
     assert_close(new, optax.apply_updates(params, updates))
     assert math.isclose(float(m["loss"]), float(value), rel_tol=1e-12)
@@ -1188,12 +1188,12 @@ def test_fit_dp_matches_a_loop_of_dp_steps_with_documented_keys(key):
             step_key = jax.random.fold_in(jax.random.fold_in(noise, e), i)
             p, state, _ = step(p, state, X[idx], y[idx], key=step_key)
     assert_close(fitted, p)
-    expected = [mj.dp_epsilon(1.1, 0.4, 3 * (e + 1), 0.1) for e in range(2)]
+    expected = [mj.extensions.dp_epsilon(1.1, 0.4, 3 * (e + 1), 0.1) for e in range(2)]
     np.testing.assert_allclose(history["epsilon"], expected, rtol=1e-12)
     assert history["epsilon"][1] > history["epsilon"][0]
     _, h = mj.fit(params, X, y, optimizer=opt, epochs=1, batch_size=4, key=k,
                   dp=mj.DPSGD(0.5, 1.1, delta=1e-5), progress=False)
-    assert math.isclose(h["epsilon"][0], mj.dp_epsilon(1.1, 0.4, 3, 1e-5), rel_tol=1e-12)
+    assert math.isclose(h["epsilon"][0], mj.extensions.dp_epsilon(1.1, 0.4, 3, 1e-5), rel_tol=1e-12)
 
 
 @pytest.mark.parametrize(

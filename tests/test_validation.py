@@ -11,7 +11,7 @@ result.  The contract the table encodes, the same for every function that takes 
   would overflow (1e39 for float32, 7e4 for float16) is an error, as NaN/inf are.
 - Y is cast the same way after the loss's checks (labels in [0, K) and integral, one-hot
   rows summing to 1, BCE targets in [0, 1]); class labels must be integers (bool is
-  rejected, as by ``mj.one_hot``).
+  rejected, as by ``mj.datasets.one_hot``).
 - params: float16, bfloat16, float32 and float64 work (results close to a float64 run of
   the same rounded inputs); all leaves must share one floating dtype; NaN/inf are errors.
 - N = 0: the row-wise functions (forward, forward_cache, predict, prepare_targets) return
@@ -95,7 +95,7 @@ FUNCTIONS: dict[str, Callable] = {
     "forward": lambda p, X, Y, loss: mj.forward(p, X),
     "forward_cache": lambda p, X, Y, loss: tuple(mj.forward_cache(p, X)),
     "predict": lambda p, X, Y, loss: mj.predict(p, X),
-    "prepare_targets": lambda p, X, Y, loss: mj.prepare_targets(p, Y, loss),
+    "prepare_targets": lambda p, X, Y, loss: mj.network.prepare_targets(p, Y, loss),
     "loss": mj.loss,
     "manual_grads": mj.manual_grads,
     "autodiff_grads": mj.autodiff_grads,

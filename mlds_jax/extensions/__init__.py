@@ -4,7 +4,7 @@ A^(l−1), δ^(l) and per-example loss terms: one concept per module.
 * :mod:`~mlds_jax.extensions.per_example`: per-example gradients, norms, Gram matrix, moments;
 * :mod:`~mlds_jax.extensions.dp`: DP-SGD by ghost clipping and its privacy accounting;
 * :mod:`~mlds_jax.extensions.mlp`: ``mlp`` as a ``jax.custom_vjp`` with the hand-derived VJP;
-* curvature, one quantity per module (:mod:`~mlds_jax.extensions.curvature` re-exports them):
+* curvature, one quantity per module:
   :mod:`~mlds_jax.extensions.rop` (Hessian- and GGN-vector products by the R-operator),
   :mod:`~mlds_jax.extensions.ggn_factors` (output-Hessian square roots, propagated),
   :mod:`~mlds_jax.extensions.diag_ggn`, :mod:`~mlds_jax.extensions.lanczos` (Lanczos on any

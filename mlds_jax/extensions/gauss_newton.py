@@ -2,7 +2,7 @@ r"""The damped Gauss-Newton direction d = −(G + μD)⁻¹ ∇L, by a dense Cho
 normal equations or by conjugate gradients on the GGN-vector product.
 
 G is the generalised Gauss-Newton matrix of the batch loss L = Σ_n w_n ℓ_n, the one
-:func:`~mlds_jax.extensions.curvature.ggn_vp` multiplies by (H7), (at the logits for sigmoid +
+:func:`~mlds_jax.extensions.rop.ggn_vp` multiplies by (H7), (at the logits for sigmoid +
 BCE and softmax + CE, at Ŷ otherwise); μ > 0 the damping; D = I, or diag(G) with
 ``scaling=True`` (Marquardt's scaling).  Equations (M1), (M2) of ``docs/derivations.md``;
 :func:`mlds_jax.levenberg_marquardt` adapts μ by the damping rule (M4) around these solves.
@@ -13,7 +13,7 @@ of G + μD and two triangular solves.  Cost ≈ 2·N·K·P² (forming G, one GEM
 floating-point operations; memory N·K·P + P².
 
 **Conjugate gradients** (``solver="cg"``): no G is formed; each CG iteration is one
-:func:`~mlds_jax.extensions.curvature.ggn_vp_core` (about two forward and two backward
+:func:`~mlds_jax.extensions.rop.ggn_vp_core` (about two forward and two backward
 passes, O(N·P)) plus μD v; stops at relative residual ``cg_tol`` or after ``cg_maxiter``
 iterations.
 
@@ -41,13 +41,11 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.curvature import (
-    check_row_weights,
-    diag_ggn_core,
-    ggn_vp_core,
-    output_sqrt_factor,
-)
+from mlds_jax.extensions.checks import check_row_weights
+from mlds_jax.extensions.diag_ggn import diag_ggn_core
+from mlds_jax.extensions.ggn_factors import output_sqrt_factor
 from mlds_jax.extensions.jacobian import flat_factor_jacobian
+from mlds_jax.extensions.rop import ggn_vp_core
 from mlds_jax.layers import Params
 
 __all__ = [
@@ -160,7 +158,7 @@ def damped_solve_cg(matvec, g: Array, mu: Array, D: Array, tol: Array, maxiter: 
 def flat_ggn_matvec(
     params: Params, X: Array, Y: Array, loss: str, w: Array, l2: Array | float = 0.0
 ):
-    """v (P,) ↦ G v (P,) by :func:`~mlds_jax.extensions.curvature.ggn_vp_core` (H7), plus
+    """v (P,) ↦ G v (P,) by :func:`~mlds_jax.extensions.rop.ggn_vp_core` (H7), plus
     the penalty's l2 on the weights (M5)."""
     _, unravel = ravel_pytree(params)
     mask = penalty_mask(params)
@@ -175,7 +173,7 @@ def flat_ggn_matvec(
 def flat_diag_ggn(
     params: Params, X: Array, Y: Array, loss: str, w: Array, l2: Array | float = 0.0
 ) -> Array:
-    """diag(G) (P,) by :func:`~mlds_jax.extensions.curvature.diag_ggn_core` (H10), (M5)."""
+    """diag(G) (P,) by :func:`~mlds_jax.extensions.diag_ggn.diag_ggn_core` (H10), (M5)."""
     d = ravel_pytree(diag_ggn_core(params, X, Y, loss, w))[0]  # (H10)
     return d + l2 * penalty_mask(params)  # (M5)
 
@@ -264,7 +262,7 @@ def gauss_newton_direction(
 
     .. math:: (G + \mu D)\,d = -\nabla L,\qquad G = \sum_n w_n J_n^T H_n J_n
 
-    G is the GGN of the batch loss (the matrix :func:`~mlds_jax.extensions.curvature.ggn_vp`
+    G is the GGN of the batch loss (the matrix :func:`~mlds_jax.extensions.rop.ggn_vp`
     multiplies by), μ = ``damping``, D = I (or diag(G) with ``scaling``).  As μ → 0 this is the
     Gauss-Newton step −G⁻¹∇L (when G is invertible); as μ → ∞ it tends to −∇L/μ (−D⁻¹∇L/μ):
     a gradient step of length 1/μ (M3).

@@ -14,7 +14,7 @@ Jacobian); B^(l) (C, N, n_l) is S propagated back to layer l like δ, (H8).
 
 **Where the Jacobian is taken** (``at``): ``"logits"`` gives ∂Z^(L)/∂θ, ``"outputs"`` gives
 ∂Ŷ/∂θ = J_f ∂Z^(L)/∂θ.  ``"auto"`` follows the GGN convention of
-:mod:`mlds_jax.extensions.curvature`: the logits for sigmoid + binary cross-entropy and
+:mod:`mlds_jax.extensions.ggn_factors`: the logits for sigmoid + binary cross-entropy and
 softmax + cross-entropy (the log-losses own their output activation), Ŷ for every other pair.
 Without a ``loss``, ``"auto"`` takes the logits for softmax and sigmoid outputs (the losses
 they are trained with by default) and Ŷ otherwise.
@@ -164,7 +164,7 @@ def output_jacobian(
       Like params: each W^(l) leaf (N, K, n_{l−1}, n_l), each b^(l) leaf (N, K, n_l).
 
     Example:
-      >>> J = mj.output_jacobian(params, X)          # J[0].W: (N, K, n_in, n_1)
+      >>> J = mj.extensions.output_jacobian(params, X)          # J[0].W: (N, K, n_in, n_1)
     """
     validation.check_params(params)
     validation.check_params_finite(params)

@@ -16,7 +16,7 @@ layer's exact GGN block, ``numpy.kron(A_factor, G_factor)`` in the row-major vec
 ``kind``: ``"exact"`` (B from the output Hessian's square root, K columns: KFLR), ``"mc"``
 (B from targets sampled from the model: KFAC) or ``"empirical"`` (G_factor = Σ_n w_n ĝ_n ĝ_nᵀ
 with ĝ_n the unscaled per-example δ̂_n^(l) of the true labels: (1/N)Σ by default).  The GGN
-convention (logits or Ŷ) is that of :mod:`mlds_jax.extensions.curvature`.  Our W is
+convention (logits or Ŷ) is that of :mod:`mlds_jax.extensions.ggn_factors`.  Our W is
 (fan_in, fan_out), so BackPACK's factors for torch's (out, in) weight come in the other order.
 """
 

@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
 from mlds_jax import core, validation
-from mlds_jax.extensions.curvature import check_row_weights
+from mlds_jax.extensions.checks import check_row_weights
 from mlds_jax.extensions.gauss_newton import (
     check_damping,
     check_solver_options,
@@ -397,7 +397,7 @@ def levenberg_marquardt(
     r"""Train a network by Levenberg–Marquardt: MATLAB's ``trainlm``, on device (M1)-(M5).
 
     Each iteration solves (G + μD) d = −∇L for the batch loss L = Σ_n w_n ℓ_n (G its GGN, the
-    matrix :func:`~mlds_jax.extensions.curvature.ggn_vp` multiplies by; D = I, or diag(G) with
+    matrix :func:`~mlds_jax.extensions.rop.ggn_vp` multiplies by; D = I, or diag(G) with
     ``scaling``) and tries θ + d: accepted if the loss falls (then μ ← μ·``damping_decrease``),
     else μ ← μ·``damping_increase`` and the solve is repeated (M4).  Large μ is a short
     gradient step −∇L/μ, small μ the Gauss-Newton step (M3).
@@ -444,7 +444,7 @@ def levenberg_marquardt(
       row_weights: optional w (N,), ≥ 0 (default 1/N).
       scaling: Marquardt's scaling D = running max of diag(G) (MINPACK's).
       l2: λ ≥ 0 of a penalty (λ/2)·Σ_l ‖W^(l)‖²_F added to L (M5) (scikit-learn's alpha/S).
-      solver: "dense", "cg" or "auto", as :func:`~mlds_jax.gauss_newton_direction`.
+      solver: "dense", "cg" or "auto", as :func:`~mlds_jax.extensions.gauss_newton_direction`.
       cg_tol, cg_maxiter: CG's relative residual and iteration cap (default P).
 
     Returns:

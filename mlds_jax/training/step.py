@@ -375,7 +375,7 @@ def make_train_step(
     Args:
       optimizer: any ``optax.GradientTransformation``; ``optax.sgd(α)`` is the notes' rule
         W ← W − α ∂L/∂W, equation (G1).
-      loss: loss name (see ``mlds_jax.LOSSES``).
+      loss: loss name (see ``mlds_jax.losses.LOSSES``).
       grads: "manual" (hand-derived backprop) or "autodiff" (``jax.grad``).
       fused: use the simplified output δ for matched output/loss pairs (manual only).
       check_inputs: validate (params, X, Y) on the host before each call (shapes, labels,

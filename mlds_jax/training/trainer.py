@@ -168,7 +168,7 @@ class Trainer:
     """A training program: the loss, gradient source, optimizer and minibatching of a run.
 
     Args:
-      loss: loss name (see ``mlds_jax.LOSSES``).
+      loss: loss name (see ``mlds_jax.losses.LOSSES``).
       optimizer: an optax optimizer; default ``optax.adam(1e-3)``.
       grads: "manual" (hand-derived) or "autodiff" (``jax.grad``).
       batch_size: rows per update (>= 1); the last partial batch is used.  A batch size
