@@ -30,6 +30,17 @@ early stopping on the val loss that keeps the best epoch (``--patience 50`` epoc
 improvement end the run; ``--patience 0`` trains every epoch and keeps the last).
 ``--validation-fraction 0`` trains on all training rows, without early stopping.
 
+``--optimizer lm`` trains by Levenberg–Marquardt (:func:`mlds_jax.levenberg_marquardt`,
+MATLAB's ``trainlm`` with its defaults) instead of an optax optimizer: full batch, the
+damping μ adapted from 0.001 (no ``--lr``), ``--epochs`` the most iterations (accepted
+steps), early stopping by trainlm's validation checks on the same held-out rows as ``fit``'s
+(``--patience`` validation failures in a row, default :data:`LM_MAX_FAIL` = 6; the iteration
+with the best val loss is kept), ``--l2`` the same penalty as full-batch training.  It also
+stops when the gradient norm falls to 1e-7 or no damped step lowers the loss.  The files of
+``--out`` are the same (``history.json`` per iteration, with the damping μ of each; no
+``train_state.npz``).  Not with ``--lr``, ``--batch-size``, ``--dp-clip/--dp-noise``,
+``--data-parallel``, ``--track-sharpness``, ``--grads autodiff`` or ``--resume`` (exit 2).
+
 Multi-label "accuracy" is exact match (every label of a row right, scikit-learn's ``score``)
 and "label_accuracy" the fraction of single labels right, in the printout, history files and
 summary alike.
@@ -60,6 +71,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from mlds_jax.callback import Callback
 
@@ -68,8 +80,10 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by it
 EXIT_TERMINATED = 143
-OPTIMIZERS = ("sgd", "momentum", "adam")
-#: The default learning rate per task ("classification" or "regression") and optimizer.
+#: ``--optimizer``: the optax ones, and "lm", Levenberg–Marquardt (full batch, no learning rate).
+OPTIMIZERS = ("sgd", "momentum", "adam", "lm")
+#: The default learning rate per task ("classification" or "regression") and optax optimizer
+#: (none for "lm": Levenberg–Marquardt adapts its damping instead).
 DEFAULT_LR = {
     "classification": {"sgd": 0.1, "momentum": 0.01, "adam": 1e-3},
     "regression": {"sgd": 0.01, "momentum": 0.001, "adam": 1e-3},
@@ -83,6 +97,14 @@ TASK_DEFAULTS = {
 }
 DEFAULT_EPOCHS = 200
 DEFAULT_PATIENCE = 50
+DEFAULT_BATCH_SIZE = 32
+#: The default ``--patience`` of ``--optimizer lm``: trainlm's max_fail validation checks.
+LM_MAX_FAIL = 6
+#: The initial damping μ of ``--optimizer lm`` (trainlm's mu).
+LM_DAMPING = 1e-3
+#: How a Levenberg–Marquardt stop reason is named in the summary where ``fit`` has the same
+#: one (the others, "min_grad", "max_damping", ..., keep their names).
+LM_STOP_REASONS = {"max_iter": "completed", "validation": "early_stopping"}
 
 
 class UsageError(Exception):
@@ -191,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "no options: digits, 64-32-10 tanh/softmax, adam, up to 200 epochs keeping the best "
         "val_loss epoch.  Defaults per task: classification 32 tanh units, lr sgd 0.1 / "
         "momentum 0.01 / adam 0.001; regression 64 relu units, --l2 3, lr sgd 0.01 / "
-        "momentum 0.001 / adam 0.001.",
+        "momentum 0.001 / adam 0.001.  --optimizer lm: Levenberg-Marquardt, full batch, up "
+        f"to --epochs iterations, early stopping after {LM_MAX_FAIL} validation checks "
+        "(trainlm's max_fail).",
     )
     data = t.add_argument_group("data")
     data.add_argument(
@@ -243,14 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="loss (default: the task's: cross_entropy, binary_cross_entropy or mse)",
     )
     t.add_argument(
-        "--optimizer", default="adam", choices=OPTIMIZERS, help="optax optimizer (default: adam)"
+        "--optimizer",
+        default="adam",
+        choices=OPTIMIZERS,
+        help="optax optimizer, or lm: Levenberg-Marquardt (MATLAB's trainlm) on the whole "
+        "training set, its damping adapted from 0.001 (no --lr or --batch-size; --epochs is "
+        f"its most iterations, --patience its validation checks, default {LM_MAX_FAIL}) "
+        "(default: adam)",
     )
     t.add_argument(
         "--lr",
         type=_positive(float),
         default=None,
         help="learning rate (default per task: classification sgd 0.1, momentum 0.01, adam "
-        "0.001; regression sgd 0.01, momentum 0.001, adam 0.001)",
+        "0.001; regression sgd 0.01, momentum 0.001, adam 0.001; none with lm)",
     )
     t.add_argument(
         "--l2",
@@ -258,16 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ALPHA",
         help="weight decay, scikit-learn's alpha: each batch's loss plus ALPHA/(2 B) times the "
-        "squared weights (default: 0 for classification, 3 for regression)",
+        "squared weights (lm: B is every training row) (default: 0 for classification, 3 for "
+        "regression)",
     )
     t.add_argument(
         "--epochs",
         type=_positive(int),
         default=DEFAULT_EPOCHS,
-        help=f"most epochs; with --resume the total (default: {DEFAULT_EPOCHS})",
+        help=f"most epochs (lm: iterations); with --resume the total (default: {DEFAULT_EPOCHS})",
     )
     t.add_argument(
-        "--batch-size", type=_positive(int), default=32, help="minibatch size (default: 32)"
+        "--batch-size",
+        type=_positive(int),
+        default=None,
+        help=f"minibatch size (default: {DEFAULT_BATCH_SIZE}; lm uses every row)",
     )
     t.add_argument(
         "--grads",
@@ -294,15 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help=f"early stopping: end the run when the val loss has not improved for N epochs "
-        f"and keep the best epoch's model; 0 trains every epoch and keeps the last (default: "
-        f"{DEFAULT_PATIENCE}; needs validation rows)",
+        f"(lm: iterations, trainlm's max_fail) and keep the best epoch's model; 0 trains "
+        f"every epoch and keeps the last (default: {DEFAULT_PATIENCE}, lm {LM_MAX_FAIL}; needs "
+        f"validation rows)",
     )
     t.add_argument(
         "--out",
         default=None,
         metavar="DIR",
         help="publish model.npz, history.json, history.csv, curves.png and train_state.npz "
-        "here, as one set when the run ends (its state meanwhile: DIR.partial/)",
+        "(not with lm) here, as one set when the run ends (its state meanwhile: DIR.partial/)",
     )
     t.add_argument(
         "--resume",
@@ -441,8 +476,11 @@ def _enable_cache(args) -> None:
 
 
 def _optimizer(name: str, lr: float):
+    """The optax optimizer ``name`` ("lm" is none: :func:`_train_lm` runs it)."""
     import optax
 
+    if name == "lm":
+        raise ValueError("lm is not an optax optimizer: it trains by mj.levenberg_marquardt")
     if name == "sgd":
         return optax.sgd(lr)
     if name == "momentum":
@@ -539,17 +577,17 @@ def _plot_history(
     return buf.getvalue()
 
 
-def _epoch_logger(epochs: int):
+def _epoch_logger(epochs: int, unit: str = "epoch"):
     every = max(1, epochs // 10)
 
-    def log(e: int, metrics: dict) -> None:
-        if (e + 1) % every == 0 or e == 0 or e + 1 == epochs:
+    def log(e: int, metrics: dict, last: bool = False) -> None:
+        if (e + 1) % every == 0 or e == 0 or e + 1 == epochs or last:
             shown = "  ".join(
                 f"{'' if k.startswith('val_') else 'train_'}{k} {v:.4g}"
                 for k, v in metrics.items()
                 if k not in _PLAIN_KEYS
             )
-            print(f"epoch {e + 1:>4}/{epochs}  {shown}", flush=True)
+            print(f"{unit} {e + 1:>4}/{epochs}  {shown}", flush=True)
 
     return log
 
@@ -604,7 +642,9 @@ def _check_fits_in_memory(sizes: list[int], dtype, device, optimizer: str) -> No
     import numpy as np
 
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    copies = {"sgd": 3, "momentum": 4, "adam": 5}.get(optimizer, 5)  # params, grads, best, state
+    # params, grads, best, state; lm: theta, best, trial, gradient, Marquardt scale, CG's
+    # vectors (its dense solve is capped by check_gn_solver at 2048 parameters: a few MiB)
+    copies = {"sgd": 3, "momentum": 4, "adam": 5, "lm": 10}.get(optimizer, 5)
     need = n_params * np.dtype(dtype).itemsize * copies
     limit = None
     try:
@@ -654,9 +694,50 @@ def _run_directory(args):
         run.close()
 
 
+def _check_lm_options(args) -> None:
+    """UsageError for an option that ``--optimizer lm`` does not take (before any training)."""
+    if args.optimizer != "lm":
+        return
+    refused = (
+        (
+            args.lr is not None,
+            "--lr does not apply to --optimizer lm: Levenberg-Marquardt has no learning rate "
+            "(it adapts its damping mu from 0.001, as trainlm)",
+        ),
+        (
+            args.batch_size is not None,
+            "--batch-size does not apply to --optimizer lm: every iteration uses all the "
+            "training rows",
+        ),
+        (
+            args.dp_clip is not None or args.dp_noise is not None,
+            "--dp-clip/--dp-noise (DP-SGD) cannot be combined with --optimizer lm",
+        ),
+        (args.data_parallel, "--data-parallel cannot be combined with --optimizer lm"),
+        (
+            args.track_sharpness is not None,
+            "--track-sharpness cannot be combined with --optimizer lm",
+        ),
+        (
+            args.grads == "autodiff",
+            "--grads autodiff cannot be combined with --optimizer lm: its gradients and "
+            "Gauss-Newton products are the hand-derived ones",
+        ),
+        (
+            args.resume,
+            "--resume cannot be combined with --optimizer lm: it saves no training state "
+            "(train again with the --epochs you want)",
+        ),
+    )
+    for bad, message in refused:
+        if bad:
+            raise UsageError(message)
+
+
 def cmd_train(args) -> int:
     import mlds_jax as mj
 
+    _check_lm_options(args)
     if (args.dp_clip is None) != (args.dp_noise is None):
         raise UsageError("--dp-clip C and --dp-noise SIGMA go together: give both or neither")
     dp = None if args.dp_clip is None else mj.DPSGD(args.dp_clip, args.dp_noise)
@@ -721,16 +802,30 @@ class _ResumeNote(Callback):
         print(f"resuming from epoch {done} of {run.epochs}{note}", flush=True)
 
 
+class _Trained(NamedTuple):
+    """What a training run gives the report: the params, the history as the CLI writes it,
+    iterations/epochs run (``start`` of them before a resume), the stop reason, the kept
+    epoch (1-based, or None), extra summary entries and fit's own history (or None)."""
+
+    params: Any
+    history: dict
+    n_run: int
+    start: int
+    stop_reason: str
+    best: int | None
+    extra: dict
+    fit_history: Any
+
+
 def _train(args, dp, run) -> int:
     """Train, report, and publish the run's files in ``run`` (if any) as one set."""
-    import warnings
-
     import jax
 
     import mlds_jax as mj
+    from mlds_jax.extensions.gauss_newton import check_gn_solver
     from mlds_jax.io.checkpoint import checkpoint_bytes
     from mlds_jax.losses import LOSSES
-    from mlds_jax.training import Checkpoint, validation_split_indices
+    from mlds_jax.training import validation_split_indices
 
     ds, prep, described = _load_data(args)
     group = "regression" if ds.task == "regression" else "classification"
@@ -743,9 +838,12 @@ def _train(args, dp, run) -> int:
     allowed = LOSSES[loss].outputs  # the registry says which outputs a loss needs
     output = allowed[0] if allowed else ds.default_output
     sizes = [ds.n_features, *hidden, n_out]
-    lr = args.lr if args.lr is not None else DEFAULT_LR[group][args.optimizer]
+    lm = args.optimizer == "lm"
+    lr = None if lm else args.lr if args.lr is not None else DEFAULT_LR[group][args.optimizer]
+    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
     validate = args.validation_fraction > 0
-    patience = (DEFAULT_PATIENCE if args.patience is None else args.patience) if validate else 0
+    default_patience = LM_MAX_FAIL if lm else DEFAULT_PATIENCE
+    patience = (default_patience if args.patience is None else args.patience) if validate else 0
     device = jax.devices()[0]
     _check_fits_in_memory(sizes, ds.dtype, device, args.optimizer)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
@@ -760,34 +858,42 @@ def _train(args, dp, run) -> int:
         else f"{device.platform.upper()}{kind}"
     )
     stratify = LOSSES[loss].is_classification  # as fit's split
-    n_val = (
-        len(
-            validation_split_indices(key_fit, Y_train, args.validation_fraction, stratify=stratify)[
-                1
-            ]
-        )
+    split = (
+        validation_split_indices(key_fit, Y_train, args.validation_fraction, stratify=stratify)
         if validate
-        else 0
+        else None
     )
+    n_val = 0 if split is None else len(split[1])
     rows = {"n_train": len(ds.X_train) - n_val, "n_val": n_val, "n_test": len(ds.X_test)}
     acts = f"{activation}/{output}" if hidden else output
     decay = f", l2 {l2:g}" if l2 else ""
+    if lm:
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        solver = check_gn_solver("auto", n_params, rows["n_train"], n_out)
+        method = f"lm(mu={LM_DAMPING:g}, {solver} solve){decay}, full batch"
+    else:
+        solver = None
+        method = f"{args.optimizer}(lr={lr:g}){decay}, batch {batch_size}"
     print(
         f"mlds-jax train: {ds.name} ({described}; {rows['n_train']} train / {n_val} val "
         f"/ {rows['n_test']} test rows), MLP {'-'.join(map(str, sizes))} {acts}, loss {loss}, "
-        f"{args.optimizer}(lr={lr:g}){decay}, batch {args.batch_size}, {args.grads} "
-        f"gradients, on {where}",
+        f"{method}, {args.grads} gradients, on {where}",
         flush=True,
     )
+    unit = "iteration" if lm else "epoch"
+    most = f"up to {_plural(args.epochs, unit)}" if lm else _plural(args.epochs, unit)
     if patience:
+        check = (
+            f"{patience} validation checks, trainlm's max_fail" if lm else f"patience {patience}"
+        )
         stopping = (
-            f"up to {args.epochs} epochs, keeping the best val_loss epoch (early stopping: "
-            f"patience {patience})"
+            f"up to {_plural(args.epochs, unit)}, keeping the best val_loss {unit} (early "
+            f"stopping: {check})"
         )
     elif validate:
-        stopping = f"{args.epochs} epochs, keeping the last (--patience 0)"
+        stopping = f"{most}, keeping the last (--patience 0)"
     else:
-        stopping = f"{args.epochs} epochs on every training row (--validation-fraction 0)"
+        stopping = f"{most} on every training row (--validation-fraction 0)"
     multilabel = n_out > 1 and LOSSES[loss].targets != "class" and ds.task != "regression"
     metric_note = (
         "; accuracy = exact match (every label of a row right), label_accuracy = per label"
@@ -795,8 +901,6 @@ def _train(args, dp, run) -> int:
         else ""
     )
     print(stopping + metric_note, flush=True)
-    interactive = not args.no_progress and sys.stderr.isatty()
-    log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
     config = {  # what the summary reports and a resumed run must share
         "sizes": sizes,
         "activation": activation,
@@ -805,21 +909,93 @@ def _train(args, dp, run) -> int:
         "optimizer": args.optimizer,
         "lr": lr,
         "l2": l2,
-        "batch_size": args.batch_size,
+        "batch_size": None if lm else batch_size,  # lm: every training row
         "grads": args.grads,
         "seed": args.seed,
         "test_size": args.test_size,
         "validation_fraction": args.validation_fraction,
     }
-    settings = {
-        "data": args.data if args.data is not None else ds.name,
-        "targets": list(prep.targets),
+    t0 = time.perf_counter()
+    if lm:
+        trained = _train_lm(args, params, ds, Y_train, loss, l2, patience, split, solver)
+    else:
+        settings = {
+            "data": args.data if args.data is not None else ds.name,
+            "targets": list(prep.targets),
+            "task": ds.task,
+            **config,
+            "dp_clip": args.dp_clip,
+            "dp_noise": args.dp_noise,
+            "data_parallel": bool(args.data_parallel),
+        }
+        trained = _train_fit(
+            args, params, ds, Y_train, loss, lr, l2, batch_size, patience, key_fit, mesh, dp,
+            run, settings,
+        )  # fmt: skip
+    if isinstance(trained, str):  # diverged: the message
+        if run is not None and not args.resume:  # a diverged run leaves nothing to resume
+            run.discard()
+        print(f"mlds-jax train: error: {trained} Nothing written.", file=sys.stderr)
+        return EXIT_DIVERGED
+    seconds = time.perf_counter() - t0
+    params = trained.params
+    scores = mj.evaluate(params, ds.X_test, Y_test, loss)  # the test split, once
+    summary = {
+        "dataset": ds.name,
+        **({"data": args.data, "targets": list(prep.targets)} if args.data is not None else {}),
         "task": ds.task,
+        **({"classes": list(prep.classes)} if prep.classes is not None else {}),
         **config,
-        "dp_clip": args.dp_clip,
-        "dp_noise": args.dp_noise,
-        "data_parallel": bool(args.data_parallel),
+        "patience": patience,
+        **rows,
+        "epochs": args.epochs,
+        "epochs_run": trained.n_run,
+        **({"resumed_from_epoch": trained.start} if trained.start else {}),
+        "data_parallel_devices": n_dev if mesh is not None else 1,
+        "stop_reason": trained.stop_reason,
+        **({"best_epoch": trained.best} if trained.best is not None else {}),
+        **trained.extra,
+        "train_seconds": round(seconds, 3),
+        **{f"test_{k}": _shown(v, ds.dtype) for k, v in scores.items()},
     }
+    print(
+        _trained_line(
+            trained.n_run, trained.start, seconds, trained.stop_reason, trained.best, scores, unit
+        )
+    )
+    if dp is not None:
+        print(_dp_report(dp, trained.fit_history, len(ds.X_train)))
+    if run is not None:
+        title = f"{ds.name}: MLP {'-'.join(map(str, sizes))}"
+        if lm:
+            title += " (Levenberg-Marquardt: one epoch = one iteration)"
+        run.publish(
+            {
+                "model.npz": checkpoint_bytes(
+                    params, metadata={**summary, "preprocessing": prep.to_metadata()}
+                ),
+                **_history_files(trained.history, summary),
+                "curves.png": _plot_history(
+                    trained.history, title, lr=lr, optimizer=args.optimizer
+                ),
+            }
+        )
+        print(f"wrote {os.path.join(args.out, 'model.npz')}, history.json, history.csv, curves.png")
+    return 0
+
+
+def _train_fit(
+    args, params, ds, Y_train, loss, lr, l2, batch_size, patience, key, mesh, dp, run, settings
+) -> _Trained | str:
+    """Train by :func:`mlds_jax.fit` with the optax optimizer ``args.optimizer``; the
+    divergence message instead if training diverged."""
+    import warnings
+
+    import mlds_jax as mj
+    from mlds_jax.training import Checkpoint
+
+    interactive = not args.no_progress and sys.stderr.isatty()
+    log = None if (args.no_progress or interactive) else _epoch_logger(args.epochs)
     callbacks: list = []
     note = None
     if run is not None:
@@ -828,7 +1004,6 @@ def _train(args, dp, run) -> int:
         callbacks += [checkpoint, note]
     if args.track_sharpness:
         callbacks.append(mj.SharpnessTracker(args.track_sharpness))
-    t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", mj.TrainingDivergedWarning)
         params, history = mj.fit(
@@ -838,9 +1013,9 @@ def _train(args, dp, run) -> int:
             loss=loss,
             optimizer=_optimizer(args.optimizer, lr),
             epochs=args.epochs,
-            batch_size=args.batch_size,
-            key=key_fit,
-            validation_split=args.validation_fraction if validate else None,
+            batch_size=batch_size,
+            key=key,
+            validation_split=args.validation_fraction if args.validation_fraction > 0 else None,
             grads=args.grads,
             early_stopping=mj.EarlyStopping(patience=patience) if patience else None,
             l2=l2,
@@ -854,32 +1029,10 @@ def _train(args, dp, run) -> int:
         if not issubclass(w.category, mj.TrainingDivergedWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if history.stop_reason == "diverged":
-        message = next(
+        return next(
             str(w.message) for w in caught if issubclass(w.category, mj.TrainingDivergedWarning)
         )
-        if run is not None and not args.resume:  # a diverged run leaves nothing to resume
-            run.discard()
-        print(f"mlds-jax train: error: {message} Nothing written.", file=sys.stderr)
-        return EXIT_DIVERGED
-    seconds = time.perf_counter() - t0
-    scores = mj.evaluate(params, ds.X_test, Y_test, loss)  # the test split, once
-    n_epochs = len(history.get("loss", []))
-    start = 0 if note is None else note.start
-    best = history.best_epoch + 1 if history.best_epoch is not None and patience else None
-    summary = {
-        "dataset": ds.name,
-        **({"data": args.data, "targets": list(prep.targets)} if args.data is not None else {}),
-        "task": ds.task,
-        **({"classes": list(prep.classes)} if prep.classes is not None else {}),
-        **config,
-        "patience": patience,
-        **rows,
-        "epochs": args.epochs,
-        "epochs_run": n_epochs,
-        **({"resumed_from_epoch": start} if start else {}),
-        "data_parallel_devices": n_dev if mesh is not None else 1,
-        "stop_reason": history.stop_reason,
-        **({"best_epoch": best} if best is not None else {}),
+    extra = {
         **({"dp_clip": args.dp_clip, "dp_noise": args.dp_noise} if dp is not None else {}),
         **({"epsilon": history["epsilon"][-1]} if history.get("epsilon") else {}),
         **(
@@ -887,41 +1040,112 @@ def _train(args, dp, run) -> int:
             if history.get("sharpness")
             else {}
         ),
-        "train_seconds": round(seconds, 3),
-        **{f"test_{k}": _shown(v, ds.dtype) for k, v in scores.items()},
     }
-    print(_trained_line(n_epochs, start, seconds, history.stop_reason, best, scores))
-    if dp is not None:
-        print(_dp_report(dp, history, len(ds.X_train)))
-    if run is not None:
-        cli_history = _cli_history(history, ds.dtype)
-        title = f"{ds.name}: MLP {'-'.join(map(str, sizes))}"
-        run.publish(
-            {
-                "model.npz": checkpoint_bytes(
-                    params, metadata={**summary, "preprocessing": prep.to_metadata()}
-                ),
-                **_history_files(cli_history, summary),
-                "curves.png": _plot_history(cli_history, title, lr=lr, optimizer=args.optimizer),
-            }
+    return _Trained(
+        params=params,
+        history=_cli_history(history, ds.dtype),
+        n_run=len(history.get("loss", [])),
+        start=0 if note is None else note.start,
+        stop_reason=history.stop_reason,
+        best=history.best_epoch + 1 if history.best_epoch is not None and patience else None,
+        extra=extra,
+        fit_history=history,
+    )
+
+
+def _train_lm(args, params, ds, Y_train, loss, l2, patience, split, solver) -> _Trained | str:
+    """Train by :func:`mlds_jax.levenberg_marquardt` on the training rows that ``fit`` would
+    train on (``split``: its (train, val) indices, or None); the divergence message instead if
+    the loss or parameters became non-finite.
+
+    The objective is full-batch training's: the mean loss plus (l2/N)/2 times the squared
+    weights (M5), ``l2`` scikit-learn's alpha and N the training rows (as ``solver="lm"`` of
+    the estimators).  With ``patience``, the val rows are trainlm's validation checks
+    (``max_fail``) and the best val_loss iteration is kept; without, the last one is (and
+    the val rows are not used)."""
+    import jax
+    import numpy as np
+
+    import mlds_jax as mj
+
+    X, Y = ds.X_train, Y_train
+    val = None
+    if split is not None:
+        train_idx, val_idx = split
+        X, Y, val = X[train_idx], Y[train_idx], (X[val_idx], Y[val_idx])
+    params, result = mj.levenberg_marquardt(
+        params,
+        X,
+        Y,
+        loss,
+        max_iter=args.epochs,
+        damping=LM_DAMPING,
+        validation_data=val if patience else None,
+        max_fail=patience or LM_MAX_FAIL,
+        l2=l2 / len(X),
+        solver=solver,
+    )
+    leaves = jax.tree_util.tree_leaves(params)
+    if not (np.isfinite(result.loss_history).all() and all(np.isfinite(x).all() for x in leaves)):
+        return (
+            f"training diverged: Levenberg-Marquardt reached a non-finite loss or parameters "
+            f"after {_plural(result.iterations, 'iteration')}: check the data for huge values, "
+            f"or add --l2."
         )
-        print(f"wrote {os.path.join(args.out, 'model.npz')}, history.json, history.csv, curves.png")
-    return 0
+
+    def shown(values) -> list:
+        return [_shown(float(v), ds.dtype) for v in values]
+
+    history = {"train_loss": shown(result.loss_history[1:])}
+    if result.val_loss_history is not None:
+        history["val_loss"] = shown(result.val_loss_history[1:])
+    history["damping"] = shown(result.damping_history)  # the mu of each accepted step
+    if not args.no_progress:  # the iteration log, after the compiled run
+        log = _epoch_logger(args.epochs, unit="iteration")
+        n = result.iterations
+        for i in range(n):
+            metrics = {k.removeprefix("train_"): v[i] for k, v in history.items() if "loss" in k}
+            log(i, metrics, last=i == n - 1)
+    extra = {
+        "iterations": result.iterations,
+        "solves": result.solves,
+        "solver": solver,
+        "final_damping": _shown(result.damping, ds.dtype),
+        "grad_norm": _shown(result.grad_norm, ds.dtype),
+    }
+    return _Trained(
+        params=params,
+        history=history,
+        n_run=result.iterations,
+        start=0,
+        stop_reason=LM_STOP_REASONS.get(result.stop_reason, result.stop_reason),
+        best=result.best_iteration if patience else None,
+        extra=extra,
+        fit_history=None,
+    )
 
 
 #: How the summary line names each metric.
 _METRIC_NOTES = {"accuracy": "accuracy", "label_accuracy": "label_accuracy (per label)"}
+#: How the summary line explains a stop reason of Levenberg–Marquardt's own.
+_STOP_NOTES = {
+    "min_grad": "min grad: the gradient norm fell to 1e-7",
+    "max_damping": "max damping: no damped step lowers the loss",
+}
 
 
-def _trained_line(n: int, start: int, seconds: float, reason: str, best, scores: dict) -> str:
+def _trained_line(
+    n: int, start: int, seconds: float, reason: str, best, scores: dict, unit: str = "epoch"
+) -> str:
     """ "trained 56 epochs in 1.4 s (early stopping: kept epoch 36, the best val_loss); test
-    accuracy 0.9750" (singular for one epoch; resumed runs say how many came before)."""
-    done = f"trained {_plural(n - start, 'epoch')}"
+    accuracy 0.9750" (singular for one epoch; resumed runs say how many came before; lm
+    counts iterations)."""
+    done = f"trained {_plural(n - start, unit)}"
     if start:
-        done = f"trained {_plural(n - start, 'more epoch')} ({n} in all, resumed at {start})"
-    why = reason.replace("_", " ")
+        done = f"trained {_plural(n - start, 'more ' + unit)} ({n} in all, resumed at {start})"
+    why = _STOP_NOTES.get(reason, reason.replace("_", " "))
     if best is not None:
-        why += f": kept epoch {best}, the best val_loss"
+        why += f": kept {unit} {best}, the best val_loss"
     exact = "label_accuracy" in scores
     shown = "  ".join(
         f"test {k}{' (exact match)' if exact and k == 'accuracy' else ''} {v:.4f}"

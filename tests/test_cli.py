@@ -490,3 +490,132 @@ def test_train_sigterm_saves_the_last_epoch_and_resume_finishes_the_run(tmp_path
     assert {k: v for k, v in ha.items() if k != "time"} == {
         k: v for k, v in hb.items() if k != "time"}
 
+
+
+# --- issue 26: --optimizer lm (Levenberg-Marquardt) ----------------------------------------------
+def _iris_val_rows(seed: int):
+    """iris's held-out val rows of ``train --seed seed``, by fit's documented split."""
+    ds = mj.load_dataset("iris", seed=seed)
+    _, val_idx = validation_split_indices(
+        jax.random.split(jax.random.key(seed))[1], ds.y_train, 0.1, stratify=True)
+    return ds, ds.X_train[val_idx], ds.y_train[val_idx]
+
+
+@pytest.fixture(scope="module")
+def lm_trained(tmp_path_factory):
+    """One in-process ``train --optimizer lm`` on iris (default early stopping: 6 checks)."""
+    out = tmp_path_factory.mktemp("lm") / "run"
+    rc, stdout, stderr = run_cli(["train", "--dataset", "iris", "--optimizer", "lm", "--epochs",
+                                  "30", "--hidden-sizes", "8", "--out", str(out)])
+    return {"rc": rc, "out": out, "stdout": stdout, "stderr": stderr}
+
+
+def test_train_lm_writes_the_files_and_evaluate_gives_its_scores(lm_trained, capsys):
+    assert lm_trained["rc"] == 0, lm_trained["stderr"]
+    assert lm_trained["stderr"] == ""
+    out: Path = lm_trained["out"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png", "history.csv", "history.json", "model.npz"]  # no state: nothing to resume
+    lines = lm_trained["stdout"].splitlines()
+    assert "MLP 4-8-3 tanh/softmax, loss cross_entropy, lm(mu=0.001, dense solve), full batch" \
+        in lines[0]
+    assert "lr=" not in lines[0] and "batch 32" not in lines[0]
+    assert lines[1] == ("up to 30 iterations, keeping the best val_loss iteration (early "
+                        "stopping: 6 validation checks, trainlm's max_fail)")
+    assert lines[2].startswith("iteration    1/30  train_loss")
+    payload = json.loads((out / "history.json").read_text())
+    history, summary = payload["history"], payload["summary"]
+    n = summary["iterations"]
+    assert summary["optimizer"] == "lm" and summary["lr"] is None and summary["batch_size"] is None
+    assert summary["epochs_run"] == n >= 1 and summary["patience"] == 6
+    assert set(history) == {"train_loss", "val_loss", "damping"}
+    assert all(len(v) == n for v in history.values())
+    assert np.all(np.diff(history["train_loss"]) < 0)  # LM accepts only steps that lower it
+    trained = next(x for x in lines if x.startswith("trained "))
+    assert trained.startswith(f"trained {n} iteration")
+
+    # better than always answering the majority class of the training rows
+    ds, X_val, y_val = _iris_val_rows(0)
+    majority = np.bincount(ds.y_train).argmax()
+    assert summary["test_accuracy"] > np.mean(ds.y_test == majority) + 0.3
+    params = mj.load(out / "model.npz")
+    test = mj.evaluate(params, ds.X_test, ds.y_test)
+    np.testing.assert_allclose(summary["test_loss"], test["loss"], rtol=1e-6)
+    assert f"test accuracy {test['accuracy']:.4f}" in trained
+
+    rc = run_main(["evaluate", "--checkpoint", str(out / "model.npz")])
+    printed, err = capsys.readouterr()
+    assert rc == 0, err
+    assert f"accuracy {summary['test_accuracy']:.4f}  loss {summary['test_loss']:.4f}" in printed
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", *history] and len(rows) == n + 1
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("patience", [None, "3", "0"])
+def test_train_lm_early_stopping_keeps_the_best_val_iteration(lm_trained, tmp_path, patience):
+    """Early stopping is trainlm's: the run ends `patience` (default 6) iterations after the
+    lowest val_loss, on fit's val rows, and that iteration's model is kept; --patience 0 runs
+    every iteration (or until LM's own rules stop it) and keeps the last."""
+    if patience is None:
+        out = lm_trained["out"]
+    else:
+        out = tmp_path / "run"
+        rc, _, err = run_cli(["train", "--dataset", "iris", "--optimizer", "lm", "--epochs",
+                              "30", "--hidden-sizes", "8", "--no-progress", "--patience",
+                              patience, "--out", str(out)])
+        assert rc == 0, err
+    payload = json.loads((out / "history.json").read_text())
+    history, summary = payload["history"], payload["summary"]
+    params = mj.load(out / "model.npz")
+    ds, X_val, y_val = _iris_val_rows(0)
+    val_loss = mj.evaluate(params, X_val, y_val)["loss"]
+    if patience == "0":
+        assert "best_epoch" not in summary and "val_loss" not in history
+        assert summary["n_val"] == len(y_val)  # held out all the same: fit's training rows
+        return
+    fails = int(patience or 6)
+    best = int(np.argmin(history["val_loss"])) + 1
+    assert summary["stop_reason"] == "early_stopping"
+    assert summary["best_epoch"] == best == summary["iterations"] - fails
+    np.testing.assert_allclose(history["val_loss"][best - 1], val_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--lr", "0.1"], "--lr does not apply to --optimizer lm"),
+    (["--batch-size", "16"], "--batch-size does not apply to --optimizer lm"),
+    (["--dp-clip", "1", "--dp-noise", "1"], "--dp-clip/--dp-noise"),
+    (["--data-parallel"], "--data-parallel"),
+    (["--track-sharpness", "2"], "--track-sharpness"),
+    (["--grads", "autodiff"], "--grads autodiff"),
+    (["--resume", "--out", "DIR"], "--resume"),
+])
+def test_train_lm_refuses_the_options_it_does_not_take(argv, needle, tmp_path):
+    argv = [str(tmp_path / "run") if a == "DIR" else a for a in argv]
+    rc, out, err = run_cli(["train", "--dataset", "iris", "--optimizer", "lm", *argv])
+    assert rc == 2
+    line = one_error_line(err)
+    assert needle in line and "--optimizer lm" in line
+    assert out == ""  # before loading data or training
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_lm_non_finite_result_exits_3_and_writes_nothing(tmp_path):
+    def nan_lm(params, X, Y, loss, **kwargs):
+        params, result = REAL_LM(params, X, Y, loss, **kwargs)
+        return jax.tree_util.tree_map(lambda a: a * np.nan, params), result
+
+    out = tmp_path / "run"
+    with patching() as mp:
+        mp.setattr(mj, "levenberg_marquardt", nan_lm)
+        rc, stdout, err = run_cli(["train", "--dataset", "iris", "--optimizer", "lm",
+                                   "--epochs", "1", "--hidden-sizes", "4", "--no-progress",
+                                   "--out", str(out)])
+    assert rc == cli.EXIT_DIVERGED
+    assert "non-finite" in one_error_line(err) and "Nothing written" in err
+    assert "trained" not in stdout
+    assert os.listdir(tmp_path) == []
+
+
+REAL_LM = mj.levenberg_marquardt
