@@ -33,6 +33,7 @@ __all__ = [
     "all_finite",
     "did_you_mean",
     "check_X",
+    "device_array",
     "check_activation",
     "check_batch",
     "check_data",
@@ -233,6 +234,22 @@ def numeric_array(x, name: str) -> np.ndarray | jax.Array:
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {x.dtype}")
     return x
+
+
+def device_array(x, dtype=None) -> jax.Array:
+    """``x`` on the device, as ``dtype`` (canonical: float64 is float32 with x64 off).  A host
+    (NumPy) array is cast on the host and transferred, with no device op to compile (a
+    ``jnp.asarray`` of a NumPy array is a compiled copy, one per shape in a process);
+    anything else goes through ``jnp.asarray`` and, if needed, ``astype``."""
+    if isinstance(x, np.ndarray | np.generic):
+        arr = np.asarray(x)
+        if dtype is not None:
+            want = jax.dtypes.canonicalize_dtype(dtype)
+            if arr.dtype != want:
+                arr = arr.astype(want)
+        return jax.device_put(arr, may_alias=False)  # a copy: later writes to x are not seen
+    out = jnp.asarray(x)
+    return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
 
 def host_floats(x) -> np.ndarray:
@@ -490,9 +507,7 @@ def check_X(params: Params, X, name: str = "X", *, deferred: bool = False):
         check_finite(arr, name)
         if float(np.finfo(arr.dtype).max) > float(jnp.finfo(params[0].W.dtype).max):
             check_representable(arr, params[0].W.dtype, name)
-    X = jnp.asarray(X)
-    # no cast (and no device op to dispatch) when X already has the params' dtype
-    return X if X.dtype == params[0].W.dtype else X.astype(params[0].W.dtype)
+    return device_array(X, params[0].W.dtype)
 
 
 def prepare_targets(
@@ -540,7 +555,9 @@ def prepare_targets(
         elif not jnp.issubdtype(Y.dtype, jnp.integer):
             raise TypeError(f"{name} as labels must be an integer array, got {Y.dtype}")
         if concrete:  # checked labels: one-hot rows on the host, no device op to dispatch
-            return jnp.asarray(np.eye(n_out, dtype=jnp.dtype(dtype))[np.asarray(Y).astype(np.intp)])
+            return device_array(
+                np.eye(n_out, dtype=jnp.dtype(dtype))[np.asarray(Y).astype(np.intp)]
+            )
         return jax.nn.one_hot(jnp.asarray(Y).astype(jnp.int32), n_out, dtype=dtype)
     if Y.ndim == 1:
         if n_out != 1:
@@ -580,7 +597,7 @@ def prepare_targets(
                 )
     if concrete:
         check_representable(np.asarray(Y, dtype=np.float64), dtype, name)
-    return jnp.asarray(Y).astype(dtype)
+    return device_array(Y, dtype)
 
 
 def check_data(
@@ -649,4 +666,4 @@ def check_row_weights(row_weights, n_rows: int, dtype, name: str = "row_weights"
             raise ValueError(f"{name} must be >= 0; {name}[{i}] = {arr[i]}")
         if not (arr > 0).any():
             raise ValueError(f"{name} has no positive entry: every row would be padding")
-    return jnp.asarray(w).astype(dtype)
+    return device_array(w, dtype)

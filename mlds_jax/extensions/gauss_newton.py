@@ -139,20 +139,45 @@ def damped_solve_dense(G: Array, g: Array, mu: Array, D: Array) -> Array:
 
 
 def damped_solve_cg(matvec, g: Array, mu: Array, D: Array, tol: Array, maxiter: int) -> Array:
-    r"""d = −(G + μ diag(D))⁻¹ g by conjugate gradients on v ↦ G v (M2), from d = 0."""
+    r"""d = −(G + μ diag(D))⁻¹ g by conjugate gradients on v ↦ G v (M2), from d = 0.
+
+    Stops at ‖r‖ ≤ tol·‖g‖, after ``maxiter`` iterations, or at a breakdown: a curvature
+    pᵀAp or a residual rᵀr that is no longer a positive finite number (in float32 both
+    underflow once the recursive residual has fallen ~19 orders; A = G + μD is positive
+    definite, so anything else is rounding).  The last iterate before a breakdown is
+    returned, never the NaN that 0/0 would give (``jax.scipy.sparse.linalg.cg`` has no such
+    guard: on digits in float32 it returned NaN directions).
+    """
 
     def op(v):
         return matvec(v) + mu * D * v  # (M2)
 
-    # tol may be traced (data, not a constant: one compilation serves every value)
-    d, _ = jax.scipy.sparse.linalg.cg(
-        op,
-        -g,
-        tol=tol,  # pyright: ignore[reportArgumentType]
-        atol=0.0,
-        maxiter=maxiter,
-    )
-    return d
+    b = -g
+    stop2 = tol * tol * (b @ b)  # tol may be traced: one compilation serves every value
+
+    def positive(x):
+        return jnp.isfinite(x) & (x > 0)
+
+    def cond(state):
+        _, _, _, rr, k, ok = state
+        return ok & (rr > stop2) & (k < maxiter)
+
+    def body(state):
+        d, r, p, rr, k, _ = state
+        Ap = op(p)
+        pAp = p @ Ap
+        alpha = rr / pAp
+        d_new, r_new = d + alpha * p, r - alpha * Ap
+        rr_new = r_new @ r_new
+        ok = positive(pAp) & jnp.isfinite(rr_new) & jnp.all(jnp.isfinite(d_new))
+        keep = ok & positive(rr_new)
+        beta = jnp.where(keep, rr_new / jnp.where(keep, rr, 1), 0)
+        d = jnp.where(ok, d_new, d)
+        return (d, jnp.where(ok, r_new, r), r_new + beta * p, jnp.where(ok, rr_new, rr),
+                k + 1, keep)  # fmt: skip
+
+    state = (jnp.zeros_like(b), b, b, b @ b, jnp.int32(0), positive(b @ b))
+    return jax.lax.while_loop(cond, body, state)[0]
 
 
 def flat_ggn_matvec(
