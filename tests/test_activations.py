@@ -103,8 +103,8 @@ def test_prime_matches_numpy_formula(name):
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_named_functions_are_the_registry(name):
-    assert ACTIVATIONS[name].fn is getattr(mj, name)
-    assert ACTIVATIONS[name].prime is getattr(mj, f"{name}_prime")
+    assert ACTIVATIONS[name].fn is getattr(mj.activations, name)
+    assert ACTIVATIONS[name].prime is getattr(mj.activations, f"{name}_prime")
 
 
 @pytest.mark.parametrize("name", [*ELEMENTWISE, "softmax"])
