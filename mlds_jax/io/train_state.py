@@ -198,8 +198,9 @@ def load_train_state(path: str, params: Any, opt_state: Any) -> tuple[dict, Any,
     (``optimizer.init(params)``).  Returns (state, params, opt_state, best_params).
 
     Raises:
-      FileNotFoundError: no file.  ValueError: a corrupt file (naming it) or a state that does
-      not match the templates (structure, shapes or dtypes; naming the group and leaf).
+      FileNotFoundError: no file.
+      ValueError: a corrupt file (naming it) or a state that does not match the templates
+        (structure, shapes or dtypes; naming the group and leaf).
     """
     try:
         with container.open_container(path, what=_WHAT, format_name=FORMAT_NAME) as c:
