@@ -55,6 +55,9 @@ NEVER = r"^$"  # a pattern no path matches: no signal
 DRIVER = textwrap.dedent("""
     import json, os, re, resource, signal, sys
     spec = json.loads(sys.argv[1])
+    # Ctrl-C as in a terminal, also when this test runs in a background job (there SIGINT
+    # starts out ignored, and Python then installs no KeyboardInterrupt handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if spec["fsize"] is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (spec["fsize"], resource.RLIM_INFINITY))
