@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 import mlds_jax as mj  # noqa: E402
-from mlds_jax.extensions import curvature  # noqa: E402
+from mlds_jax.extensions.lanczos import top_eigenpair_core  # noqa: E402
 
 ROWS = ["hvp", "diag-ggn", "kfac", "eig", "trace", "density"]
 BATCHES = {"full": [128, 1024], "tiny": [16]}
@@ -86,7 +86,7 @@ def contenders(name, params, X, y, v, key, torch_side, peer_ok):
         )
         lam_ref = float(lam_ref)
         Xp, Yp = mj.validation.check_batch(params, X, y, LOSS)
-        r = curvature.top_eigenpair_core(
+        r = top_eigenpair_core(
             params, Xp, Yp, LOSS, key, None, 100, 1e-3, True, "eigenvalue"
         )
         steps = int(r.steps)

@@ -38,6 +38,14 @@ def bench():
     return _load("run")
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py")))
+def test_every_benchmark_imports(name):
+    """Each script's imports resolve against today's package (a renamed or removed module
+    shows here, not in the next benchmark run); importing runs none of its measurements."""
+    module = _load(name)
+    assert module.__name__ == f"_bench_{name}"
+
+
 def test_flop_count(bench):
     # 64-128-64-10: forward 2·(64·128 + 128·64 + 64·10), dW the same, dX without layer 1
     mm = [2 * 64 * 128, 2 * 128 * 64, 2 * 64 * 10]
