@@ -88,7 +88,8 @@ class _Imports(ast.NodeVisitor):
     """A file's uses of the package: the modules it imports (every form: ``import mlds_jax as
     mj``, ``import mlds_jax.core``, ``from mlds_jax import core``, ``from mlds_jax.core import
     x``, relative imports inside the package) and every underscored name it reaches in them,
-    imported or by attribute (``mj._x``, ``checkpoint._y``, ``mj.training._z``)."""
+    imported or by attribute: a module alias, then a dot, then a leading-underscore name, at
+    any depth of the package."""
 
     def __init__(self, module: str):
         self.module = module
